@@ -1,0 +1,39 @@
+# Developer entry points. `make test` installs, starts the local services, then runs pytest.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install infra-up infra-down infra-status test lint demo bench
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changes (or the venv is new).
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+infra-up:
+	infra/up.sh
+
+infra-down:
+	infra/down.sh
+
+infra-status:
+	-infra/postgres.sh status
+	-infra/kafka.sh status
+
+test: install infra-up
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+demo: install infra-up
+	$(PY) -m flows.demo
+
+bench: install infra-up
+	$(PY) -m benchmarks.run --scenario reference

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Stop the local services that the project started; servers it only reused are left alone.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+rc=0
+"$here/kafka.sh" down || rc=1
+"$here/postgres.sh" down || rc=1
+exit "$rc"

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Start the local services (PostgreSQL on 127.0.0.1:5432, Kafka on 127.0.0.1:9092). Idempotent.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+"$here/postgres.sh" up
+"$here/kafka.sh" up

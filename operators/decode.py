@@ -1,0 +1,356 @@
+"""Debezium JSON (Postgres, SQL Server connectors) → ChangeEvent | TruncateEvent | DlqRecord.
+
+`Decoder.decode` never raises for bad input: every message it cannot use becomes a `DlqRecord`
+with the raw bytes, a short `error_type` and a message naming the field. It returns None for
+messages that carry nothing to apply: tombstones, heartbeats, transaction metadata, schema changes
+and logical-decoding messages (op `m`). Only catalog (database) errors propagate: they are
+transient, and the caller retries them.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, NamedTuple
+
+import orjson
+
+from operators.events import (
+    ChangeEvent,
+    Column,
+    DlqRecord,
+    Op,
+    RawMessage,
+    TableName,
+    TableSchema,
+    TruncateEvent,
+)
+from operators.versions import version_for_source
+from schemas.catalog import TableCatalog, coerce_for_column
+from schemas.debezium_types import Converter, field_type
+
+Decoded = ChangeEvent | TruncateEvent | DlqRecord
+
+_TOAST = "__debezium_unavailable_value"
+_TOAST_BYTES = base64.b64encode(_TOAST.encode()).decode()
+_TOAST_TEXT_ARRAY = [_TOAST]
+_TOAST_INT_ARRAY = list(_TOAST.encode())
+_ABSENT = object()
+_CONVERSION_ERRORS = (ValueError, TypeError, OverflowError, ArithmeticError)
+_MAX_CACHED_SHAPES = 4096
+
+
+class _Shape(NamedTuple):
+    """Everything derived from one value schema: built once, shared by its events."""
+
+    schema: TableSchema
+    columns: tuple[tuple[str, Converter, Any], ...]  # name, converter, TOAST placeholder|None
+    key_converters: tuple[Converter, ...]
+
+
+class _Reject(Exception):
+    """Raised inside the decoder for a message that goes to the DLQ."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+class Decoder:
+    """Decodes the messages of any number of topics; caches schemas and table mappings."""
+
+    def __init__(
+        self, target_schema: str, table_map: dict[str, str], catalog: TableCatalog | None
+    ) -> None:
+        self._target_schema = target_schema
+        self._overrides = {topic: self._parse_target(t) for topic, t in table_map.items()}
+        self._catalog = catalog
+        self._topic_tables: dict[str, TableName] = {}
+        self._shapes: dict[tuple[Any, ...], _Shape] = {}
+        self._plain: dict[TableName, tuple[dict[str, str], dict[str, Converter]]] = {}
+
+    def decode_batch(self, msgs: list[RawMessage]) -> list[Decoded]:
+        return [d for d in map(self.decode, msgs) if d is not None]
+
+    def decode(self, msg: RawMessage) -> Decoded | None:
+        topic = msg.topic
+        if msg.value is None or topic.startswith("__debezium-heartbeat"):
+            return None
+        if topic.endswith(".transaction"):
+            return None
+        try:
+            return self._decode(msg)
+        except _Reject as exc:
+            return DlqRecord(
+                msg.topic, msg.partition, msg.offset, msg.key, msg.value, exc.error_type, str(exc)
+            )
+
+    def _decode(self, msg: RawMessage) -> Decoded | None:
+        doc = _loads(msg.value, "value", "malformed_json")
+        if not isinstance(doc, dict):
+            raise _Reject("malformed_envelope", f"value is a JSON {_kind(doc)}, not an object")
+        if "payload" in doc and "schema" in doc:
+            value_schema, payload = doc["schema"], doc["payload"]
+            if payload is None:
+                return None
+            if not isinstance(payload, dict):
+                raise _Reject("malformed_envelope", f"payload is a {_kind(payload)}")
+        else:
+            value_schema, payload = None, doc
+        if "ddl" in payload or "tableChanges" in payload:
+            return None
+        op = payload.get("op")
+        if op is None:
+            raise _Reject("missing_op", "value has no 'op' field")
+        if op == "m":
+            return None
+        if op not in ("c", "u", "r", "d", "t"):
+            raise _Reject("unknown_op", f"op {op!r} is not one of c, u, r, d, t, m")
+        source = payload.get("source")
+        if not isinstance(source, dict):
+            raise _Reject("missing_source", "value has no 'source' object")
+        try:
+            version = version_for_source(source)
+        except ValueError as exc:
+            raise _Reject("bad_version", str(exc)) from None
+        if op == "t":
+            return TruncateEvent(
+                self._truncate_table(msg.topic, source),
+                version,
+                msg.topic,
+                msg.partition,
+                msg.offset,
+            )
+        table = self._topic_table(msg.topic)
+        image_field = "before" if op == "d" else "after"
+        image = payload.get(image_field)
+        if image is not None and not isinstance(image, dict):
+            raise _Reject("malformed_envelope", f"'{image_field}' is a {_kind(image)}")
+        if op != "d" and image is None:
+            raise _Reject("missing_after", f"op {op!r} has no 'after' row image")
+        key_payload = self._key_payload(msg.key, image, table)
+        key_names = tuple(key_payload)
+        row = image if op != "d" else None
+        if value_schema is None:
+            key, values = self._convert_plain(table, key_payload, row)
+            schema = None
+        else:
+            shape = self._shape(table, value_schema, key_names)
+            key, values = _convert(shape, key_payload, row)
+            schema = shape.schema
+        if None in key:
+            missing = [n for n, v in zip(key_names, key, strict=True) if v is None]
+            raise _Reject("missing_key", f"key column(s) {missing} are null")
+        op_kind = Op.DELETE if op == "d" else Op.UPSERT
+        return ChangeEvent(
+            table,
+            key_names,
+            key,
+            op_kind,
+            version,
+            values,
+            schema,
+            msg.topic,
+            msg.partition,
+            msg.offset,
+        )
+
+    # --- tables ---------------------------------------------------------------------------
+
+    def _parse_target(self, target: str) -> TableName:
+        schema, _, name = target.rpartition(".")
+        return TableName(schema or self._target_schema, name)
+
+    def _topic_table(self, topic: str) -> TableName:
+        """`<prefix>.<schema>.<table>` (SQL Server: `<prefix>.<db>.<schema>.<table>`) → table."""
+        table = self._topic_tables.get(topic)
+        if table is None:
+            table = self._overrides.get(topic) or TableName(
+                self._target_schema, topic.rpartition(".")[2]
+            )
+            self._topic_tables[topic] = table
+        return table
+
+    def _truncate_table(self, topic: str, source: dict[str, Any]) -> TableName:
+        if topic in self._overrides:
+            return self._overrides[topic]
+        name = source.get("table")
+        if not isinstance(name, str) or not name:
+            raise _Reject("missing_source", "truncate has no source.table")
+        return TableName(self._target_schema, name)
+
+    # --- keys -----------------------------------------------------------------------------
+
+    def _key_payload(
+        self, raw_key: bytes | None, image: dict[str, Any] | None, table: TableName
+    ) -> dict[str, Any]:
+        """Key column → JSON value, from the Kafka key, else the primary key of the row image."""
+        if raw_key is None:
+            return self._key_from_image(image, table)
+        doc = _loads(raw_key, "key", "malformed_key")
+        if isinstance(doc, dict) and "payload" in doc and "schema" in doc:
+            doc = doc["payload"]
+        if not isinstance(doc, dict) or not doc:
+            raise _Reject("missing_key", f"Kafka key payload is {_kind(doc)}, not a struct")
+        return doc
+
+    def _key_from_image(self, image: dict[str, Any] | None, table: TableName) -> dict[str, Any]:
+        pk = self._catalog.primary_key(table) if self._catalog is not None else ()
+        if not pk:
+            raise _Reject(
+                "missing_key", f"Kafka key is null and no primary key is known for {table}"
+            )
+        if image is None or any(name not in image for name in pk):
+            raise _Reject(
+                "missing_key", f"Kafka key is null and the row image lacks key columns {pk}"
+            )
+        return {name: image[name] for name in pk}
+
+    # --- with schema ----------------------------------------------------------------------
+
+    def _shape(self, table: TableName, value_schema: Any, key_names: tuple[str, ...]) -> _Shape:
+        cache_key = (table, orjson.dumps(value_schema), key_names)
+        shape = self._shapes.get(cache_key)
+        if shape is None:
+            if len(self._shapes) >= _MAX_CACHED_SHAPES:
+                self._shapes.clear()
+            shape = self._shapes[cache_key] = _build_shape(table, value_schema, key_names)
+        return shape
+
+    # --- without schema -------------------------------------------------------------------
+
+    def _convert_plain(
+        self, table: TableName, key_payload: dict[str, Any], image: dict[str, Any] | None
+    ) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
+        converters = self._plain_converters(table)
+        key = tuple(_plain_value(converters, table, n, v) for n, v in key_payload.items())
+        if image is None:
+            return key, None
+        values = {
+            n: _plain_value(converters, table, n, v) for n, v in image.items() if not _is_toast(v)
+        }
+        return key, values
+
+    def _plain_converters(self, table: TableName) -> dict[str, Converter]:
+        if self._catalog is None:
+            raise _Reject("no_schema", "message has no schema and the decoder has no table catalog")
+        columns = self._catalog.columns(table)
+        if columns is None:
+            raise _Reject("unknown_table", f"schemaless message for missing table {table}")
+        cached = self._plain.get(table)
+        if cached is None or cached[0] is not columns:
+            cached = (columns, {name: coerce_for_column(t) for name, t in columns.items()})
+            self._plain[table] = cached
+        return cached[1]
+
+
+def _plain_value(converters: dict[str, Converter], table: TableName, name: str, v: Any) -> Any:
+    conv = converters.get(name)
+    if conv is None:
+        raise _Reject("unknown_column", f"column {name!r} is not in target table {table}")
+    if v is None:
+        return None
+    try:
+        return conv(v)
+    except _CONVERSION_ERRORS as exc:
+        raise _Reject("bad_value", f"column {name!r}: cannot convert {v!r}: {exc}") from None
+
+
+def _is_toast(v: Any) -> bool:
+    if type(v) is str:
+        return v == _TOAST or v == _TOAST_BYTES
+    return type(v) is list and (v == _TOAST_TEXT_ARRAY or v == _TOAST_INT_ARRAY)
+
+
+def _convert(
+    shape: _Shape, key_payload: dict[str, Any], image: dict[str, Any] | None
+) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
+    name = ""
+    v: Any = None
+    try:
+        key = []
+        for name, conv in zip(shape.schema.key, shape.key_converters, strict=True):
+            v = key_payload[name]
+            key.append(None if v is None else conv(v))
+        if image is None:
+            return tuple(key), None
+        values: dict[str, Any] = {}
+        for name, conv, toast in shape.columns:
+            v = image.get(name, _ABSENT)
+            if v is None:
+                values[name] = None
+            elif v is not _ABSENT and (toast is None or v != toast):
+                values[name] = conv(v)
+        return tuple(key), values
+    except _CONVERSION_ERRORS as exc:
+        pg_type = {c.name: c.pg_type for c in shape.schema.columns}.get(name)
+        raise _Reject(
+            "bad_value", f"column {name!r} ({pg_type}): cannot convert {v!r}: {exc}"
+        ) from None
+
+
+def _build_shape(table: TableName, value_schema: Any, key_names: tuple[str, ...]) -> _Shape:
+    row = _row_schema(value_schema)
+    columns = []
+    converters: dict[str, Converter] = {}
+    for field in row:
+        if not isinstance(field, dict) or not isinstance(field.get("field"), str):
+            raise _Reject("bad_schema", f"row schema field {field!r} has no name")
+        name = field["field"]
+        try:
+            ft = field_type(field)
+        except (ValueError, TypeError) as exc:
+            raise _Reject("bad_schema", f"column {name!r}: {exc}") from None
+        columns.append((name, ft, _toast_placeholder(field)))
+        converters[name] = ft.convert
+    missing = [n for n in key_names if n not in converters]
+    if missing:
+        raise _Reject("bad_schema", f"key column(s) {missing} are not in the row schema")
+    schema = TableSchema(
+        table, tuple(Column(name, ft.pg_type) for name, ft, _ in columns), key_names
+    )
+    return _Shape(
+        schema,
+        tuple((name, ft.convert, toast) for name, ft, toast in columns),
+        tuple(converters[n] for n in key_names),
+    )
+
+
+def _row_schema(value_schema: Any) -> list[Any]:
+    """The field list of the envelope's `after` (or `before`) struct."""
+    fields = value_schema.get("fields") if isinstance(value_schema, dict) else None
+    for wanted in ("after", "before"):
+        for f in fields if isinstance(fields, list) else ():
+            if isinstance(f, dict) and f.get("field") == wanted:
+                row = f.get("fields")
+                if isinstance(row, list):
+                    return row
+    raise _Reject("bad_schema", "value schema has no 'after' or 'before' struct")
+
+
+def _toast_placeholder(field: dict[str, Any]) -> Any:
+    """The form Debezium's TOAST placeholder takes in a column of this wire type, or None."""
+    wire = field.get("type")
+    if wire == "string":
+        return _TOAST
+    if wire == "bytes":
+        return _TOAST_BYTES
+    if wire == "array":
+        elem = (field.get("items") or {}).get("type")
+        if elem == "string":
+            return _TOAST_TEXT_ARRAY
+        if elem in ("int32", "int64"):
+            return _TOAST_INT_ARRAY
+    return None
+
+
+def _loads(raw: bytes, what: str, error_type: str) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSON_Reject as exc:
+        raise _Reject(error_type, f"{what} is not JSON: {exc}") from None
+
+
+def _kind(v: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
+        type(v), "null" if v is None else "number"
+    )

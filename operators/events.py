@@ -1,0 +1,112 @@
+"""The items that travel through the dataflow, from Kafka message to shard sink.
+
+source ──RawMessage──► decode ──ChangeEvent | TruncateEvent | DlqRecord | ProgressMarker──► shards
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, NamedTuple
+
+
+class RawMessage(NamedTuple):
+    """One Kafka message as the source read it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class TableName(NamedTuple):
+    """A target table, always quoted with `psycopg.sql.Identifier` when it reaches SQL."""
+
+    schema: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A target column: the source name kept exactly, and its Postgres type (`numeric(10,2)`)."""
+
+    name: str
+    pg_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class TableSchema:
+    """Columns and primary key of a target table, as a change event's schema describes them.
+
+    Instances are shared by every event with the same schema, so per-event cost is a reference.
+    """
+
+    table: TableName
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+
+
+class Op(IntEnum):
+    UPSERT = 0
+    DELETE = 1
+
+
+@dataclass(slots=True)
+class ChangeEvent:
+    """One row change, normalized: what the shard sink needs and nothing else.
+
+    `values` holds converted Python values of the new row image (None for deletes). A column that
+    is absent from `values` is unchanged (e.g. Debezium's TOAST placeholder): keep the stored value.
+    `version` is a byte string that compares (as bytes, and as Postgres `bytea`) in the source's
+    per-key order; see `operators.versions`.
+    """
+
+    table: TableName
+    key_columns: tuple[str, ...]
+    key: tuple[Any, ...]
+    op: Op
+    version: bytes
+    values: dict[str, Any] | None
+    schema: TableSchema | None
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class TruncateEvent:
+    """A table truncate, broadcast to every shard: rows at or below `version` are gone."""
+
+    table: TableName
+    version: bytes
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class DlqRecord:
+    """A message that cannot be applied, with its raw bytes and a specific reason."""
+
+    topic: str
+    partition: int
+    offset: int
+    raw_key: bytes | None
+    raw_value: bytes | None
+    error_type: str
+    error: str
+
+
+class ProgressMarker(NamedTuple):
+    """Every message of (topic, partition) below `next_offset` that belongs to a shard was sent."""
+
+    topic: str
+    partition: int
+    next_offset: int
+
+
+ShardItem = ChangeEvent | TruncateEvent | DlqRecord | ProgressMarker

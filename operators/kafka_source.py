@@ -1,0 +1,140 @@
+"""Kafka source: one consumer per topic partition, started from the offsets in Postgres.
+
+It never commits consumer-group offsets: Postgres is the only commit point. Besides messages it
+emits a `ProgressMarker` per partition every `REPLICATE_MARKER_MS`, which keeps idle shards'
+offsets moving and wakes shards whose buffers are waiting for their age limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from operators.events import ProgressMarker, RawMessage
+from operators.offsets import partition_start, register_flow
+from operators.pg_session import connect
+from operators.retry import retrying
+from operators.settings import Settings, StartPosition, kafka_client_config
+from schemas.control import ensure_control_schema
+
+log = logging.getLogger(__name__)
+SourceItem = RawMessage | ProgressMarker
+IDLE_WAIT = timedelta(milliseconds=20)
+METADATA_TIMEOUT_S = 30
+
+
+def list_partitions(settings: Settings) -> list[tuple[str, int]]:
+    """(topic, partition) of every configured topic and every topic matching the pattern."""
+    admin = AdminClient(kafka_client_config(settings))
+    metadata = admin.list_topics(timeout=METADATA_TIMEOUT_S)
+    wanted = set(settings.topic_list)
+    missing = wanted - set(metadata.topics)
+    if missing:
+        raise SystemExit(f"replicate: REPLICATE_TOPICS: no such topic(s): {', '.join(sorted(missing))}")
+    if settings.topic_pattern:
+        pattern = re.compile(settings.topic_pattern)
+        wanted |= {t for t in metadata.topics if pattern.fullmatch(t) and not t.startswith("__")}
+    return sorted((t, p) for t in wanted for p in metadata.topics[t].partitions)
+
+
+def part_name(topic: str, partition: int) -> str:
+    return f"{partition}-{topic}"
+
+
+def parse_part_name(name: str) -> tuple[str, int]:
+    partition, topic = name.split("-", 1)
+    return topic, int(partition)
+
+
+class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
+    def __init__(self, settings: Settings, topic: str, partition: int, start: int) -> None:
+        self._settings = settings
+        self._topic, self._partition = topic, partition
+        config = kafka_client_config(settings) | {
+            "group.id": f"cdc-replicator.{settings.flow_id}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 50,
+        }
+        self._consumer = Consumer(config)
+        self._consumer.assign([TopicPartition(topic, partition, start)])
+        self._next_offset = start
+        self._marker_due = 0.0
+        self._idle = False
+        log.info("source %s[%d]: starting at offset %d", topic, partition, start)
+
+    def next_batch(self) -> list[SourceItem]:
+        messages = self._consumer.consume(self._settings.poll_batch_size, 0.001)
+        batch: list[SourceItem] = []
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF or not error.fatal():
+                    log.warning("source %s[%d]: %s", self._topic, self._partition, error)
+                    continue
+                raise KafkaException(error)
+            batch.append(RawMessage(self._topic, self._partition, msg.offset(), msg.key(),
+                                    msg.value()))
+        if batch:
+            self._next_offset = batch[-1].offset + 1
+        self._idle = not batch
+        now = time.monotonic()
+        if now >= self._marker_due:
+            batch.append(ProgressMarker(self._topic, self._partition, self._next_offset))
+            self._marker_due = now + self._settings.marker_ms / 1000
+        return batch
+
+    def next_awake(self) -> datetime | None:
+        return datetime.now(timezone.utc) + IDLE_WAIT if self._idle else None
+
+    def snapshot(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class KafkaCdcSource(FixedPartitionedSource[SourceItem, None]):
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def list_parts(self) -> list[str]:
+        return [part_name(t, p) for t, p in list_partitions(self._settings)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> KafkaPartition:
+        topic, partition = parse_part_name(for_part)
+        settings = self._settings
+
+        def start_offset() -> int:
+            with connect(settings.pg_dsn) as conn:
+                ensure_control_schema(conn)
+                register_flow(conn, settings)
+                return partition_start(conn, settings.flow_id, settings.shards, topic, partition,
+                                       self._initial_offset(topic, partition))
+
+        start = retrying(f"source {topic}[{partition}]: read start offset", start_offset,
+                         cap_s=settings.retry_max_s)
+        return KafkaPartition(settings, topic, partition, start)
+
+    def _initial_offset(self, topic: str, partition: int) -> Callable[[], int]:
+        def resolve() -> int:
+            consumer = Consumer(kafka_client_config(self._settings) | {"group.id": "cdc-probe"})
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S)
+            finally:
+                consumer.close()
+            return high if self._settings.start is StartPosition.LATEST else low
+
+        return resolve
+
+
+__all__ = ["KafkaCdcSource", "OFFSET_END"]

@@ -1,0 +1,44 @@
+"""Canonical key bytes and the stable shard of a (table, primary key).
+
+The same bytes are produced from a decoded event and from a row read back from Postgres (the
+decoder converts values to the Python types psycopg returns), which is what lets a shard rebuild
+its state from the target tables.
+"""
+
+from __future__ import annotations
+
+import zlib
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from operators.events import TableName
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"key value of type {type(value).__name__} is not supported")
+
+
+def key_json(key: tuple[Any, ...]) -> bytes:
+    """The key as a JSON array: what `cdc.stale_events.key` and `cdc.tombstones.key` hold."""
+    return orjson.dumps(key, default=_default)
+
+
+def state_key(table: TableName, key: tuple[Any, ...]) -> bytes:
+    """Bytes that identify one row of one table in a shard's state store."""
+    return f"{table.schema}.{table.name}".encode() + b"\x00" + key_json(key)
+
+
+def shard_of(state_key_bytes: bytes, shards: int) -> int:
+    """Stable across processes and runs (unlike Python's `hash`)."""
+    return zlib.crc32(state_key_bytes) % shards
+
+
+def shard_of_position(topic: str, partition: int, offset: int, shards: int) -> int:
+    """Shard for an item without a key (a DLQ record): a hash of its Kafka position."""
+    return zlib.crc32(f"{topic}\x00{partition}\x00{offset}".encode()) % shards

@@ -1,0 +1,105 @@
+"""Last-write-wins decisions for one batch of change events: pure logic, no I/O.
+
+For each event, in arrival order, compare its version with the key's current version (from the
+state store, or from an earlier event of the same batch) and with the table's truncate floor:
+greater → applied, equal → duplicate, lower (or at/below the floor) → stale. The batch resolves to
+one row write per key (the last applied image, merged over earlier applied images so that columns
+missing from a partial image keep their value).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, NamedTuple
+
+from operators.events import ChangeEvent, Op
+
+
+class KeyState(NamedTuple):
+    """What a shard remembers about one key: the applied version and whether it is deleted."""
+
+    version: bytes
+    deleted: bool
+
+
+class Outcome(Enum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+
+
+STALE_OLDER = "older than the applied version"
+STALE_DELETED = "older than the delete that removed the row"
+STALE_TRUNCATED = "at or below a table truncate"
+
+
+def judge(current: KeyState | None, floor: bytes | None, version: bytes) -> tuple[Outcome, str]:
+    """The outcome of one event of `version` given the key's state and its table's floor."""
+    if floor is not None and version <= floor and (current is None or current.version <= floor):
+        return Outcome.STALE, STALE_TRUNCATED
+    if current is None or version > current.version:
+        return Outcome.APPLIED, ""
+    if version == current.version:
+        return Outcome.DUPLICATE, ""
+    return Outcome.STALE, STALE_DELETED if current.deleted else STALE_OLDER
+
+
+@dataclass(slots=True)
+class RowWrite:
+    """The single write a batch makes for one key: an upsert with merged values, or a delete."""
+
+    event: ChangeEvent
+    op: Op
+    version: bytes
+    values: dict[str, Any] | None
+
+
+@dataclass(slots=True)
+class StaleEvent:
+    event: ChangeEvent
+    applied_version: bytes
+    reason: str
+
+
+@dataclass(slots=True)
+class BatchDecision:
+    writes: dict[bytes, RowWrite] = field(default_factory=dict)
+    stale: list[StaleEvent] = field(default_factory=list)
+    duplicates: int = 0
+    applied: int = 0
+    new_states: dict[bytes, KeyState] = field(default_factory=dict)
+
+
+def decide_batch(
+    events: list[tuple[bytes, ChangeEvent]],
+    states: dict[bytes, KeyState | None],
+    floors: dict[str, bytes],
+) -> BatchDecision:
+    """Resolve a batch. `events` are (state key, event) in arrival order; `states` holds the
+    stored state of every key in the batch; `floors` the truncate floor per table name."""
+    decision = BatchDecision()
+    current = dict(states)
+    for skey, event in events:
+        floor = floors.get(str(event.table))
+        state = current.get(skey)
+        outcome, reason = judge(state, floor, event.version)
+        if outcome is Outcome.DUPLICATE:
+            decision.duplicates += 1
+            continue
+        if outcome is Outcome.STALE:
+            applied = state.version if state is not None and state.version > (floor or b"") else floor
+            decision.stale.append(StaleEvent(event, applied or b"", reason))
+            continue
+        decision.applied += 1
+        deleted = event.op is Op.DELETE
+        current[skey] = decision.new_states[skey] = KeyState(event.version, deleted)
+        previous = decision.writes.get(skey)
+        if deleted:
+            values = None
+        elif previous is not None and previous.values is not None:
+            values = {**previous.values, **(event.values or {})}
+        else:
+            values = dict(event.values or {})
+        decision.writes[skey] = RowWrite(event, event.op, event.version, values)
+    return decision

@@ -1,0 +1,55 @@
+"""One Postgres connection per worker thread, shared by the shards that worker owns.
+
+A bytewax worker calls its sink partitions one after another on one thread, so its shards never
+need two connections at once. After a failure the session is reset: a new connection, and every
+per-connection cache (temp stage tables, table metadata) starts over.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+
+from operators.pg_writer import PgShardWriter
+from operators.retry import retrying
+from operators.settings import Settings
+from operators.target_tables import TargetTables
+from schemas.control import ensure_control_schema
+
+_local = threading.local()
+
+
+def connect(dsn: str) -> psycopg.Connection:
+    return psycopg.connect(dsn, autocommit=True, application_name="cdc-replicator")
+
+
+class PgSession:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.conn: psycopg.Connection = self._open()
+
+    def _open(self) -> psycopg.Connection:
+        return retrying("connect to Postgres", self._open_once, cap_s=self._settings.retry_max_s)
+
+    def _open_once(self) -> psycopg.Connection:
+        conn = connect(self._settings.pg_dsn)
+        ensure_control_schema(conn)
+        self.tables = TargetTables(conn, self._settings.flow_id, self._settings.delete_mode)
+        self.writer = PgShardWriter(conn, self._settings.flow_id, self._settings.delete_mode)
+        return conn
+
+    def reset(self) -> None:
+        """Drop the connection and its caches; reconnect (retrying) on next use."""
+        try:
+            self.conn.close()
+        except psycopg.Error:
+            pass
+        self.conn = self._open()
+
+
+def thread_session(settings: Settings) -> PgSession:
+    session = getattr(_local, "session", None)
+    if session is None:
+        session = _local.session = PgSession(settings)
+    return session

@@ -1,0 +1,54 @@
+"""Retry transient failures (Postgres or Kafka unreachable) with capped exponential backoff and
+full jitter. Retries never skip work: the same call is repeated until it succeeds."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import psycopg
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TRANSIENT_PG_ERRORS = (psycopg.OperationalError, psycopg.errors.SerializationFailure,
+                       psycopg.errors.DeadlockDetected)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Connection loss, server shutdown, serialization conflicts: worth repeating as is."""
+    return isinstance(exc, TRANSIENT_PG_ERRORS) or (
+        isinstance(exc, psycopg.Error) and exc.sqlstate is not None and exc.sqlstate[:2] in
+        ("08", "57", "53")  # connection exception, operator intervention, insufficient resources
+    )
+
+
+def backoff_delays(base_s: float = 0.1, cap_s: float = 30.0):
+    """0.1 s, 0.2 s, 0.4 s ... capped, each drawn uniformly from [0, delay] (full jitter)."""
+    delay = base_s
+    while True:
+        yield random.uniform(0, delay)
+        delay = min(cap_s, delay * 2)
+
+
+def retrying(what: str, call: Callable[[], T], on_retry: Callable[[], None] | None = None,
+             cap_s: float = 30.0) -> T:
+    """Run `call` until it returns; transient errors are logged and retried, others raised."""
+    delays = backoff_delays(cap_s=cap_s)
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            attempt += 1
+            pause = next(delays)
+            log.warning("%s failed (attempt %d, retrying in %.2fs): %s", what, attempt, pause,
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            if on_retry is not None:
+                on_retry()
+            time.sleep(pause)

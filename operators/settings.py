@@ -1,0 +1,132 @@
+"""Replicator configuration: `REPLICATE_*` environment variables, optionally a TOML file.
+
+Precedence: environment variables, then the TOML file named by `REPLICATE_CONFIG`, then defaults.
+Kafka client settings pass through as `REPLICATE_KAFKA_<NAME>`: `REPLICATE_KAFKA_SECURITY_PROTOCOL`
+becomes `security.protocol` (see `kafka_client_config`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "REPLICATE_"
+DEV_PG_DSN = "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
+KAFKA_PASSTHROUGH_PREFIX = ENV_PREFIX + "KAFKA_"
+
+
+class StartPosition(StrEnum):
+    EARLIEST = "earliest"
+    LATEST = "latest"
+
+
+class DeleteMode(StrEnum):
+    HARD = "hard"
+    SOFT = "soft"
+
+
+class Settings(BaseSettings):
+    """Every setting of the replicator; `docs/configuration.md` describes each one."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topics: str = Field("", description="comma-separated topic names")
+    topic_pattern: str | None = Field(None, description="regex; matching topics join at start")
+    pg_dsn: str = DEV_PG_DSN
+    state_dir: Path = Path("./state")
+    flow_id: str = "default"
+    shards: int = Field(64, ge=1, le=4096)
+    start: StartPosition = StartPosition.EARLIEST
+    target_schema: str = "public"
+    table_map: dict[str, str] = Field(
+        default_factory=dict, description='topic -> "schema.table" or "table" overrides (JSON)'
+    )
+    delete_mode: DeleteMode = DeleteMode.HARD
+    batch_size: int = Field(5000, ge=1)
+    batch_ms: int = Field(500, ge=1)
+    poll_batch_size: int = Field(2000, ge=1, description="messages per Kafka poll per partition")
+    marker_ms: int = Field(1000, ge=10, description="progress-marker period per partition")
+    metrics_port: int | None = Field(None, description="serve Prometheus metrics on this port")
+    retry_max_s: float = Field(30.0, gt=0, description="cap of the retry backoff")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(ENV_PREFIX + "CONFIG")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise ConfigError(f"{ENV_PREFIX}CONFIG: no such file: {config_file}")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @field_validator("topic_pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value or None
+
+    @field_validator("flow_id")
+    @classmethod
+    def _flow_id_is_a_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", value):
+            raise ValueError("use 1-100 letters, digits, '_', '.' or '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _has_a_topic_source(self) -> Settings:
+        if not self.topic_list and not self.topic_pattern:
+            raise ValueError("set REPLICATE_TOPICS or REPLICATE_TOPIC_PATTERN")
+        return self
+
+    @property
+    def topic_list(self) -> list[str]:
+        return [t.strip() for t in self.topics.split(",") if t.strip()]
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; the message names the setting."""
+
+
+def kafka_client_config(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """The librdkafka configuration: bootstrap servers plus every `REPLICATE_KAFKA_*` passthrough."""
+    env = os.environ if environ is None else environ
+    config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap}
+    for name, value in env.items():
+        if name.startswith(KAFKA_PASSTHROUGH_PREFIX) and name != ENV_PREFIX + "KAFKA_BOOTSTRAP":
+            key = name[len(KAFKA_PASSTHROUGH_PREFIX) :].lower().replace("_", ".")
+            config[key] = value
+    return config
+
+
+def load_settings() -> Settings:
+    """Read the settings, or raise `ConfigError` with one line naming the bad setting."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "".join(str(p) for p in first["loc"][:1])
+        name = f"{ENV_PREFIX}{where.upper()}" if where else "configuration"
+        raise ConfigError(f"{name}: {first['msg']}") from None

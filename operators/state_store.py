@@ -1,0 +1,140 @@
+"""A shard's per-key state in RocksDB, behind a narrow interface.
+
+Keys are opaque bytes (see `operators.keys.state_key`); values encode a `KeyState`. Each commit is
+one atomic RocksDB write batch that also records the commit sequence number and an *undo record*
+(the previous values of every key it changes). The sink writes it before the Postgres commit of
+the same sequence number, so after a crash the store is either in step with Postgres or exactly
+one commit ahead, and `rollback()` undoes that one commit (DESIGN invariant 5).
+
+Memory: every store of the process shares one block cache and one write-buffer budget, so 64
+shards cost one bounded pool rather than 64 default memtables.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+
+import rocksdict
+
+from operators.lww import KeyState
+
+_SEQ = b"\x00meta:seq"
+_UNDO = b"\x00meta:undo"
+_FLOOR_PREFIX = b"\x00floor:"
+_DELETED, _LIVE = b"D", b"L"
+
+BLOCK_CACHE_BYTES = 64 << 20
+WRITE_BUFFER_BUDGET_BYTES = 64 << 20
+WRITE_BUFFER_BYTES = 2 << 20
+LOAD_CHUNK = 50_000
+
+
+@cache
+def _shared_options() -> rocksdict.Options:
+    options = rocksdict.Options(raw_mode=True)
+    options.create_if_missing(True)
+    table = rocksdict.BlockBasedOptions()
+    table.set_block_cache(rocksdict.Cache(BLOCK_CACHE_BYTES))
+    table.set_bloom_filter(10, False)
+    table.set_cache_index_and_filter_blocks(True)
+    options.set_block_based_table_factory(table)
+    options.set_write_buffer_manager(
+        rocksdict.WriteBufferManager(WRITE_BUFFER_BUDGET_BYTES, False)
+    )
+    options.set_write_buffer_size(WRITE_BUFFER_BYTES)
+    options.set_max_write_buffer_number(2)
+    options.set_max_background_jobs(1)
+    options.set_keep_log_file_num(2)
+    options.set_max_open_files(64)
+    return options
+
+
+def encode_state(state: KeyState) -> bytes:
+    return (_DELETED if state.deleted else _LIVE) + state.version
+
+
+def decode_state(raw: bytes) -> KeyState:
+    return KeyState(raw[1:], raw[:1] == _DELETED)
+
+
+class ShardStateStore:
+    """Per-key versions and tombstones of one shard, plus its table truncate floors."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = rocksdict.Rdict(str(path), _shared_options())
+
+    @property
+    def seq(self) -> int:
+        raw = self._db.get(_SEQ)
+        return int(raw) if raw is not None else 0
+
+    def get_many(self, keys: list[bytes]) -> list[KeyState | None]:
+        return [None if raw is None else decode_state(raw) for raw in self._db[keys]]
+
+    def floors(self) -> dict[str, bytes]:
+        """Truncate floor per table ("schema.table" → version)."""
+        found: dict[str, bytes] = {}
+        for key, value in self._db.items(from_key=_FLOOR_PREFIX):
+            if not key.startswith(_FLOOR_PREFIX):
+                break
+            found[key[len(_FLOOR_PREFIX) :].decode()] = value
+        return found
+
+    def commit(self, seq: int, states: dict[bytes, KeyState], floors: dict[str, bytes]) -> None:
+        """Write `states` and `floors` as commit `seq`, with the undo record of what they replace."""
+        changes = {key: encode_state(state) for key, state in states.items()}
+        changes.update({_FLOOR_PREFIX + table.encode(): v for table, v in floors.items()})
+        keys = list(changes)
+        undo = (self.seq, list(zip(keys, self._db[keys], strict=True)))
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, value in changes.items():
+            batch.put(key, value)
+        batch.put(_UNDO, pickle.dumps(undo, protocol=pickle.HIGHEST_PROTOCOL))
+        batch.put(_SEQ, str(seq).encode())
+        self._db.write(batch)
+
+    def rollback(self) -> None:
+        """Undo the last commit (its Postgres transaction did not commit)."""
+        raw = self._db.get(_UNDO)
+        if raw is None:
+            raise RuntimeError(f"{self.path}: no undo record to roll back")
+        previous_seq, entries = pickle.loads(raw)
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, value in entries:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        batch.delete(_UNDO)
+        batch.put(_SEQ, str(previous_seq).encode())
+        self._db.write(batch)
+
+    def load(
+        self, seq: int, states: Iterable[tuple[bytes, KeyState]], floors: dict[str, bytes]
+    ) -> None:
+        """Bulk-load rebuilt state (after `clear`) in chunks and mark it as commit `seq`."""
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, state in states:
+            batch.put(key, encode_state(state))
+            if batch.len() >= LOAD_CHUNK:
+                self._db.write(batch)
+                batch = rocksdict.WriteBatch(raw_mode=True)
+        for table, version in floors.items():
+            batch.put(_FLOOR_PREFIX + table.encode(), version)
+        batch.put(_SEQ, str(seq).encode())
+        self._db.write(batch)
+
+    def clear(self) -> None:
+        """Drop every key: the store is about to be rebuilt."""
+        self._db.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._db = rocksdict.Rdict(str(self.path), _shared_options())
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,175 @@
+"""Target tables: create them from an event's schema, add new columns, check existing ones.
+
+All DDL runs in its own short transaction under a cluster-wide advisory lock, before the data
+transaction of a batch, so concurrent shards and processes never race on CREATE/ALTER.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from operators.events import ChangeEvent, TableName, TableSchema
+from operators.settings import DeleteMode
+from schemas.control import DDL_LOCK
+
+VERSION_COLUMN = "_cdc_version"
+UPDATED_AT_COLUMN = "_cdc_updated_at"
+DELETED_COLUMN = "_cdc_deleted"
+
+
+class TableProblem(Exception):
+    """An event's table cannot take it (missing table, no primary key): a DLQ reason."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+@dataclass(frozen=True, slots=True)
+class TargetTable:
+    name: TableName
+    columns: dict[str, str]
+    key: tuple[str, ...]
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.name.schema, self.name.name)
+
+
+def metadata_columns(delete_mode: DeleteMode) -> list[tuple[str, str]]:
+    columns = [(VERSION_COLUMN, "bytea NOT NULL"),
+               (UPDATED_AT_COLUMN, "timestamptz NOT NULL DEFAULT now()")]
+    if delete_mode is DeleteMode.SOFT:
+        columns.append((DELETED_COLUMN, "boolean NOT NULL DEFAULT false"))
+    return columns
+
+
+def _read_table(conn: psycopg.Connection, name: TableName) -> TargetTable | None:
+    rows = conn.execute(
+        """SELECT a.attname, format_type(a.atttypid, a.atttypmod),
+                  coalesce(a.attnum = ANY(i.indkey), false)
+             FROM pg_attribute a
+             JOIN pg_class c ON c.oid = a.attrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+            WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+            ORDER BY a.attnum""",
+        (name.schema, name.name),
+    ).fetchall()
+    if not rows:
+        return None
+    return TargetTable(name, {r[0]: r[1] for r in rows}, tuple(r[0] for r in rows if r[2]))
+
+
+class TargetTables:
+    """Resolves the target table of each event, creating or widening it when the schema says so."""
+
+    def __init__(self, conn: psycopg.Connection, flow_id: str, delete_mode: DeleteMode) -> None:
+        self._conn = conn
+        self._flow_id = flow_id
+        self._delete_mode = delete_mode
+        self._by_schema: dict[int, tuple[TableSchema, TargetTable]] = {}
+        self._by_name: dict[TableName, TargetTable] = {}
+
+    def for_event(self, event: ChangeEvent) -> TargetTable:
+        if event.schema is None:
+            return self._existing(event)
+        hit = self._by_schema.get(id(event.schema))
+        if hit is not None and hit[0] is event.schema:
+            return hit[1]
+        table = self._ensure(event)
+        self._by_schema[id(event.schema)] = (event.schema, table)
+        return table
+
+    def lookup(self, name: TableName) -> TargetTable | None:
+        """The table as it is now (for a truncate), or None if it does not exist."""
+        table = self._by_name.get(name)
+        if table is None:
+            table = _read_table(self._conn, name)
+            if table is not None:
+                self._by_name[name] = table
+        return table
+
+    def _existing(self, event: ChangeEvent) -> TargetTable:
+        table = self.lookup(event.table)
+        if table is None:
+            raise TableProblem(
+                "unknown_table",
+                f"table {event.table} does not exist and the message carries no schema to create "
+                "it from (enable the JSON converter's schemas, or create the table)",
+            )
+        missing_meta = [c for c, _ in metadata_columns(self._delete_mode) if c not in table.columns]
+        if set(table.key) != set(event.key_columns):
+            raise TableProblem(
+                "key_mismatch",
+                f"table {event.table} has primary key {list(table.key)} but the message key has "
+                f"{list(event.key_columns)}",
+            )
+        if missing_meta:
+            table = self._ddl(event, add_columns=[], add_meta=missing_meta)
+        return table
+
+    def _ensure(self, event: ChangeEvent) -> TargetTable:
+        schema = event.schema
+        assert schema is not None
+        table = self.lookup(event.table)
+        if table is None:
+            return self._ddl(event, create=True)
+        new_columns = [c for c in schema.columns if c.name not in table.columns]
+        missing_meta = [c for c, _ in metadata_columns(self._delete_mode) if c not in table.columns]
+        if new_columns or missing_meta:
+            return self._ddl(event, add_columns=new_columns, add_meta=missing_meta)
+        return table
+
+    def _ddl(self, event: ChangeEvent, create: bool = False, add_columns=(), add_meta=()) -> TargetTable:
+        name = event.table
+        ident = sql.Identifier(name.schema, name.name)
+        with self._conn.transaction():
+            self._conn.execute(DDL_LOCK)
+            if create:
+                assert event.schema is not None
+                self._create(event.schema)
+            for column in add_columns:
+                self._conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                    ident, sql.Identifier(column.name), sql.SQL(column.pg_type)))
+                self._history(event, "column added", column.name, column.pg_type)
+            for column in add_meta:
+                spec = dict(metadata_columns(self._delete_mode))[column].replace(" NOT NULL", "")
+                self._conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                    ident, sql.Identifier(column), sql.SQL(spec)))
+            table = _read_table(self._conn, name)
+            assert table is not None
+            if not table.key:
+                raise TableProblem("no_primary_key", f"table {name} has no primary key")
+            self._conn.execute(
+                """INSERT INTO cdc.tables (flow_id, table_schema, table_name, key_columns)
+                   VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+                (self._flow_id, name.schema, name.name, list(event.key_columns)),
+            )
+        self._by_name[name] = table
+        return table
+
+    def _create(self, schema: TableSchema) -> None:
+        name = schema.table
+        columns = [sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.pg_type))
+                   for c in schema.columns]
+        columns += [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(spec))
+                    for c, spec in metadata_columns(self._delete_mode)]
+        columns.append(sql.SQL("PRIMARY KEY ({})").format(
+            sql.SQL(", ").join(map(sql.Identifier, schema.key))))
+        self._conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+            sql.Identifier(name.schema)))
+        self._conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+            sql.Identifier(name.schema, name.name), sql.SQL(", ").join(columns)))
+
+    def _history(self, event: ChangeEvent, change: str, column: str, new_type: str) -> None:
+        self._conn.execute(
+            """INSERT INTO cdc.schema_history
+                 (flow_id, table_name, change, column_name, new_type, topic, partition, "offset")
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
+            (self._flow_id, str(event.table), change, column, new_type,
+             event.topic, event.partition, event.offset),
+        )

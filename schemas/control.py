@@ -1,0 +1,108 @@
+"""The replicator's control tables in schema `cdc` (see docs/architecture.md for each one's job)."""
+
+from __future__ import annotations
+
+import psycopg
+
+CONTROL_DDL = """
+CREATE SCHEMA IF NOT EXISTS cdc;
+
+CREATE TABLE IF NOT EXISTS cdc.flows (
+    flow_id     text PRIMARY KEY,
+    shards      integer NOT NULL,
+    start       text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS cdc.offsets (
+    flow_id     text NOT NULL,
+    shard       integer NOT NULL,
+    topic       text NOT NULL,
+    partition   integer NOT NULL,
+    next_offset bigint NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (flow_id, shard, topic, partition)
+);
+
+CREATE TABLE IF NOT EXISTS cdc.shard_commits (
+    flow_id      text NOT NULL,
+    shard        integer NOT NULL,
+    seq          bigint NOT NULL,
+    committed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (flow_id, shard)
+);
+
+CREATE TABLE IF NOT EXISTS cdc.stale_events (
+    flow_id         text NOT NULL,
+    topic           text NOT NULL,
+    partition       integer NOT NULL,
+    "offset"        bigint NOT NULL,
+    table_name      text NOT NULL,
+    key             jsonb NOT NULL,
+    version         text NOT NULL,
+    applied_version text NOT NULL,
+    reason          text NOT NULL,
+    detected_at     timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (flow_id, topic, partition, "offset")
+);
+
+CREATE TABLE IF NOT EXISTS cdc.dlq (
+    id            bigserial PRIMARY KEY,
+    flow_id       text NOT NULL,
+    topic         text NOT NULL,
+    partition     integer NOT NULL,
+    "offset"      bigint NOT NULL,
+    raw_key       bytea,
+    raw_value     bytea,
+    error_type    text NOT NULL,
+    error         text NOT NULL,
+    first_seen    timestamptz NOT NULL DEFAULT now(),
+    replay_status text NOT NULL DEFAULT 'pending',
+    UNIQUE (flow_id, topic, partition, "offset")
+);
+
+CREATE TABLE IF NOT EXISTS cdc.schema_history (
+    id          bigserial PRIMARY KEY,
+    flow_id     text NOT NULL,
+    table_name  text NOT NULL,
+    change      text NOT NULL,
+    column_name text,
+    old_type    text,
+    new_type    text,
+    topic       text,
+    partition   integer,
+    "offset"    bigint,
+    changed_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS cdc.tables (
+    flow_id      text NOT NULL,
+    table_schema text NOT NULL,
+    table_name   text NOT NULL,
+    key_columns  text[] NOT NULL,
+    PRIMARY KEY (flow_id, table_schema, table_name)
+);
+
+CREATE TABLE IF NOT EXISTS cdc.tombstones (
+    table_name text NOT NULL,
+    key        jsonb NOT NULL,
+    version    bytea NOT NULL,
+    deleted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (table_name, key)
+);
+
+CREATE TABLE IF NOT EXISTS cdc.truncations (
+    table_name   text PRIMARY KEY,
+    version      bytea NOT NULL,
+    truncated_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+DDL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('cdc-replicator:ddl'))"
+
+
+def ensure_control_schema(conn: psycopg.Connection) -> None:
+    """Create the control tables if missing; safe to run from many processes at once."""
+    with conn.transaction():
+        conn.execute(DDL_LOCK)
+        conn.execute(CONTROL_DDL)
