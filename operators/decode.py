@@ -5,6 +5,10 @@ with the raw bytes, a short `error_type` and a message naming the field. It retu
 messages that carry nothing to apply: tombstones, heartbeats, transaction metadata, schema changes
 and logical-decoding messages (op `m`). Only catalog (database) errors propagate: they are
 transient, and the caller retries them.
+
+DLQ error types: malformed_json, malformed_envelope, missing_op, unknown_op, missing_source,
+bad_version, missing_after, malformed_key, missing_key, bad_schema, bad_value, no_schema,
+unknown_table, unknown_column.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ _TOAST_INT_ARRAY = list(_TOAST.encode())
 _ABSENT = object()
 _CONVERSION_ERRORS = (ValueError, TypeError, OverflowError, ArithmeticError)
 _MAX_CACHED_SHAPES = 4096
+_MAX_ERROR_CHARS = 500
 
 
 class _Shape(NamedTuple):
@@ -80,8 +85,11 @@ class Decoder:
         try:
             return self._decode(msg)
         except _Reject as exc:
+            error = str(exc)
+            if len(error) > _MAX_ERROR_CHARS:  # the value itself may be megabytes
+                error = error[:_MAX_ERROR_CHARS] + "..."
             return DlqRecord(
-                msg.topic, msg.partition, msg.offset, msg.key, msg.value, exc.error_type, str(exc)
+                msg.topic, msg.partition, msg.offset, msg.key, msg.value, exc.error_type, error
             )
 
     def _decode(self, msg: RawMessage) -> Decoded | None:
@@ -190,7 +198,9 @@ class Decoder:
         if isinstance(doc, dict) and "payload" in doc and "schema" in doc:
             doc = doc["payload"]
         if not isinstance(doc, dict) or not doc:
-            raise _Reject("missing_key", f"Kafka key payload is {_kind(doc)}, not a struct")
+            raise _Reject(
+                "missing_key", f"Kafka key payload is {_kind(doc)}, not a non-empty struct"
+            )
         return doc
 
     def _key_from_image(self, image: dict[str, Any] | None, table: TableName) -> dict[str, Any]:
@@ -346,7 +356,7 @@ def _toast_placeholder(field: dict[str, Any]) -> Any:
 def _loads(raw: bytes, what: str, error_type: str) -> Any:
     try:
         return orjson.loads(raw)
-    except orjson.JSON_Reject as exc:
+    except orjson.JSONDecodeError as exc:
         raise _Reject(error_type, f"{what} is not JSON: {exc}") from None
 
 

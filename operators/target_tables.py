@@ -28,8 +28,10 @@ class TableProblem(Exception):
         self.error_type = error_type
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class TargetTable:
+    """A target table as it exists; compared and hashed by identity (one object per table)."""
+
     name: TableName
     columns: dict[str, str]
     key: tuple[str, ...]

@@ -16,9 +16,9 @@ PG_TOPIC = "dbserver1.inventory.customers"
 SQLSERVER_TOPIC = "server1.testDB.dbo.orders"
 
 
-def field(name: str, type_: str, optional: bool = True, **extra: Any) -> dict[str, Any]:
+def field(column: str, type_: str, /, optional: bool = True, **extra: Any) -> dict[str, Any]:
     """One Connect field schema: `field("price", "bytes", name="...Decimal", parameters={...})`."""
-    return {"type": type_, "optional": optional, "field": name, **extra}
+    return {"type": type_, "optional": optional, "field": column, **extra}
 
 
 def decimal_field(name: str, scale: int, precision: int | None = None) -> dict[str, Any]:

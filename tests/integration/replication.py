@@ -1,0 +1,164 @@
+"""Test helpers: run the replicator as a real process and compare Postgres with the oracle.
+
+The oracle comes from `benchmarks.workload`, which shares no code with the replicator.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from benchmarks.workload import Workload, WorkloadSpec, generate, produce
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Run:
+    """One replicator deployment: its flow id, target schema, state dir and environment."""
+
+    bootstrap: str
+    dsn: str
+    state_dir: Path
+    prefix: str = field(default_factory=lambda: f"it{uuid.uuid4().hex[:10]}")
+    shards: int = 16
+    extra_env: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def flow_id(self) -> str:
+        return self.prefix
+
+    @property
+    def schema(self) -> str:
+        return self.prefix
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATE_")}
+        env.update(
+            REPLICATE_KAFKA_BOOTSTRAP=self.bootstrap,
+            REPLICATE_TOPIC_PATTERN=re.escape(self.prefix) + r"\..*",
+            REPLICATE_PG_DSN=self.dsn,
+            REPLICATE_STATE_DIR=str(self.state_dir),
+            REPLICATE_FLOW_ID=self.flow_id,
+            REPLICATE_SHARDS=str(self.shards),
+            REPLICATE_TARGET_SCHEMA=self.schema,
+            REPLICATE_BATCH_MS="200",
+            REPLICATE_MARKER_MS="200",
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> subprocess.Popen:
+        assert self.process is None or self.process.poll() is not None, "already running"
+        self.log_path = self.state_dir.parent / f"{self.prefix}.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bytewax.run", "flows.replicate"],
+            cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+        return self.process
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def make_workload(self, **spec) -> Workload:
+        workload = generate(WorkloadSpec(topic_prefix=self.prefix, **spec))
+        produce(workload, self.bootstrap)
+        return workload
+
+    def wait_caught_up(self, workload: Workload, timeout_s: float = 180) -> None:
+        """Until every shard's committed offset of every partition is its end offset."""
+        ends = {tp: len(entries) for tp, entries in workload.arrivals.items()}
+        deadline = time.monotonic() + timeout_s
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while True:
+                behind = self.partitions_behind(conn, ends)
+                if not behind:
+                    return
+                if self.process is not None and self.process.poll() is not None:
+                    raise AssertionError(f"replicator exited with {self.process.returncode}:\n"
+                                         f"{self.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"not caught up after {timeout_s}s: {behind[:5]}\n"
+                                         f"{self.log_tail()}")
+                time.sleep(0.5)
+
+    def partitions_behind(self, conn: psycopg.Connection, ends: dict[tuple[str, int], int]):
+        rows = conn.execute(
+            "SELECT topic, partition, count(*), min(next_offset) FROM cdc.offsets "
+            "WHERE flow_id = %s GROUP BY topic, partition", (self.flow_id,)).fetchall()
+        got = {(t, p): (n, low) for t, p, n, low in rows}
+        return [(tp, got.get(tp), end) for tp, end in ends.items()
+                if got.get(tp) != (self.shards, end)]
+
+
+def table_rows(conn: psycopg.Connection, schema: str, table: str,
+               key_columns: tuple[str, ...]) -> dict[tuple, dict]:
+    """Live rows of a target table, keyed like the oracle, without `_cdc_` columns."""
+    cur = conn.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(schema, table)))
+    names = [d.name for d in cur.description]
+    rows = {}
+    for values in cur:
+        row = {n: v for n, v in zip(names, values, strict=True) if not n.startswith("_cdc_")}
+        rows[tuple(row[k] for k in key_columns)] = row
+    return rows
+
+
+def assert_matches_oracle(run: Run, workload: Workload) -> None:
+    """Tables, stale-event audit rows and offsets equal what the oracle expects."""
+    oracle, spec = workload.oracle, workload.spec
+    with psycopg.connect(run.dsn, autocommit=True) as conn:
+        for table in spec.tables:
+            got = table_rows(conn, run.schema, table, spec.key_columns)
+            want = oracle.rows.get(table, {})
+            missing = want.keys() - got.keys()
+            extra = got.keys() - want.keys()
+            wrong = [k for k in want.keys() & got.keys() if got[k] != want[k]]
+            assert not (missing or extra or wrong), (
+                f"{table}: {len(missing)} missing, {len(extra)} extra (resurrected or never "
+                f"deleted), {len(wrong)} wrong; e.g. missing {list(missing)[:3]}, extra "
+                f"{list(extra)[:3]}, wrong {[(got[k], want[k]) for k in wrong[:2]]}")
+        stale = conn.execute(
+            'SELECT topic, partition, "offset", table_name, version, applied_version '
+            "FROM cdc.stale_events WHERE flow_id = %s", (run.flow_id,)).fetchall()
+        positions = [(t, p, o) for t, p, o, *_ in stale]
+        assert len(positions) == len(set(positions)), "a stale event was audited twice"
+        assert set(positions) == oracle.stale_positions, (
+            f"stale audit differs: {len(set(positions) - oracle.stale_positions)} unexpected, "
+            f"{len(oracle.stale_positions - set(positions))} missing")
+        for topic, partition, offset, table_name, version, applied in stale:
+            expected = oracle.stale[(topic, partition, offset)]
+            assert table_name == f"{run.schema}.{expected.table}"
+            assert version == f"pg:lsn={expected.version}"
+            assert applied == f"pg:lsn={expected.applied_version}"
+        dlq = conn.execute("SELECT count(*) FROM cdc.dlq WHERE flow_id = %s",
+                           (run.flow_id,)).fetchone()[0]
+        assert dlq == 0, "valid events went to the DLQ"
+        ends = {tp: len(entries) for tp, entries in workload.arrivals.items()}
+        assert run.partitions_behind(conn, ends) == []
