@@ -16,7 +16,7 @@ from bytewax.dataflow import Dataflow
 
 from operators import metrics
 from operators.decode_step import DecodeStep
-from operators.kafka_source import KafkaCdcSource
+from operators.kafka_source import KafkaCdcSource, list_partitions
 from operators.lifecycle import install_stop_handlers
 from operators.settings import ConfigError, Settings, load_settings
 from operators.shard_sink import ShardSink
@@ -24,22 +24,22 @@ from operators.shard_sink import ShardSink
 
 def build_flow(settings: Settings) -> Dataflow:
     flow = Dataflow("replicate")
-    messages = op.input("kafka", flow, KafkaCdcSource(settings))
+    messages = op.input("kafka", flow, KafkaCdcSource(settings, list_partitions(settings)))
     keyed = op.flat_map_batch("decode", messages, DecodeStep(settings))
     op.output("shards", keyed, ShardSink(settings))
     return flow
 
 
-def _settings_or_exit() -> Settings:
+def _flow_or_exit() -> Dataflow:
     try:
-        return load_settings()
+        settings = load_settings()
+        install_stop_handlers()
+        metrics.serve(settings.metrics_port)
+        return build_flow(settings)
     except ConfigError as exc:
         print(f"replicate: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-settings = _settings_or_exit()
-install_stop_handlers()
-metrics.serve(settings.metrics_port)
-flow = build_flow(settings)
+flow = _flow_or_exit()

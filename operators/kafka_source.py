@@ -11,17 +11,17 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from operators.events import ProgressMarker, RawMessage
 from operators.offsets import partition_start, register_flow
 from operators.pg_session import connect
 from operators.retry import retrying
-from operators.settings import Settings, StartPosition, kafka_client_config
+from operators.settings import ConfigError, Settings, StartPosition, kafka_client_config
 from schemas.control import ensure_control_schema
 
 log = logging.getLogger(__name__)
@@ -31,16 +31,25 @@ METADATA_TIMEOUT_S = 30
 
 
 def list_partitions(settings: Settings) -> list[tuple[str, int]]:
-    """(topic, partition) of every configured topic and every topic matching the pattern."""
+    """(topic, partition) of every configured topic and every topic matching the pattern.
+
+    Waits (with backoff) while Kafka is unreachable; a named topic that does not exist is a
+    configuration error.
+    """
     admin = AdminClient(kafka_client_config(settings))
-    metadata = admin.list_topics(timeout=METADATA_TIMEOUT_S)
+    metadata = retrying(
+        "list Kafka topics", lambda: admin.list_topics(timeout=METADATA_TIMEOUT_S),
+        cap_s=settings.retry_max_s, transient=lambda exc: isinstance(exc, KafkaException),
+    )
     wanted = set(settings.topic_list)
     missing = wanted - set(metadata.topics)
     if missing:
-        raise SystemExit(f"replicate: REPLICATE_TOPICS: no such topic(s): {', '.join(sorted(missing))}")
+        raise ConfigError(f"REPLICATE_TOPICS: no such topic(s): {', '.join(sorted(missing))}")
     if settings.topic_pattern:
         pattern = re.compile(settings.topic_pattern)
         wanted |= {t for t in metadata.topics if pattern.fullmatch(t) and not t.startswith("__")}
+    if not wanted:
+        log.warning("no topic matches REPLICATE_TOPIC_PATTERN=%r yet", settings.topic_pattern)
     return sorted((t, p) for t in wanted for p in metadata.topics[t].partitions)
 
 
@@ -93,7 +102,7 @@ class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
         return batch
 
     def next_awake(self) -> datetime | None:
-        return datetime.now(timezone.utc) + IDLE_WAIT if self._idle else None
+        return datetime.now(UTC) + IDLE_WAIT if self._idle else None
 
     def snapshot(self) -> None:
         return None
@@ -103,11 +112,14 @@ class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
 
 
 class KafkaCdcSource(FixedPartitionedSource[SourceItem, None]):
-    def __init__(self, settings: Settings) -> None:
+    """Reads `partitions` (resolved once at start, see `list_partitions`)."""
+
+    def __init__(self, settings: Settings, partitions: list[tuple[str, int]]) -> None:
         self._settings = settings
+        self._partitions = partitions
 
     def list_parts(self) -> list[str]:
-        return [part_name(t, p) for t, p in list_partitions(self._settings)]
+        return [part_name(t, p) for t, p in self._partitions]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> KafkaPartition:
         topic, partition = parse_part_name(for_part)
@@ -136,5 +148,3 @@ class KafkaCdcSource(FixedPartitionedSource[SourceItem, None]):
 
         return resolve
 
-
-__all__ = ["KafkaCdcSource", "OFFSET_END"]

@@ -88,7 +88,8 @@ def decide_batch(
             decision.duplicates += 1
             continue
         if outcome is Outcome.STALE:
-            applied = state.version if state is not None and state.version > (floor or b"") else floor
+            above_floor = state is not None and state.version > (floor or b"")
+            applied = state.version if above_floor else floor  # type: ignore[union-attr]
             decision.stale.append(StaleEvent(event, applied or b"", reason))
             continue
         decision.applied += 1

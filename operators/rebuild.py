@@ -79,6 +79,7 @@ def committed_states(
 
 def committed_floors(conn: psycopg.Connection, flow_id: str) -> dict[str, bytes]:
     tables = [str(t) for t, _ in _flow_tables(conn, flow_id)]
-    rows = conn.execute("SELECT table_name, version FROM cdc.truncations WHERE table_name = ANY(%s)",
-                        (tables,)).fetchall()
+    rows = conn.execute(
+        "SELECT table_name, version FROM cdc.truncations WHERE table_name = ANY(%s)", (tables,)
+    ).fetchall()
     return {name: bytes(version) for name, version in rows}

@@ -26,6 +26,12 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (Postgres adds DETAIL/CONTEXT lines), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def backoff_delays(base_s: float = 0.1, cap_s: float = 30.0):
     """0.1 s, 0.2 s, 0.4 s ... capped, each drawn uniformly from [0, delay] (full jitter)."""
     delay = base_s
@@ -35,7 +41,8 @@ def backoff_delays(base_s: float = 0.1, cap_s: float = 30.0):
 
 
 def retrying(what: str, call: Callable[[], T], on_retry: Callable[[], None] | None = None,
-             cap_s: float = 30.0) -> T:
+             cap_s: float = 30.0,
+             transient: Callable[[BaseException], bool] = is_transient) -> T:
     """Run `call` until it returns; transient errors are logged and retried, others raised."""
     delays = backoff_delays(cap_s=cap_s)
     attempt = 0
@@ -43,12 +50,12 @@ def retrying(what: str, call: Callable[[], T], on_retry: Callable[[], None] | No
         try:
             return call()
         except Exception as exc:
-            if not is_transient(exc):
+            if not transient(exc):
                 raise
             attempt += 1
             pause = next(delays)
             log.warning("%s failed (attempt %d, retrying in %.2fs): %s", what, attempt, pause,
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                        first_line(exc))
             if on_retry is not None:
                 on_retry()
             time.sleep(pause)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,10 @@ class Settings(BaseSettings):
         if config_file:
             if not Path(config_file).is_file():
                 raise ConfigError(f"{ENV_PREFIX}CONFIG: no such file: {config_file}")
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            try:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{ENV_PREFIX}CONFIG: {config_file}: {exc}") from None
         return tuple(sources)
 
     @field_validator("topic_pattern")
@@ -110,8 +114,10 @@ class ConfigError(Exception):
     """Configuration that cannot be used; the message names the setting."""
 
 
-def kafka_client_config(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """The librdkafka configuration: bootstrap servers plus every `REPLICATE_KAFKA_*` passthrough."""
+def kafka_client_config(
+    settings: Settings, environ: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """librdkafka configuration: bootstrap servers plus every `REPLICATE_KAFKA_*` passthrough."""
     env = os.environ if environ is None else environ
     config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap}
     for name, value in env.items():
@@ -127,6 +133,8 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = "".join(str(p) for p in first["loc"][:1])
-        name = f"{ENV_PREFIX}{where.upper()}" if where else "configuration"
-        raise ConfigError(f"{name}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:
+            raise ConfigError(message) from None
+        name = f"{ENV_PREFIX}{str(first['loc'][0]).upper()}"
+        raise ConfigError(f"{name}={first['input']!r}: {message}") from None

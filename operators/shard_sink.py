@@ -25,7 +25,7 @@ from operators.offsets import shard_offsets, shard_seq
 from operators.pg_session import PgSession, thread_session
 from operators.pg_writer import ShardBatch
 from operators.rebuild import committed_floors, committed_states
-from operators.retry import retrying
+from operators.retry import first_line, retrying
 from operators.settings import Settings
 from operators.state_store import ShardStateStore
 from operators.target_tables import TableProblem, TargetTable
@@ -232,8 +232,7 @@ def _refused(unit: Unit, exc: psycopg.Error) -> DlqRecord | None:
     """The DLQ record replacing a change event Postgres refused; None if there is none."""
     if type(unit) is not ChangeEvent:
         return None
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return _to_dlq(unit, "write_refused", f"Postgres refused the row: {message}")
+    return _to_dlq(unit, "write_refused", f"Postgres refused the row: {first_line(exc)}")
 
 
 class ShardSink(FixedPartitionedSink[ShardItem, None]):

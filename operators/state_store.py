@@ -87,7 +87,7 @@ class ShardStateStore:
         return found
 
     def commit(self, seq: int, states: dict[bytes, KeyState], floors: dict[str, bytes]) -> None:
-        """Write `states` and `floors` as commit `seq`, with the undo record of what they replace."""
+        """Write `states` and `floors` as commit `seq`, with an undo record of what they replace."""
         changes = {key: encode_state(state) for key, state in states.items()}
         changes.update({_FLOOR_PREFIX + table.encode(): v for table, v in floors.items()})
         keys = list(changes)

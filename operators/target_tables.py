@@ -6,13 +6,15 @@ transaction of a batch, so concurrent shards and processes never race on CREATE/
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
-from operators.events import ChangeEvent, TableName, TableSchema
+from operators.events import ChangeEvent, Column, TableName, TableSchema
 from operators.settings import DeleteMode
+from schemas.catalog import read_columns, read_primary_key
 from schemas.control import DDL_LOCK
 
 VERSION_COLUMN = "_cdc_version"
@@ -50,20 +52,8 @@ def metadata_columns(delete_mode: DeleteMode) -> list[tuple[str, str]]:
 
 
 def _read_table(conn: psycopg.Connection, name: TableName) -> TargetTable | None:
-    rows = conn.execute(
-        """SELECT a.attname, format_type(a.atttypid, a.atttypmod),
-                  coalesce(a.attnum = ANY(i.indkey), false)
-             FROM pg_attribute a
-             JOIN pg_class c ON c.oid = a.attrelid
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-             LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
-            WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
-            ORDER BY a.attnum""",
-        (name.schema, name.name),
-    ).fetchall()
-    if not rows:
-        return None
-    return TargetTable(name, {r[0]: r[1] for r in rows}, tuple(r[0] for r in rows if r[2]))
+    columns = read_columns(conn, name)
+    return None if columns is None else TargetTable(name, columns, read_primary_key(conn, name))
 
 
 class TargetTables:
@@ -126,7 +116,8 @@ class TargetTables:
             return self._ddl(event, add_columns=new_columns, add_meta=missing_meta)
         return table
 
-    def _ddl(self, event: ChangeEvent, create: bool = False, add_columns=(), add_meta=()) -> TargetTable:
+    def _ddl(self, event: ChangeEvent, create: bool = False,
+             add_columns: Sequence[Column] = (), add_meta: Sequence[str] = ()) -> TargetTable:
         name = event.table
         ident = sql.Identifier(name.schema, name.name)
         with self._conn.transaction():

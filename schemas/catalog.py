@@ -86,23 +86,32 @@ class TableCatalog:
     def columns(self, table: TableName) -> dict[str, str] | None:
         """Column name → `format_type` string in column order; None if the table is missing."""
         if table not in self._columns:
-            rows = self._query(_COLUMNS_SQL, table)
-            self._columns[table] = {n: t for n, t in rows if n is not None} if rows else None
+            with self._connect() as conn:
+                self._columns[table] = read_columns(conn, table)
         return self._columns[table]
 
     def primary_key(self, table: TableName) -> tuple[str, ...]:
         """Primary-key columns in key order; empty if the table is missing or has none."""
         if table not in self._keys:
-            self._keys[table] = tuple(name for (name,) in self._query(_PRIMARY_KEY_SQL, table))
+            with self._connect() as conn:
+                self._keys[table] = read_primary_key(conn, table)
         return self._keys[table]
 
     def invalidate(self, table: TableName) -> None:
         self._columns.pop(table, None)
         self._keys.pop(table, None)
 
-    def _query(self, sql: str, table: TableName) -> list[tuple[Any, ...]]:
-        with self._connect() as conn:
-            return conn.execute(sql, (table.schema, table.name)).fetchall()
+
+def read_columns(conn: psycopg.Connection[Any], table: TableName) -> dict[str, str] | None:
+    """Column name → `format_type` string in column order; None if the table is missing."""
+    rows = conn.execute(_COLUMNS_SQL, (table.schema, table.name)).fetchall()
+    return {n: t for n, t in rows if n is not None} if rows else None
+
+
+def read_primary_key(conn: psycopg.Connection[Any], table: TableName) -> tuple[str, ...]:
+    """Primary-key columns in key order; empty if the table is missing or has none."""
+    rows = conn.execute(_PRIMARY_KEY_SQL, (table.schema, table.name)).fetchall()
+    return tuple(name for (name,) in rows)
 
 
 @cache
