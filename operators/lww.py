@@ -96,10 +96,10 @@ def decide_batch(
         deleted = event.op is Op.DELETE
         current[skey] = decision.new_states[skey] = KeyState(event.version, deleted)
         previous = decision.writes.get(skey)
-        if deleted:
-            values = None
-        elif previous is not None and previous.values is not None:
-            values = {**previous.values, **(event.values or {})}
+        if deleted:  # keeps the batch's last image: a soft delete leaves it in the row
+            values = previous.values if previous is not None else None
+        elif previous is not None and previous.op is Op.UPSERT:
+            values = {**(previous.values or {}), **(event.values or {})}
         else:
             values = dict(event.values or {})
         decision.writes[skey] = RowWrite(event, event.op, event.version, values)

@@ -49,7 +49,10 @@ class PgSession:
 
 
 def thread_session(settings: Settings) -> PgSession:
-    session = getattr(_local, "session", None)
+    """The calling thread's session for this flow (one per flow, DSN and delete mode)."""
+    sessions: dict[tuple[str, str, str], PgSession] = _local.__dict__.setdefault("sessions", {})
+    key = (settings.pg_dsn, settings.flow_id, settings.delete_mode.value)
+    session = sessions.get(key)
     if session is None:
-        session = _local.session = PgSession(settings)
+        session = sessions[key] = PgSession(settings)
     return session

@@ -58,7 +58,7 @@ class PgShardWriter:
         self._conn = conn
         self._flow_id = flow_id
         self._soft = delete_mode is DeleteMode.SOFT
-        self._stages: dict[tuple[str, tuple[str, ...]], sql.Identifier] = {}
+        self._stages: dict[tuple[str, Op, tuple[str, ...]], sql.Identifier] = {}
 
     def write(self, shard: int, batch: ShardBatch) -> None:
         """Commit `batch` in one transaction (the caller retries transient failures)."""
@@ -66,10 +66,10 @@ class PgShardWriter:
             for table, truncate in batch.truncates:
                 self._truncate(table, truncate)
             for (table, op, columns), writes in self._groups(batch.writes).items():
-                if op is Op.DELETE:
-                    self._delete(table, writes)
+                if op is Op.UPSERT or self._soft:  # a soft delete is an upsert that flags
+                    self._upsert(table, columns, writes, deleted=op is Op.DELETE)
                 else:
-                    self._upsert(table, columns, writes)
+                    self._hard_delete(table, writes)
             self._stale(batch.stale)
             self._dlq(batch.dlq)
             self._offsets(shard, batch.offsets)
@@ -82,15 +82,20 @@ class PgShardWriter:
 
     @staticmethod
     def _groups(writes: list[tuple[TargetTable, RowWrite]]):
+        """Writes grouped by (table, op, columns), columns as key columns + sorted others."""
         groups: dict[tuple[TargetTable, Op, tuple[str, ...]], list[RowWrite]] = defaultdict(list)
         for table, write in writes:
-            columns = () if write.values is None else tuple(write.values)
-            groups[(table, write.op, columns)].append(write)
+            key = write.event.key_columns
+            rest = sorted(c for c in write.values or () if c not in key)
+            groups[(table, write.op, (*key, *rest))].append(write)
         return groups
 
-    def _stage(self, table: TargetTable, columns: tuple[str, ...]) -> sql.Identifier:
-        """A session temp table (emptied at each commit) holding `columns` + key json + version."""
-        cache_key = (str(table.name), columns)
+    def _stage(self, table: TargetTable, op: Op, columns: tuple[str, ...]) -> sql.Identifier:
+        """A session temp table (emptied at each commit) holding `columns` + key json + version.
+
+        One per (table, op, columns), like the groups of a batch, so no two statements of one
+        transaction share a stage."""
+        cache_key = (str(table.name), op, columns)
         stage = self._stages.get(cache_key)
         if stage is None:
             stage = sql.Identifier(f"_cdc_stage_{len(self._stages)}")
@@ -111,9 +116,9 @@ class PgShardWriter:
             for row in rows:
                 copy.write_row(row)
 
-    def _upsert(self, table: TargetTable, columns: tuple[str, ...], writes: list[RowWrite]) -> None:
-        columns = tuple(dict.fromkeys((*writes[0].event.key_columns, *columns)))
-        stage = self._stage(table, columns)
+    def _upsert(self, table: TargetTable, columns: tuple[str, ...], writes: list[RowWrite],
+                deleted: bool = False) -> None:
+        stage = self._stage(table, Op.DELETE if deleted else Op.UPSERT, columns)
         json_at = _jsonb_indexes(table, columns)
         rows = []
         for write in writes:
@@ -127,7 +132,7 @@ class PgShardWriter:
         self._copy_rows(stage, columns, rows)
         target = table.ident
         extra_cols = [UPDATED_AT_COLUMN] + ([DELETED_COLUMN] if self._soft else [])
-        extra_vals = [sql.SQL("now()")] + ([sql.SQL("false")] if self._soft else [])
+        extra_vals = [sql.SQL("now()")] + ([sql.Literal(deleted)] if self._soft else [])
         non_key = [c for c in columns if c not in table.key]
         updates = [sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c))
                    for c in [*non_key, VERSION_COLUMN, *extra_cols]]
@@ -169,29 +174,13 @@ class PgShardWriter:
         ).format(sql.Literal(str(table.name)), sql.Identifier(KEY_COLUMN),
                  sql.Identifier(VERSION_COLUMN))
 
-    def _delete(self, table: TargetTable, writes: list[RowWrite]) -> None:
+    def _hard_delete(self, table: TargetTable, writes: list[RowWrite]) -> None:
+        """Delete the rows and leave a tombstone that fences older upserts of the same key."""
         key_columns = writes[0].event.key_columns
-        stage = self._stage(table, key_columns)
+        stage = self._stage(table, Op.DELETE, key_columns)
         self._copy_rows(stage, key_columns, [
             (*w.event.key, _key_text(w.event.key), w.version) for w in writes])
         version = sql.Identifier(VERSION_COLUMN)
-        if self._soft:
-            self._conn.execute(sql.SQL(
-                """INSERT INTO {target} ({key}, {version}, {updated}, {deleted})
-                   SELECT {s_key}, s.{version}, now(), true FROM {stage} s
-                   WHERE s.{version} > {floor}
-                   ON CONFLICT ({key}) DO UPDATE
-                   SET {version} = excluded.{version}, {updated} = now(), {deleted} = true
-                   WHERE {target}.{version} < excluded.{version}"""
-            ).format(
-                target=table.ident, stage=stage, version=version,
-                key=sql.SQL(", ").join(map(sql.Identifier, key_columns)),
-                s_key=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c))
-                                         for c in key_columns),
-                updated=sql.Identifier(UPDATED_AT_COLUMN),
-                deleted=sql.Identifier(DELETED_COLUMN), floor=self._floor_sql(table),
-            ))
-            return
         self._conn.execute(sql.SQL(
             "DELETE FROM {target} t USING {stage} s WHERE {match} AND t.{version} < s.{version}"
         ).format(

@@ -1,0 +1,180 @@
+"""The shard sink against real Postgres, in process: SQL guards, fencing, recovery, DLQ."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from operators.events import (
+    ChangeEvent,
+    Column,
+    DlqRecord,
+    Op,
+    ProgressMarker,
+    TableName,
+    TableSchema,
+    TruncateEvent,
+)
+from operators.keys import state_key
+from operators.lww import KeyState, RowWrite
+from operators.pg_session import thread_session
+from operators.pg_writer import ShardBatch
+from operators.settings import DeleteMode, Settings
+from operators.shard_sink import ShardPartition
+from operators.versions import pg_version
+
+pytestmark = pytest.mark.integration
+TOPIC = "db.inventory.things"
+
+
+@pytest.fixture
+def settings(pg_dsn, tmp_path):
+    name = f"sink{uuid.uuid4().hex[:10]}"
+    return Settings(topics=TOPIC, pg_dsn=pg_dsn, state_dir=tmp_path, flow_id=name,
+                    target_schema=name, shards=1, batch_size=1000)
+
+
+class Things:
+    """Events for table `<schema>.things (id bigint primary key, name text, qty smallint)`."""
+
+    def __init__(self, schema: str) -> None:
+        self.table = TableName(schema, "things")
+        self.schema = TableSchema(self.table, (Column("id", "bigint"), Column("name", "text"),
+                                               Column("qty", "smallint")), ("id",))
+        self.offset = 0
+
+    def event(self, key: int, lsn: int, op: Op = Op.UPSERT, **values) -> ChangeEvent:
+        self.offset += 1
+        row = None if op is Op.DELETE else {"id": key, "name": f"v{lsn}", "qty": 1, **values}
+        return ChangeEvent(self.table, ("id",), (key,), op, pg_version(lsn), row, self.schema,
+                           TOPIC, 0, self.offset)
+
+
+    def truncate(self, lsn: int) -> TruncateEvent:
+        self.offset += 1
+        return TruncateEvent(self.table, pg_version(lsn), TOPIC, 0, self.offset)
+
+
+def rows(dsn: str, table: TableName) -> dict[int, tuple]:
+    with psycopg.connect(dsn) as conn:
+        return {r[0]: r[1:] for r in conn.execute(
+            f'SELECT id, name, qty FROM "{table.schema}"."{table.name}"')}
+
+
+def test_lww_outcomes_stale_audit_and_offsets(settings):
+    things = Things(settings.target_schema)
+    shard = ShardPartition(settings, 0)
+    shard.write_batch([things.event(1, 10), things.event(1, 30), things.event(1, 20),
+                       things.event(2, 10), things.event(2, 50, Op.DELETE), things.event(2, 40),
+                       things.event(1, 30), ProgressMarker(TOPIC, 0, 100)])
+    shard.snapshot()
+    assert rows(settings.pg_dsn, things.table) == {1: ("v30", 1)}
+    with psycopg.connect(settings.pg_dsn) as conn:
+        stale = conn.execute('SELECT "offset", key::text, version, applied_version, reason '
+                             "FROM cdc.stale_events WHERE flow_id = %s ORDER BY 1",
+                             (settings.flow_id,)).fetchall()
+        offsets = conn.execute("SELECT shard, topic, partition, next_offset FROM cdc.offsets "
+                               "WHERE flow_id = %s", (settings.flow_id,)).fetchall()
+    assert stale == [(3, "[1]", "pg:lsn=20", "pg:lsn=30", "older than the applied version"),
+                     (6, "[2]", "pg:lsn=40", "pg:lsn=50",
+                      "older than the delete that removed the row")]
+    assert offsets == [(0, TOPIC, 0, 100)]
+
+
+def test_sql_guard_holds_whatever_the_cache_says(settings):
+    """Invariant 2 and 3 in SQL alone: writes that bypass RocksDB cannot move a row back."""
+    things = Things(settings.target_schema)
+    shard = ShardPartition(settings, 0)
+    shard.write_batch([things.event(1, 50), things.event(2, 50), things.event(3, 60, Op.DELETE)])
+    shard.snapshot()
+    session = thread_session(settings)
+    table = session.tables.for_event(things.event(1, 1))
+
+    def write(event: ChangeEvent) -> None:
+        batch = ShardBatch(seq=shard._store.seq)  # same seq: this bypasses the state store
+        batch.writes = [(table, RowWrite(event, event.op, event.version, event.values))]
+        session.writer.write(0, batch)
+
+    write(things.event(1, 40, name="older"))  # lower version upsert
+    write(things.event(2, 40, Op.DELETE))  # lower version delete
+    write(things.event(3, 55, name="resurrected?"))  # older than the hard delete's tombstone
+    assert rows(settings.pg_dsn, things.table) == {1: ("v50", 1), 2: ("v50", 1)}
+    write(things.event(3, 70, name="newer"))
+    assert rows(settings.pg_dsn, things.table)[3] == ("newer", 1)
+
+
+def test_truncate_clears_rows_and_fences_older_events(settings):
+    things = Things(settings.target_schema)
+    shard = ShardPartition(settings, 0)
+    shard.write_batch([things.event(1, 10), things.event(2, 30),
+                       things.truncate(20),
+                       things.event(3, 15), things.event(4, 25)])
+    shard.snapshot()
+    assert rows(settings.pg_dsn, things.table) == {2: ("v30", 1), 4: ("v25", 1)}
+    with psycopg.connect(settings.pg_dsn) as conn:
+        reasons = conn.execute("SELECT reason FROM cdc.stale_events WHERE flow_id = %s",
+                               (settings.flow_id,)).fetchall()
+    assert reasons == [("at or below a table truncate",)]
+
+
+def test_soft_delete_mode_keeps_a_flagged_row(settings):
+    soft = settings.model_copy(update={"delete_mode": DeleteMode.SOFT})
+    things = Things(soft.target_schema)
+    shard = ShardPartition(soft, 0)
+    # key 1's delete carries the same columns as key 3's upsert: two groups, one transaction
+    shard.write_batch([things.event(1, 10), things.event(1, 20, Op.DELETE), things.event(1, 15),
+                       things.event(2, 5, Op.DELETE), things.event(3, 10)])
+    shard.snapshot()
+    with psycopg.connect(soft.pg_dsn) as conn:
+        got = conn.execute(f'SELECT id, name, _cdc_deleted FROM "{soft.target_schema}".things '
+                           "ORDER BY id").fetchall()
+    assert got == [(1, "v10", True), (2, None, True), (3, "v10", False)]
+    shard.write_batch([things.event(1, 30, name="back")])
+    shard.snapshot()
+    assert rows(soft.pg_dsn, things.table)[1] == ("back", 1)
+
+
+def test_refused_row_goes_to_dlq_and_the_rest_lands(settings):
+    things = Things(settings.target_schema)
+    shard = ShardPartition(settings, 0)
+    # qty 100000 is out of smallint range: Postgres refuses that one row
+    events = [things.event(k, 10, qty=100_000 if k == 6 else 1) for k in range(1, 9)]
+    shard.write_batch([*events, DlqRecord(TOPIC, 0, 99, b"k", b"{", "malformed_json", "bad")])
+    shard.snapshot()
+    assert set(rows(settings.pg_dsn, things.table)) == {1, 2, 3, 4, 5, 7, 8}
+    with psycopg.connect(settings.pg_dsn) as conn:
+        dlq = conn.execute('SELECT "offset", error_type, error FROM cdc.dlq WHERE flow_id = %s '
+                           'ORDER BY "offset"', (settings.flow_id,)).fetchall()
+    assert [(o, t) for o, t, _ in dlq] == [(6, "write_refused"), (99, "malformed_json")]
+    assert "smallint" in dlq[0][2]
+
+
+def test_state_one_commit_ahead_is_rolled_back(settings):
+    """Invariant 5: a RocksDB commit whose Postgres transaction never happened is undone."""
+    things = Things(settings.target_schema)
+    shard = ShardPartition(settings, 0)
+    shard.write_batch([things.event(1, 10)])
+    shard.snapshot()
+    key = state_key(things.table, (1,))
+    shard._store.commit(shard._store.seq + 1, {key: KeyState(pg_version(99), True)}, {})
+    shard._store.close()
+    reopened = ShardPartition(settings, 0)
+    assert reopened._store.get_many([key]) == [KeyState(pg_version(10), False)]
+    reopened.write_batch([things.event(1, 20)])  # would be stale against the undone state
+    reopened.snapshot()
+    assert rows(settings.pg_dsn, things.table) == {1: ("v20", 1)}
+
+
+def test_lost_state_is_rebuilt_from_postgres(settings, tmp_path):
+    things = Things(settings.target_schema)
+    shard = ShardPartition(settings, 0)
+    shard.write_batch([things.event(1, 10), things.event(2, 30, Op.DELETE)])
+    shard.snapshot()
+    shard._store.close()
+    moved = settings.model_copy(update={"state_dir": tmp_path / "empty"})
+    rebuilt = ShardPartition(moved, 0)
+    assert rebuilt._store.get_many([state_key(things.table, (1,)), state_key(things.table, (2,))]
+                                   ) == [KeyState(pg_version(10), False),
+                                         KeyState(pg_version(30), True)]
