@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,18 @@ from benchmarks.workload import Workload, WorkloadSpec, generate, produce
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def free_ports(count: int) -> list[int]:
+    """Ports on 127.0.0.1 that are free now (for a bytewax cluster's addresses)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 @dataclass
 class Run:
     """One replicator deployment: its flow id, target schema, state dir and environment."""
@@ -33,8 +46,9 @@ class Run:
     prefix: str = field(default_factory=lambda: f"it{uuid.uuid4().hex[:10]}")
     shards: int = 16
     extra_env: dict[str, str] = field(default_factory=dict)
+    processes: int = 1
     log_path: Path | None = None
-    process: subprocess.Popen | None = None
+    running: list[subprocess.Popen] = field(default_factory=list)
 
     @property
     def flow_id(self) -> str:
@@ -60,27 +74,38 @@ class Run:
         env.update(self.extra_env)
         return env
 
-    def start(self) -> subprocess.Popen:
-        assert self.process is None or self.process.poll() is not None, "already running"
+    def start(self) -> None:
+        """Start the replicator: one process, or a bytewax cluster of `processes` processes."""
+        assert not self.alive(), "already running"
         self.log_path = self.state_dir.parent / f"{self.prefix}.log"
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bytewax.run", "flows.replicate"],
-            cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-        )
-        return self.process
+        command = [sys.executable, "-m", "bytewax.run", "flows.replicate"]
+        addresses = ";".join(f"127.0.0.1:{port}" for port in free_ports(self.processes))
+        self.running = []
+        for index in range(self.processes):
+            cluster = ["-i", str(index), "-a", addresses] if self.processes > 1 else []
+            log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+            self.running.append(subprocess.Popen(
+                command + cluster, cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT))
+
+    def alive(self) -> bool:
+        return any(p.poll() is None for p in self.running)
+
+    def died(self) -> bool:
+        return any(p.poll() is not None for p in self.running)
 
     def kill9(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
+        for process in self.running:
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+        for process in self.running:
+            process.wait(timeout=30)
 
-    def stop(self) -> int:
-        """SIGTERM and wait; returns the exit status."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
+    def stop(self) -> list[int]:
+        """SIGTERM every process and wait; returns the exit statuses."""
+        for process in self.running:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        return [process.wait(timeout=30) for process in self.running]
 
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -101,9 +126,9 @@ class Run:
                 behind = self.partitions_behind(conn, ends)
                 if not behind:
                     return
-                if self.process is not None and self.process.poll() is not None:
-                    raise AssertionError(f"replicator exited with {self.process.returncode}:\n"
-                                         f"{self.log_tail()}")
+                if self.died():
+                    codes = [p.returncode for p in self.running]
+                    raise AssertionError(f"replicator exited ({codes}):\n{self.log_tail()}")
                 if time.monotonic() > deadline:
                     raise AssertionError(f"not caught up after {timeout_s}s: {behind[:5]}\n"
                                          f"{self.log_tail()}")

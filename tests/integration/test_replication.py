@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.integration.replication import Run, assert_matches_oracle
+from tests.integration.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -20,8 +21,7 @@ REFERENCE = dict(events=100_000, keys=20_000, tables=("customers", "orders", "it
 def run(kafka_bootstrap, pg_dsn, tmp_path):
     run = Run(kafka_bootstrap, pg_dsn, tmp_path / "state")
     yield run
-    if run.process is not None and run.process.poll() is None:
-        run.kill9()
+    run.kill9()
 
 
 def test_100k_events_converge_to_the_oracle(run):
@@ -29,7 +29,7 @@ def test_100k_events_converge_to_the_oracle(run):
     assert workload.oracle.stale and workload.oracle.duplicates and workload.oracle.deleted
     run.start()
     run.wait_caught_up(workload)
-    assert run.stop() == 0, "SIGTERM must stop the replicator with status 0"
+    assert run.stop() == [0], "SIGTERM must stop the replicator with status 0"
     assert_matches_oracle(run, workload)
 
 
@@ -53,7 +53,7 @@ def test_kill_9_at_random_moments_changes_nothing(run):
     for attempt in range(6):
         run.start()
         time.sleep(rng.uniform(2.0, 5.0))
-        if run.process.poll() is not None:
+        if run.died():
             pytest.fail(f"replicator died by itself:\n{run.log_tail()}")
         run.kill9()
         kills += 1
@@ -64,3 +64,35 @@ def test_kill_9_at_random_moments_changes_nothing(run):
     run.wait_caught_up(workload)
     run.stop()
     assert_matches_oracle(run, workload)
+
+
+def test_cluster_of_two_processes_converges(run):
+    """The same module as a 2-process bytewax cluster (-i/-a): shards spread over both."""
+    run.processes = 2
+    workload = run.make_workload(seed=31, events=30_000, keys=5_000, partitions=3,
+                                 tables=("customers", "orders"))
+    run.start()
+    run.wait_caught_up(workload)
+    run.stop()
+    assert_matches_oracle(run, workload)
+
+
+def test_postgres_outages_are_retried_without_losing_events(run):
+    """Invariant 7: connections cut mid-run (twice, 3 s each) are retried; nothing is skipped."""
+    proxy = TcpProxy(("127.0.0.1", 5432))
+    try:
+        run.dsn = run.dsn.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        workload = run.make_workload(seed=41, events=60_000, keys=10_000, partitions=2,
+                                     tables=("customers", "orders"))
+        run.start()
+        for _ in range(2):
+            time.sleep(2.5)
+            proxy.outage()
+            time.sleep(3)
+            proxy.restore()
+        run.wait_caught_up(workload)
+        assert run.stop() == [0]
+        assert_matches_oracle(run, workload)
+        assert "retrying in" in run.log_tail(100_000), "the outage was never noticed"
+    finally:
+        proxy.close()

@@ -1,0 +1,81 @@
+"""Resident memory of a process tree, sampled from /proc (Linux only)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    """Every descendant pid of `pid`."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def tree_rss_kb(pid: int) -> int:
+    """VmRSS of `pid` plus all its descendants."""
+    return sum(_status_kb(p, "VmRSS") for p in [pid, *children(pid)])
+
+
+def hwm_kb(pid: int) -> int:
+    """VmHWM (the kernel's peak RSS) of one process."""
+    return _status_kb(pid, "VmHWM")
+
+
+class RssSampler:
+    """Samples the tree RSS of `pid` every `interval_s` in a thread; `peak_mb` is the maximum of
+    the samples and of the root's VmHWM read at `stop()`."""
+
+    def __init__(self, pid: int, interval_s: float = 0.2) -> None:
+        self.pid = pid
+        self.interval_s = interval_s
+        self.peak_kb = 0
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval_s)
+
+    def sample(self) -> None:
+        kb = tree_rss_kb(self.pid)
+        if kb:
+            self.samples.append(kb)
+            self.peak_kb = max(self.peak_kb, kb, hwm_kb(self.pid))
+
+    def stop(self) -> float:
+        """Stop sampling (call while the process is still alive); returns the peak in MB."""
+        self.sample()
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.peak_mb
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_kb / 1024

@@ -1,0 +1,121 @@
+"""Per-stage profile: the replicator's own decode step and shard sinks, run in-process on the
+workload's messages (no Kafka, no bytewax), with a wall-clock timer around each stage.
+
+Stages: `DecodeStep.__call__` (of which `Decoder.decode`), `decide_batch` (LWW), the RocksDB
+state store, `PgShardWriter.write` (of which the COPY of rows), and the rest of the shard sink.
+The gap between this pipeline's throughput and the real process's is bytewax + the Kafka source.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from benchmarks.workload import Workload
+
+
+class _Timers:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def wrap(self, name: str, fn: Callable) -> Callable:
+        seconds = self.seconds
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds[name] += time.perf_counter() - t0
+
+        return timed
+
+
+def _pipeline(wl: Workload, settings: Any) -> None:
+    from operators.decode_step import DecodeStep
+    from operators.events import ProgressMarker, RawMessage
+    from operators.shard_sink import ShardPartition, shard_part_name
+
+    step = DecodeStep(settings)
+    shards = {shard_part_name(k): ShardPartition(settings, k) for k in range(settings.shards)}
+    chunk = settings.poll_batch_size
+    for (topic, partition), entries in sorted(wl.arrivals.items()):
+        msgs = [RawMessage(topic, partition, off, k, v)
+                for off, (k, v) in enumerate(wl.iter_partition(topic, partition))]
+        for i in range(0, len(msgs), chunk):
+            batch = msgs[i:i + chunk]
+            items: list[Any] = list(batch)
+            items.append(ProgressMarker(topic, partition, batch[-1].offset + 1))
+            routed: dict[str, list[Any]] = defaultdict(list)
+            for name, item in step(items):
+                routed[name].append(item)
+            for name, values in routed.items():
+                shards[name].write_batch(values)
+    for part in shards.values():
+        part.close()
+
+
+def profile(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir: Path,
+            cprofile_out: Path | None = None) -> tuple[list[dict[str, Any]], float]:
+    """Run the pipeline once under timers (and once more under cProfile if `cprofile_out`);
+    returns the stage rows and the wall time of the timed run."""
+    from operators import decode, decode_step, pg_writer, shard_sink, state_store
+    from operators.settings import Settings
+
+    def settings(suffix: str) -> Settings:
+        return Settings(kafka_bootstrap=bootstrap, topics=",".join(wl.topics), pg_dsn=dsn,
+                        state_dir=workdir / f"profile-state{suffix}",
+                        flow_id=f"{prefix}_prof{suffix}", target_schema=f"{prefix}_prof{suffix}")
+
+    timers = _Timers()
+    patches = [
+        (decode_step.DecodeStep, "__call__", "decode step (DecodeStep, total)"),
+        (decode.Decoder, "decode", "decode: Decoder.decode"),
+        (shard_sink, "decide_batch", "LWW: decide_batch"),
+        (state_store.ShardStateStore, "get_many", "RocksDB: get_many"),
+        (state_store.ShardStateStore, "commit", "RocksDB: commit (with undo)"),
+        (pg_writer.PgShardWriter, "write", "Postgres: PgShardWriter.write (total)"),
+        (pg_writer.PgShardWriter, "_copy_rows", "Postgres: COPY rows into stage"),
+    ]
+    with ExitStack() as stack:
+        for owner, attr, name in patches:
+            stack.enter_context(mock.patch.object(owner, attr,
+                                                  timers.wrap(name, getattr(owner, attr))))
+        t0 = time.perf_counter()
+        _pipeline(wl, settings(""))
+        wall = time.perf_counter() - t0
+    s = timers.seconds
+    n = wl.message_count
+    decode_total = s["decode step (DecodeStep, total)"]
+    pg_total = s["Postgres: PgShardWriter.write (total)"]
+    rows = [
+        ("decode: Decoder.decode", s["decode: Decoder.decode"]),
+        ("decode: key + shard routing (rest of DecodeStep)",
+         decode_total - s["decode: Decoder.decode"]),
+        ("LWW: decide_batch", s["LWW: decide_batch"]),
+        ("RocksDB: get_many + commit",
+         s["RocksDB: get_many"] + s["RocksDB: commit (with undo)"]),
+        ("Postgres: COPY rows into stage", s["Postgres: COPY rows into stage"]),
+        ("Postgres: upsert/delete/audit/offsets SQL + row building",
+         pg_total - s["Postgres: COPY rows into stage"]),
+    ]
+    accounted = sum(v for _, v in rows)
+    rows.append(("shard sink other (buffering, table lookup, open/close)", wall - accounted))
+    out = [{"stage": name, "seconds": sec, "share": sec / wall if wall else 0.0,
+            "us_per_msg": sec / n * 1e6 if n else None} for name, sec in rows]
+    if cprofile_out is not None:
+        prof = cProfile.Profile()
+        prof.runcall(_pipeline, wl, settings("_cp"))
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
+        cprofile_out.parent.mkdir(parents=True, exist_ok=True)
+        cprofile_out.write_text(buf.getvalue())
+    return out, wall

@@ -1,0 +1,418 @@
+"""The systems under test, each run on the same topics: the replicator, and the `ceiling`,
+`naive` and `jdbc` baselines. Every runner returns a `SystemResult` whose figures are only filled
+in once the output has been compared with the workload's oracle."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from benchmarks.procmon import RssSampler
+from benchmarks.stats import RowDiff, SystemResult, diff_rows
+from benchmarks.workload import Workload
+from tests.integration.replication import Run, assert_matches_oracle, table_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+JDBC_DIR = ROOT / "benchmarks" / "jdbc_sink"
+JDBC_DATABASE = "bench_jdbc"
+CEILING_BATCH = 5000
+
+
+def workload_bytes(wl: Workload) -> int:
+    return sum(len(k) + len(v or b"") for *_, k, v in wl.iter_messages())
+
+
+def end_offsets(wl: Workload) -> dict[tuple[str, int], int]:
+    return {tp: len(entries) for tp, entries in wl.arrivals.items()}
+
+
+def _deadline(wl: Workload, min_rate: float = 500, slack_s: float = 120) -> float:
+    return time.monotonic() + slack_s + wl.message_count / min_rate
+
+
+# --------------------------------------------------------------------------- replicator
+
+
+def default_replicator_env() -> dict[str, str]:
+    """`Run` (tests) shortens batch and marker periods; the benchmark restores the defaults."""
+    from operators.settings import Settings
+
+    fields = Settings.model_fields
+    return {"REPLICATE_BATCH_MS": str(fields["batch_ms"].default),
+            "REPLICATE_MARKER_MS": str(fields["marker_ms"].default)}
+
+
+def default_shards() -> int:
+    from operators.settings import Settings
+
+    return int(Settings.model_fields["shards"].default)
+
+
+def make_run(prefix: str, bootstrap: str, dsn: str, workdir: Path) -> Run:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return Run(bootstrap, dsn, state_dir=workdir / "state", prefix=prefix,
+               shards=default_shards(), extra_env=default_replicator_env())
+
+
+def wait_replicator(run: Run, wl: Workload, dsn: str, sampler: RssSampler | None = None,
+                    poll_s: float = 0.1) -> tuple[float, float | None]:
+    """Poll `cdc.offsets` until every shard reached every partition end. Returns (time caught
+    up, time of the first committed offset) as `time.monotonic()` values."""
+    ends = end_offsets(wl)
+    deadline = _deadline(wl)
+    first: float | None = None
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            now = time.monotonic()
+            if first is None and conn.execute(
+                    "SELECT 1 FROM cdc.offsets WHERE flow_id = %s AND next_offset > 0 LIMIT 1",
+                    (run.flow_id,)).fetchone():
+                first = now
+            if not run.partitions_behind(conn, ends):
+                return now, first
+            if run.process is not None and run.process.poll() is not None:
+                raise RuntimeError(f"replicator exited with {run.process.returncode}: "
+                                   f"{run.log_tail(10)}")
+            if now > deadline:
+                raise RuntimeError(f"replicator not caught up in time: {run.log_tail(10)}")
+            time.sleep(poll_s)
+
+
+def run_replicator(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir: Path,
+                   total_bytes: int) -> SystemResult:
+    res = SystemResult("replicator", messages=wl.message_count, bytes=total_bytes,
+                       timing="process start → every shard's offset of every partition "
+                              "committed in cdc.offsets (polled every 0.1 s)")
+    run = make_run(prefix, bootstrap, dsn, workdir)
+    t0 = time.monotonic()
+    proc = run.start()
+    sampler = RssSampler(proc.pid).start()
+    try:
+        t_end, t_first = wait_replicator(run, wl, dsn, sampler)
+        peak = sampler.stop()
+    except Exception as exc:  # noqa: BLE001 - reported, and the other systems still run
+        sampler.stop()
+        run.stop()
+        res.error = str(exc)[:300]
+        return res
+    run.stop()
+    try:
+        assert_matches_oracle(run, wl)
+    except AssertionError as exc:
+        res.error = f"does not match the oracle: {str(exc)[:300]}"
+        res.correctness = "MISMATCH"
+        return res
+    res.correctness = "matches oracle (rows, stale audit, DLQ, offsets)"
+    res.rows_differ = 0
+    res.exactly_matches_oracle = True
+    res.seconds = t_end - t0
+    res.seconds_steady = (t_end - t_first) if t_first else None
+    res.peak_rss_mb = peak
+    res.note = (f"{run.shards} shards, batch_ms/marker_ms at defaults; steady = first committed "
+                "offset → caught up")
+    return res
+
+
+# --------------------------------------------------------------------------- oracle checks
+
+
+def compare_tables(dsn: str, wl: Workload, schema: str, table_name) -> RowDiff:
+    """RowDiff of every table against the oracle; `table_name(table)` names the relation."""
+    total = RowDiff()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table in wl.spec.tables:
+            got = table_rows(conn, schema, table_name(table), wl.spec.key_columns)
+            total = total.add(diff_rows(got, wl.oracle.rows.get(table, {})))
+    return total
+
+
+# --------------------------------------------------------------------------- ceiling
+
+
+def predecode(wl: Workload, schema: str) -> list[Any]:
+    """ChangeEvents of every message, decoded by the replicator's own decoder (untimed)."""
+    from operators.decode import Decoder
+    from operators.events import RawMessage
+
+    decoder = Decoder(schema, {}, None)
+    out = []
+    for topic, partition, offset, key, value in wl.iter_messages():
+        ev = decoder.decode(RawMessage(topic, partition, offset, key, value))
+        if ev is not None:
+            out.append(ev)
+    return out
+
+
+def _create_ceiling_tables(conn: psycopg.Connection, schema: str, events: list[Any]) -> dict:
+    """One table per event table (the decoder's column types), soft deletes, plus a `<t>_live`
+    view of the rows that are not deleted. Returns table name -> (columns, key)."""
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    shapes: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+    for ev in events:
+        if ev.table.name in shapes or ev.schema is None:
+            continue
+        cols = ev.schema.columns
+        defs = [sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.pg_type)) for c in cols]
+        defs += [sql.SQL("_cdc_version bytea NOT NULL"), sql.SQL("_cdc_deleted boolean NOT NULL")]
+        defs.append(sql.SQL("PRIMARY KEY ({})").format(
+            sql.SQL(", ").join(map(sql.Identifier, ev.schema.key))))
+        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(
+            sql.Identifier(schema, ev.table.name), sql.SQL(", ").join(defs)))
+        conn.execute(sql.SQL("CREATE VIEW {} AS SELECT * FROM {} WHERE NOT _cdc_deleted").format(
+            sql.Identifier(schema, ev.table.name + "_live"), sql.Identifier(schema, ev.table.name)))
+        shapes[ev.table.name] = (tuple(c.name for c in cols), tuple(ev.schema.key))
+    return shapes
+
+
+def run_ceiling(wl: Workload, prefix: str, dsn: str, total_bytes: int,
+                batch: int = CEILING_BATCH) -> SystemResult:
+    """Pre-decoded events → per batch and table: COPY into a temp stage, then one
+    `INSERT ... SELECT DISTINCT ON (key) ... ON CONFLICT DO UPDATE WHERE version guard`.
+    Deletes are soft (a versioned row with `_cdc_deleted`), which also fences late inserts."""
+    from operators.events import ChangeEvent, Op
+
+    schema = f"{prefix}_ceiling"
+    res = SystemResult("ceiling", messages=wl.message_count, bytes=total_bytes,
+                       timing="first COPY → last commit; decoding and row building done before "
+                              "timing (no Kafka, no decode)")
+    events = [e for e in predecode(wl, schema) if type(e) is ChangeEvent]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        shapes = _create_ceiling_tables(conn, schema, events)
+        stmts = {}
+        for table, (cols, key) in shapes.items():
+            stage = sql.Identifier(f"stage_{table}")
+            conn.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DELETE ROWS").format(
+                stage, sql.Identifier(schema, table)))
+            allc = [*cols, "_cdc_version", "_cdc_deleted"]
+            ids = sql.SQL(", ").join(map(sql.Identifier, allc))
+            copy = sql.SQL("COPY {} ({}) FROM STDIN").format(stage, ids)
+            upsert = sql.SQL(
+                "INSERT INTO {t} ({ids}) SELECT DISTINCT ON ({k}) {ids} FROM {s} "
+                "ORDER BY {k}, _cdc_version DESC "
+                "ON CONFLICT ({k}) DO UPDATE SET {sets} WHERE {t}._cdc_version < "
+                "excluded._cdc_version").format(
+                t=sql.Identifier(schema, table), ids=ids, s=stage,
+                k=sql.SQL(", ").join(map(sql.Identifier, key)),
+                sets=sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c))
+                                        for c in allc if c not in key))
+            stmts[table] = (copy, upsert)
+        # Row tuples, per batch and table, built before the clock starts.
+        batches: list[dict[str, list[tuple]]] = []
+        for i in range(0, len(events), batch):
+            per: dict[str, list[tuple]] = {}
+            for ev in events[i:i + batch]:
+                cols, key = shapes[ev.table.name]
+                keyd = dict(zip(ev.key_columns, ev.key, strict=True))
+                if ev.op is Op.DELETE:
+                    row = tuple(keyd.get(c) for c in cols) + (ev.version, True)
+                else:
+                    vals = ev.values or {}
+                    row = tuple(vals.get(c, keyd.get(c)) for c in cols) + (ev.version, False)
+                per.setdefault(ev.table.name, []).append(row)
+            batches.append(per)
+        t0 = time.monotonic()
+        for per in batches:
+            with conn.transaction():
+                for table, rows in per.items():
+                    copy_stmt, upsert = stmts[table]
+                    with conn.cursor().copy(copy_stmt) as cp:
+                        for row in rows:
+                            cp.write_row(row)
+                    conn.execute(upsert)
+        res.seconds = time.monotonic() - t0
+    diff = compare_tables(dsn, wl, schema, lambda t: t + "_live")
+    res.rows_differ = diff.total
+    res.exactly_matches_oracle = diff.total == 0
+    res.correctness = diff.describe() + " (table rows only; no audit)"
+    if diff.total:
+        res.error = f"ceiling does not match the oracle: {diff.describe()}"
+    res.note = f"{batch} events per transaction, one connection, soft deletes"
+    return res
+
+
+# --------------------------------------------------------------------------- naive
+
+
+def create_plain_tables(dsn: str, wl: Workload, schema: str, database_schema_events) -> None:
+    """The naive loop's tables: the same columns and key, no metadata (created untimed, as a
+    person writing that loop would create them by hand)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        done = set()
+        for ev in database_schema_events:
+            if ev.table.name in done or ev.schema is None:
+                continue
+            done.add(ev.table.name)
+            defs = [sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.pg_type))
+                    for c in ev.schema.columns]
+            defs.append(sql.SQL("PRIMARY KEY ({})").format(
+                sql.SQL(", ").join(map(sql.Identifier, ev.schema.key))))
+            conn.execute(sql.SQL("CREATE TABLE {} ({})").format(
+                sql.Identifier(schema, ev.table.name), sql.SQL(", ").join(defs)))
+
+
+def first_event_per_table(wl: Workload, schema: str) -> list[Any]:
+    from operators.decode import Decoder
+    from operators.events import RawMessage
+
+    decoder = Decoder(schema, {}, None)
+    out, seen = [], set()
+    for topic, partition, offset, key, value in wl.iter_messages():
+        if topic in seen or value is None:
+            continue
+        ev = decoder.decode(RawMessage(topic, partition, offset, key, value))
+        if ev is not None and getattr(ev, "schema", None) is not None:
+            out.append(ev)
+            seen.add(topic)
+    return out
+
+
+def run_naive(wl: Workload, prefix: str, bootstrap: str, dsn: str, total_bytes: int,
+              workdir: Path) -> SystemResult:
+    schema = f"{prefix}_naive"
+    res = SystemResult("naive", messages=wl.message_count, bytes=total_bytes,
+                       timing="process start → consumer position at every partition end "
+                              "(after its last Postgres commit)")
+    create_plain_tables(dsn, wl, schema, first_event_per_table(wl, schema))
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = open(workdir / "naive.log", "wb")  # noqa: SIM115
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.naive", "--bootstrap", bootstrap, "--dsn", dsn,
+         "--schema", schema, "--group", f"{prefix}-naive", "--topics", ",".join(wl.topics)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=log)
+    sampler = RssSampler(proc.pid).start()
+    out = b""
+    try:
+        out, _ = proc.communicate(timeout=_deadline(wl) - time.monotonic())
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        res.error = "naive consumer timed out"
+    t_end = time.monotonic()
+    peak = sampler.peak_mb
+    sampler.stop()
+    log.close()
+    if res.error is None and proc.returncode != 0:
+        res.error = f"naive consumer exited with {proc.returncode}; see {workdir / 'naive.log'}"
+    if res.error:
+        return res
+    stats = json.loads(out.decode().strip().splitlines()[-1])
+    diff = compare_tables(dsn, wl, schema, lambda t: t)
+    res.rows_differ = diff.total
+    res.exactly_matches_oracle = diff.total == 0
+    res.correctness = diff.describe()
+    res.seconds = t_end - t0
+    res.seconds_steady = stats.get("seconds_from_first_message")
+    res.peak_rss_mb = peak
+    res.note = (f"{stats.get('batches', 0)} poll batches; executemany upsert/delete, commit per "
+                "batch, then a synchronous Kafka offset commit")
+    return res
+
+
+# --------------------------------------------------------------------------- jdbc
+
+
+def ensure_database(dsn: str, name: str) -> str:
+    """Create database `name` if missing; returns a DSN for it."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    info["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**info)
+
+
+def group_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futs = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
+                                             request_timeout=10)
+    out = {}
+    for fut in futs.values():
+        for tp in fut.result(timeout=15).topic_partitions or []:
+            if tp.offset >= 0:
+                out[(tp.topic, tp.partition)] = tp.offset
+    return out
+
+
+def run_jdbc(wl: Workload, prefix: str, bootstrap: str, dsn: str, total_bytes: int,
+             workdir: Path, tasks: int = 1) -> SystemResult:
+    res = SystemResult("jdbc", messages=wl.message_count, bytes=total_bytes,
+                       timing="worker start (JVM launch) → the connector's consumer group "
+                              "offsets at every partition end (AdminClient, polled every 0.5 s; "
+                              "offset.flush.interval.ms=1000)")
+    work = workdir / "jdbc"
+    jdbc_dsn = ensure_database(dsn, JDBC_DATABASE)
+    info = psycopg.conninfo.conninfo_to_dict(jdbc_dsn)
+    url = f"jdbc:postgresql://{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}/" \
+          f"{JDBC_DATABASE}"
+    name = f"{prefix}-jdbc"
+    group = f"connect-{name}"
+    ends = end_offsets(wl)
+    subprocess.run([str(JDBC_DIR / "fetch.sh")], check=True)
+    env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap,
+           "JDBC_USER": info.get("user", "postgres"), "JDBC_PASSWORD": info.get("password", "")}
+    t0 = time.monotonic()
+    subprocess.run([str(JDBC_DIR / "start.sh"), str(work), name, re.escape(prefix) + r"\..*",
+                    url, str(tasks)], check=True, env=env, stdout=subprocess.DEVNULL)
+    pid = int((work / "connect.pid").read_text())
+    sampler = RssSampler(pid).start()
+    deadline = _deadline(wl, min_rate=200)
+    try:
+        while True:
+            done = group_offsets(bootstrap, group)
+            if all(done.get(tp, 0) >= end for tp, end in ends.items()):
+                break
+            if not Path(f"/proc/{pid}").exists():
+                raise RuntimeError(f"Kafka Connect exited; see {work / 'connect.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"jdbc sink not caught up in time; see {work / 'connect.log'}")
+            time.sleep(0.5)
+        res.seconds = time.monotonic() - t0
+        res.peak_rss_mb = sampler.stop()
+    except Exception as exc:  # noqa: BLE001
+        sampler.stop()
+        res.error = str(exc)[:300]
+    finally:
+        subprocess.run([str(JDBC_DIR / "stop.sh"), str(work)], check=False)
+    if res.error:
+        return res
+    tables = {}
+    with psycopg.connect(jdbc_dsn, autocommit=True) as conn:
+        names = [r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")]
+    for table in wl.spec.tables:
+        want = re.sub(r"\W", "_", wl.spec.topic(table)).lower()
+        match = [n for n in names if n.lower() == want]
+        if not match:
+            res.error = f"jdbc sink created no table for {table} (looked for {want})"
+            return res
+        tables[table] = match[0]
+    diff = compare_tables(jdbc_dsn, wl, "public", tables.__getitem__)
+    res.rows_differ = diff.total
+    res.exactly_matches_oracle = diff.total == 0
+    res.correctness = diff.describe()
+    res.note = (f"Debezium JDBC sink {jdbc_version()}, tasks.max={tasks}, JsonConverter with "
+                "schemas, upsert + delete.enabled, at-least-once, arrival order wins")
+    with psycopg.connect(jdbc_dsn, autocommit=True) as conn:
+        for t in tables.values():
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("public", t)))
+    return res
+
+
+def jdbc_version() -> str:
+    m = re.search(r"<debezium.version>([^<]+)<", (JDBC_DIR / "pom.xml").read_text())
+    return m.group(1) if m else "?"
