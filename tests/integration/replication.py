@@ -143,6 +143,32 @@ class Run:
                 if got.get(tp) != (self.shards, end)]
 
 
+def version_text(version) -> str:
+    """The oracle's version as `cdc.stale_events` spells it (an LSN, or SQL Server's triple)."""
+    if isinstance(version, int):
+        return f"pg:lsn={version}"
+    commit, change, serial = version
+    return f"sqlserver:commit={commit},change={change},serial={serial}"
+
+
+def create_tables_like_workload(dsn: str, schema: str, spec: WorkloadSpec) -> None:
+    """Target tables for a workload whose messages carry no schema (they must exist first)."""
+    types = {"text": "text", "int32": "integer", "decimal": "numeric(12,2)",
+             "micro_ts": "timestamp", "bool": "boolean", "int64": "bigint"}
+    keys = {"tenant": "integer", "id": "bigint"}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        for table in spec.tables:
+            columns = [sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL(keys[k]))
+                       for k in spec.key_columns]
+            columns += [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(types[kind]))
+                        for name, kind in spec.value_columns]
+            columns.append(sql.SQL("PRIMARY KEY ({})").format(
+                sql.SQL(", ").join(map(sql.Identifier, spec.key_columns))))
+            conn.execute(sql.SQL("CREATE TABLE {} ({})").format(
+                sql.Identifier(schema, table), sql.SQL(", ").join(columns)))
+
+
 def table_rows(conn: psycopg.Connection, schema: str, table: str,
                key_columns: tuple[str, ...]) -> dict[tuple, dict]:
     """Live rows of a target table, keyed like the oracle, without `_cdc_` columns."""
@@ -180,8 +206,8 @@ def assert_matches_oracle(run: Run, workload: Workload) -> None:
         for topic, partition, offset, table_name, version, applied in stale:
             expected = oracle.stale[(topic, partition, offset)]
             assert table_name == f"{run.schema}.{expected.table}"
-            assert version == f"pg:lsn={expected.version}"
-            assert applied == f"pg:lsn={expected.applied_version}"
+            assert version == version_text(expected.version)
+            assert applied == version_text(expected.applied_version)
         dlq = conn.execute("SELECT count(*) FROM cdc.dlq WHERE flow_id = %s",
                            (run.flow_id,)).fetchone()[0]
         assert dlq == 0, "valid events went to the DLQ"

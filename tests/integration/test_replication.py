@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.integration.replication import Run, assert_matches_oracle
+from benchmarks.workload import WorkloadSpec
+from tests.integration.replication import Run, assert_matches_oracle, create_tables_like_workload
 from tests.integration.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -30,6 +31,30 @@ def test_100k_events_converge_to_the_oracle(run):
     run.start()
     run.wait_caught_up(workload)
     assert run.stop() == [0], "SIGTERM must stop the replicator with status 0"
+    assert_matches_oracle(run, workload)
+
+
+def test_sqlserver_events_with_composite_keys_converge(run):
+    workload = run.make_workload(seed=7, events=20_000, keys=4_000, partitions=3,
+                                 tables=("orders", "lines"), connector="sqlserver",
+                                 composite_key=True)
+    assert workload.oracle.stale
+    run.start()
+    run.wait_caught_up(workload)
+    run.stop()
+    assert_matches_oracle(run, workload)
+
+
+def test_schemaless_messages_fill_existing_tables(run):
+    """`schemas.enable=false`: values are converted to the existing tables' column types."""
+    spec = dict(seed=9, events=20_000, keys=4_000, partitions=2, tables=("customers", "orders"),
+                schemas_enable=False)
+    create_tables_like_workload(run.dsn, run.schema, WorkloadSpec(topic_prefix=run.prefix,
+                                                                  **spec))
+    workload = run.make_workload(**spec)
+    run.start()
+    run.wait_caught_up(workload)
+    run.stop()
     assert_matches_oracle(run, workload)
 
 

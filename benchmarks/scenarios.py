@@ -1,0 +1,62 @@
+"""Benchmark scenarios: what data, which systems, what is measured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ALL_SYSTEMS = ("replicator", "ceiling", "naive", "jdbc")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    kind: str  # "backlog" | "latency" | "memory"
+    spec: dict[str, Any] = field(default_factory=dict)  # WorkloadSpec fields
+    systems: tuple[str, ...] = ALL_SYSTEMS
+    profile: bool = True
+    rate: float | None = None  # latency: produce rate, messages/s
+    memory_keys: tuple[int, ...] = ()  # memory: distinct-key counts
+    events_per_key: float = 1.2  # memory: true changes per key of the key space
+
+
+REFERENCE_SPEC: dict[str, Any] = dict(
+    events=300_000, keys=100_000, tables=("customers", "orders", "products"), columns=6,
+    partitions=4, duplicates_pct=2.0, out_of_order_pct=2.0, deletes_pct=5.0,
+    connector="postgresql", schemas_enable=True, seed=7,
+)
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "reference",
+            "Backlog of ~320k Debezium JSON messages (with schemas): 3 tables × 6 columns, 100k "
+            "keys, 2% duplicates, 2% out-of-order, 5% deletes (+ tombstones), 4 partitions. "
+            "Every system reads the same topics (the ceiling gets the same events pre-decoded).",
+            "backlog", REFERENCE_SPEC,
+        ),
+        Scenario(
+            "smoke",
+            "Tiny backlog for CI: the reference shape with 3k changes and 500 keys.",
+            "backlog", {**REFERENCE_SPEC, "events": 3_000, "keys": 500},
+            systems=("replicator", "ceiling", "naive"),
+        ),
+        Scenario(
+            "latency",
+            "Steady input at 10k messages/s for ~30 s into an already running replicator; "
+            "end-to-end latency of each row's last applied event, Kafka produce time → Postgres "
+            "commit. 1M-key space, so most events are the last of their key and get measured.",
+            "latency", {**REFERENCE_SPEC, "events": 290_000, "keys": 1_000_000},
+            systems=("replicator",), profile=False, rate=10_000,
+        ),
+        Scenario(
+            "memory",
+            "Distinct-key scaling: peak RSS of the replicator process for a backlog touching "
+            "100k and 1M distinct keys (1.2 changes per key of the key space).",
+            "memory", {**REFERENCE_SPEC},
+            systems=("replicator",), profile=False, memory_keys=(100_000, 1_000_000),
+        ),
+    )
+}
