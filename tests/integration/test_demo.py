@@ -1,0 +1,20 @@
+"""`make demo` end to end: it must replicate its sample and say that it matches."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo_replicates_its_sample(kafka_bootstrap, pg_dsn):
+    done = subprocess.run([sys.executable, "-m", "flows.demo"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "demo: matches the expected last-write-wins result" in done.stdout
+    assert "older events rejected" in done.stdout
