@@ -47,7 +47,7 @@ def _pipeline(wl: Workload, settings: Any) -> None:
     step = DecodeStep(settings)
     shards = {shard_part_name(k): ShardPartition(settings, k) for k in range(settings.shards)}
     chunk = settings.poll_batch_size
-    for (topic, partition), entries in sorted(wl.arrivals.items()):
+    for topic, partition in sorted(wl.arrivals):
         msgs = [RawMessage(topic, partition, off, k, v)
                 for off, (k, v) in enumerate(wl.iter_partition(topic, partition))]
         for i in range(0, len(msgs), chunk):

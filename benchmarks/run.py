@@ -108,8 +108,8 @@ def cleanup(prefix: str, dsn: str, bootstrap: str, topics: list[str]) -> None:
     if topics:
         from confluent_kafka.admin import AdminClient
 
-        for fut in AdminClient({"bootstrap.servers": bootstrap}).delete_topics(
-                topics, operation_timeout=30).values():
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for fut in admin.delete_topics(topics, operation_timeout=30).values():
             try:
                 fut.result(timeout=60)
             except Exception as exc:  # noqa: BLE001
@@ -235,7 +235,8 @@ def run_latency(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> 
     total_bytes = systems.workload_bytes(wl)
     create_topics(wl, args.bootstrap)
     run = systems.make_run(prefix, args.bootstrap, args.dsn, OUT / prefix)
-    proc = run.start()
+    run.start()
+    proc = run.running[0]
     sampler = RssSampler(proc.pid).start()
     topics = [prefix] + wl.topics
     partitions = len(wl.arrivals)

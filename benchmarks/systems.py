@@ -79,8 +79,8 @@ def wait_replicator(run: Run, wl: Workload, dsn: str, sampler: RssSampler | None
                 first = now
             if not run.partitions_behind(conn, ends):
                 return now, first
-            if run.process is not None and run.process.poll() is not None:
-                raise RuntimeError(f"replicator exited with {run.process.returncode}: "
+            if run.died():
+                raise RuntimeError(f"replicator exited with {[p.returncode for p in run.running]}: "
                                    f"{run.log_tail(10)}")
             if now > deadline:
                 raise RuntimeError(f"replicator not caught up in time: {run.log_tail(10)}")
@@ -94,8 +94,8 @@ def run_replicator(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir:
                               "committed in cdc.offsets (polled every 0.1 s)")
     run = make_run(prefix, bootstrap, dsn, workdir)
     t0 = time.monotonic()
-    proc = run.start()
-    sampler = RssSampler(proc.pid).start()
+    run.start()
+    sampler = RssSampler(run.running[0].pid).start()
     try:
         t_end, t_first = wait_replicator(run, wl, dsn, sampler)
         peak = sampler.stop()

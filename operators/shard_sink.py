@@ -135,7 +135,7 @@ class ShardPartition(StatefulSinkPartition[ShardItem, None]):
         try:
             retrying(f"shard {self._shard}: commit", lambda: self._commit_once(units, markers),
                      on_retry=self._after_failure, cap_s=self._settings.retry_max_s)
-        except psycopg.Error as exc:  # not transient: Postgres refused something in the batch
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:  # a value Postgres refuses
             self._after_failure()
             if len(units) > 1:
                 half = len(units) // 2
