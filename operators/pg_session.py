@@ -48,10 +48,15 @@ class PgSession:
         self.conn = self._open()
 
 
+def flow_key(settings: Settings) -> tuple[str, str, str]:
+    """What makes two settings the same flow for per-thread sharing."""
+    return (settings.pg_dsn, settings.flow_id, settings.delete_mode.value)
+
+
 def thread_session(settings: Settings) -> PgSession:
-    """The calling thread's session for this flow (one per flow, DSN and delete mode)."""
+    """The calling thread's session for this flow."""
     sessions: dict[tuple[str, str, str], PgSession] = _local.__dict__.setdefault("sessions", {})
-    key = (settings.pg_dsn, settings.flow_id, settings.delete_mode.value)
+    key = flow_key(settings)
     session = sessions.get(key)
     if session is None:
         session = sessions[key] = PgSession(settings)

@@ -32,14 +32,18 @@ KEY_COLUMN = "_cdc_key"
 
 @dataclass(slots=True)
 class ShardBatch:
-    """Everything one shard commits at once."""
+    """Everything one shard commits at once (several shards' batches share a transaction)."""
 
+    shard: int
     seq: int
     writes: list[tuple[TargetTable, RowWrite]] = field(default_factory=list)
     stale: list[StaleEvent] = field(default_factory=list)
     dlq: list[DlqRecord] = field(default_factory=list)
     truncates: list[tuple[TargetTable | None, TruncateEvent]] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    floors: dict[str, bytes] = field(default_factory=dict)
+    applied: int = 0
+    duplicates: int = 0
 
 
 def _key_text(key: tuple[Any, ...]) -> str:
@@ -60,25 +64,35 @@ class PgShardWriter:
         self._soft = delete_mode is DeleteMode.SOFT
         self._stages: dict[tuple[str, Op, tuple[str, ...]], sql.Identifier] = {}
 
-    def write(self, shard: int, batch: ShardBatch) -> None:
-        """Commit `batch` in one transaction (the caller retries transient failures)."""
+    def write(self, batches: list[ShardBatch]) -> None:
+        """Commit `batches` in one transaction (the caller retries transient failures)."""
         with self._conn.transaction():
-            for table, truncate in batch.truncates:
-                self._truncate(table, truncate)
-            for (table, op, columns), writes in self._groups(batch.writes).items():
+            for batch in batches:
+                for table, truncate in batch.truncates:
+                    self._truncate(table, truncate)
+            writes = [w for batch in batches for w in batch.writes]
+            for (table, op, columns), group in self._groups(writes).items():
                 if op is Op.UPSERT or self._soft:  # a soft delete is an upsert that flags
-                    self._upsert(table, columns, writes, deleted=op is Op.DELETE)
+                    self._upsert(table, columns, group, deleted=op is Op.DELETE)
                 else:
-                    self._hard_delete(table, writes)
-            self._stale(batch.stale)
-            self._dlq(batch.dlq)
-            self._offsets(shard, batch.offsets)
-            self._conn.execute(
-                """INSERT INTO cdc.shard_commits (flow_id, shard, seq) VALUES (%s, %s, %s)
-                   ON CONFLICT (flow_id, shard)
-                   DO UPDATE SET seq = excluded.seq, committed_at = now()""",
-                (self._flow_id, shard, batch.seq),
-            )
+                    self._hard_delete(table, group)
+            self._stale([s for batch in batches for s in batch.stale])
+            self._dlq([r for batch in batches for r in batch.dlq])
+            with self._conn.cursor() as cur:
+                cur.executemany(
+                    """INSERT INTO cdc.offsets (flow_id, shard, topic, partition, next_offset)
+                       VALUES (%s, %s, %s, %s, %s)
+                       ON CONFLICT (flow_id, shard, topic, partition)
+                       DO UPDATE SET next_offset = excluded.next_offset, updated_at = now()""",
+                    [(self._flow_id, b.shard, t, p, o)
+                     for b in batches for (t, p), o in b.offsets.items()],
+                )
+                cur.executemany(
+                    """INSERT INTO cdc.shard_commits (flow_id, shard, seq) VALUES (%s, %s, %s)
+                       ON CONFLICT (flow_id, shard)
+                       DO UPDATE SET seq = excluded.seq, committed_at = now()""",
+                    [(self._flow_id, b.shard, b.seq) for b in batches],
+                )
 
     @staticmethod
     def _groups(writes: list[tuple[TargetTable, RowWrite]]):
@@ -233,15 +247,3 @@ class PgShardWriter:
             for r in records:
                 copy.write_row((self._flow_id, r.topic, r.partition, r.offset, r.raw_key,
                                 r.raw_value, r.error_type, r.error))
-
-    def _offsets(self, shard: int, offsets: dict[tuple[str, int], int]) -> None:
-        if not offsets:
-            return
-        with self._conn.cursor() as cur:
-            cur.executemany(
-                """INSERT INTO cdc.offsets (flow_id, shard, topic, partition, next_offset)
-                   VALUES (%s, %s, %s, %s, %s)
-                   ON CONFLICT (flow_id, shard, topic, partition)
-                   DO UPDATE SET next_offset = excluded.next_offset, updated_at = now()""",
-                [(self._flow_id, shard, t, p, o) for (t, p), o in offsets.items()],
-            )

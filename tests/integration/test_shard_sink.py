@@ -93,9 +93,9 @@ def test_sql_guard_holds_whatever_the_cache_says(settings):
     table = session.tables.for_event(things.event(1, 1))
 
     def write(event: ChangeEvent) -> None:
-        batch = ShardBatch(seq=shard._store.seq)  # same seq: this bypasses the state store
+        batch = ShardBatch(shard=0, seq=shard.shard._store.seq)  # bypasses the state store
         batch.writes = [(table, RowWrite(event, event.op, event.version, event.values))]
-        session.writer.write(0, batch)
+        session.writer.write([batch])
 
     write(things.event(1, 40, name="older"))  # lower version upsert
     write(things.event(2, 40, Op.DELETE))  # lower version delete
@@ -158,10 +158,11 @@ def test_state_one_commit_ahead_is_rolled_back(settings):
     shard.write_batch([things.event(1, 10)])
     shard.snapshot()
     key = state_key(things.table, (1,))
-    shard._store.commit(shard._store.seq + 1, {key: KeyState(pg_version(99), True)}, {})
-    shard._store.close()
+    store = shard.shard._store
+    store.commit(store.seq + 1, {key: KeyState(pg_version(99), True)}, {})
+    shard.close()  # as if the process died before its Postgres commit
     reopened = ShardPartition(settings, 0)
-    assert reopened._store.get_many([key]) == [KeyState(pg_version(10), False)]
+    assert reopened.shard._store.get_many([key]) == [KeyState(pg_version(10), False)]
     reopened.write_batch([things.event(1, 20)])  # would be stale against the undone state
     reopened.snapshot()
     assert rows(settings.pg_dsn, things.table) == {1: ("v20", 1)}
@@ -171,10 +172,9 @@ def test_lost_state_is_rebuilt_from_postgres(settings, tmp_path):
     things = Things(settings.target_schema)
     shard = ShardPartition(settings, 0)
     shard.write_batch([things.event(1, 10), things.event(2, 30, Op.DELETE)])
-    shard.snapshot()
-    shard._store.close()
+    shard.close()
     moved = settings.model_copy(update={"state_dir": tmp_path / "empty"})
     rebuilt = ShardPartition(moved, 0)
-    assert rebuilt._store.get_many([state_key(things.table, (1,)), state_key(things.table, (2,))]
+    assert rebuilt.shard._store.get_many([state_key(things.table, (1,)), state_key(things.table, (2,))]
                                    ) == [KeyState(pg_version(10), False),
                                          KeyState(pg_version(30), True)]

@@ -1,0 +1,169 @@
+"""One shard: its RocksDB state, its committed offsets, its buffer, and the LWW step of a commit.
+
+A shard does not talk to Postgres on its own; the worker's committer (`operators/committer.py`)
+writes the batches of all its shards in one transaction. What a shard guarantees: before it
+prepares a batch its RocksDB state equals what Postgres committed (invariant 5), and a prepared
+batch is written to RocksDB, with its undo record, before the transaction that commits it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import orjson
+import psycopg
+
+from operators.events import ChangeEvent, DlqRecord, ProgressMarker, ShardItem, TruncateEvent
+from operators.keys import key_json, state_key
+from operators.lww import decide_batch
+from operators.offsets import shard_offsets, shard_seq
+from operators.pg_writer import ShardBatch
+from operators.rebuild import committed_floors, committed_states
+from operators.retry import first_line
+from operators.state_store import ShardStateStore
+from operators.target_tables import TableProblem, TargetTable, TargetTables
+
+log = logging.getLogger(__name__)
+Position = tuple[str, int]
+Unit = ChangeEvent | DlqRecord | TruncateEvent
+
+
+@dataclass(slots=True)
+class Pending:
+    """What a shard received and has not committed: units in arrival order, marker offsets."""
+
+    units: list[Unit] = field(default_factory=list)
+    markers: dict[Position, int] = field(default_factory=dict)
+    since: float | None = None
+
+    def take(self) -> tuple[list[Unit], dict[Position, int]]:
+        units, markers = self.units, self.markers
+        self.units, self.markers, self.since = [], {}, None
+        return units, markers
+
+
+def offsets_of(units: list[Unit], markers: dict[Position, int]) -> dict[Position, int]:
+    """The next offset per partition once `units` and `markers` are committed."""
+    offsets = dict(markers)
+    for unit in units:
+        pos = (unit.topic, unit.partition)
+        if unit.offset + 1 > offsets.get(pos, -1):
+            offsets[pos] = unit.offset + 1
+    return offsets
+
+
+class Shard:
+    def __init__(self, number: int, store: ShardStateStore, flow_id: str, shards: int) -> None:
+        self.number = number
+        self.pending = Pending()
+        self.in_step = False
+        self._store = store
+        self._flow_id = flow_id
+        self._shards = shards
+        self._committed: dict[Position, int] = {}
+        self._floors: dict[str, bytes] = {}
+
+    def accept(self, items: list[ShardItem]) -> int:
+        """Buffer `items`, dropping what this shard already committed; returns units added."""
+        pending, committed = self.pending, self._committed
+        added = 0
+        for item in items:
+            if type(item) is ProgressMarker:
+                pos = (item.topic, item.partition)
+                if item.next_offset <= max(committed.get(pos, 0), pending.markers.get(pos, 0)):
+                    continue
+                pending.markers[pos] = item.next_offset
+            elif item.offset >= committed.get((item.topic, item.partition), 0):
+                pending.units.append(item)
+                added += 1
+            else:
+                continue
+            if pending.since is None:
+                pending.since = time.monotonic()
+        return added
+
+    def prepare(self, units: list[Unit], markers: dict[Position, int], conn: psycopg.Connection,
+                tables: TargetTables) -> ShardBatch:
+        """LWW-decide `units` and write the outcome to RocksDB as the next commit."""
+        if not self.in_step:
+            self.bring_in_step(conn)
+        committed = self._committed
+        units = [u for u in units if u.offset >= committed.get((u.topic, u.partition), 0)]
+        batch = ShardBatch(shard=self.number, seq=self._store.seq + 1,
+                           offsets=offsets_of(units, markers))
+        events: list[tuple[bytes, ChangeEvent]] = []
+        table_of: dict[int, TargetTable] = {}
+        floors: dict[str, bytes] = {}
+        for unit in units:
+            kind = type(unit)
+            if kind is ChangeEvent:
+                try:
+                    table_of[id(unit)] = tables.for_event(unit)
+                except TableProblem as problem:
+                    batch.dlq.append(dlq_for(unit, problem.error_type, str(problem)))
+                    continue
+                events.append((state_key(unit.table, unit.key), unit))
+            elif kind is DlqRecord:
+                batch.dlq.append(unit)
+            else:
+                batch.truncates.append((tables.lookup(unit.table), unit))
+                name = str(unit.table)
+                if unit.version > max(self._floors.get(name, b""), floors.get(name, b"")):
+                    floors[name] = unit.version
+        keys = list(dict.fromkeys(k for k, _ in events))
+        states = dict(zip(keys, self._store.get_many(keys), strict=True))
+        decision = decide_batch(events, states, {**self._floors, **floors})
+        batch.writes = [(table_of[id(w.event)], w) for w in decision.writes.values()]
+        batch.stale = decision.stale
+        batch.duplicates = decision.duplicates
+        batch.applied = decision.applied
+        self.in_step = False  # until Postgres confirms this seq
+        self._store.commit(batch.seq, decision.new_states, floors)
+        batch.floors = floors
+        return batch
+
+    def confirm(self, batch: ShardBatch) -> None:
+        """Postgres committed `batch`."""
+        self.in_step = True
+        self._floors.update(batch.floors)
+        self._committed.update(batch.offsets)
+
+    def bring_in_step(self, conn: psycopg.Connection) -> None:
+        """Make RocksDB equal to what Postgres committed for this shard (invariant 5)."""
+        pg_seq = shard_seq(conn, self._flow_id, self.number)
+        local_seq = self._store.seq
+        if local_seq == pg_seq + 1:
+            log.info("shard %d: undoing commit %d that Postgres did not keep", self.number,
+                     local_seq)
+            self._store.rollback()
+        elif local_seq != pg_seq:
+            log.warning("shard %d: state at commit %d, Postgres at %d: rebuilding from Postgres",
+                        self.number, local_seq, pg_seq)
+            self._store.clear()
+            with conn.transaction():
+                self._store.load(
+                    pg_seq, committed_states(conn, self._flow_id, self.number, self._shards),
+                    committed_floors(conn, self._flow_id))
+        self._committed = shard_offsets(conn, self._flow_id, self.number)
+        self._floors = self._store.floors()
+        self.in_step = True
+
+    def close(self) -> None:
+        self._store.close()
+
+
+def dlq_for(event: ChangeEvent, error_type: str, error: str) -> DlqRecord:
+    """A DLQ record for an event that decoded but cannot be written. Raw bytes are not kept past
+    decoding, so the record carries the decoded key and values as JSON instead."""
+    detail = orjson.dumps({"table": str(event.table), "values": event.values}, default=str)
+    return DlqRecord(event.topic, event.partition, event.offset, key_json(event.key), detail,
+                     error_type, error)
+
+
+def refused_to_dlq(unit: Unit, exc: psycopg.Error) -> DlqRecord | None:
+    """The DLQ record replacing a change event Postgres refused; None if there is none."""
+    if type(unit) is not ChangeEvent:
+        return None
+    return dlq_for(unit, "write_refused", f"Postgres refused the row: {first_line(exc)}")
