@@ -42,6 +42,9 @@ _ABSENT = object()
 _CONVERSION_ERRORS = (ValueError, TypeError, OverflowError, ArithmeticError)
 _MAX_CACHED_SHAPES = 4096
 _MAX_ERROR_CHARS = 500
+_SCHEMA_HEAD = b'{"schema":'
+_PAYLOAD_SEPARATOR = b',"payload":'
+_MAX_PREFIXES_PER_TOPIC = 4
 
 
 class _Shape(NamedTuple):
@@ -71,6 +74,7 @@ class Decoder:
         self._catalog = catalog
         self._topic_tables: dict[str, TableName] = {}
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
+        self._prefixes: dict[str, list[tuple[bytes, Any]]] = {}
         self._plain: dict[TableName, tuple[dict[str, str], dict[str, Converter]]] = {}
 
     def decode_batch(self, msgs: list[RawMessage]) -> list[Decoded]:
@@ -93,17 +97,11 @@ class Decoder:
             )
 
     def _decode(self, msg: RawMessage) -> Decoded | None:
-        doc = _loads(msg.value, "value", "malformed_json")
-        if not isinstance(doc, dict):
-            raise _Reject("malformed_envelope", f"value is a JSON {_kind(doc)}, not an object")
-        if "payload" in doc and "schema" in doc:
-            value_schema, payload = doc["schema"], doc["payload"]
-            if payload is None:
-                return None
-            if not isinstance(payload, dict):
-                raise _Reject("malformed_envelope", f"payload is a {_kind(payload)}")
-        else:
-            value_schema, payload = None, doc
+        value_schema, schema_id, payload = self._envelope(msg.topic, msg.value)
+        if payload is None:  # an envelope with a null payload
+            return None
+        if not isinstance(payload, dict):
+            raise _Reject("malformed_envelope", f"payload is a {_kind(payload)}")
         if "ddl" in payload or "tableChanges" in payload:
             return None
         op = payload.get("op")
@@ -142,7 +140,7 @@ class Decoder:
             key, values = self._convert_plain(table, key_payload, row)
             schema = None
         else:
-            shape = self._shape(table, value_schema, key_names)
+            shape = self._shape(table, value_schema, schema_id, key_names)
             key, values = _convert(shape, key_payload, row)
             schema = shape.schema
         if None in key:
@@ -217,8 +215,35 @@ class Decoder:
 
     # --- with schema ----------------------------------------------------------------------
 
-    def _shape(self, table: TableName, value_schema: Any, key_names: tuple[str, ...]) -> _Shape:
-        cache_key = (table, orjson.dumps(value_schema), key_names)
+    def _envelope(self, topic: str, raw: bytes) -> tuple[Any, bytes, Any]:
+        """(value schema or None, bytes identifying that schema, payload).
+
+        With `schemas.enable` the schema is most of the message and the same in every message of
+        a topic, so once a schema's exact bytes are known, later messages that start with them
+        only parse their payload.
+        """
+        for prefix, schema in self._prefixes.get(topic, ()):
+            if raw.startswith(prefix) and raw.endswith(b"}"):
+                try:
+                    return schema, prefix, orjson.loads(memoryview(raw)[len(prefix) : -1])
+                except orjson.JSONDecodeError:
+                    break  # not this envelope after all: parse it whole for a precise error
+        doc = _loads(raw, "value", "malformed_json")
+        if not isinstance(doc, dict):
+            raise _Reject("malformed_envelope", f"value is a JSON {_kind(doc)}, not an object")
+        if "payload" not in doc or "schema" not in doc:
+            return None, b"", doc
+        prefix = _schema_prefix(raw, doc)
+        if prefix is None:
+            return doc["schema"], orjson.dumps(doc["schema"]), doc["payload"]
+        known = self._prefixes.setdefault(topic, [])
+        known.insert(0, (prefix, doc["schema"]))
+        del known[_MAX_PREFIXES_PER_TOPIC:]
+        return doc["schema"], prefix, doc["payload"]
+
+    def _shape(self, table: TableName, value_schema: Any, schema_id: bytes,
+               key_names: tuple[str, ...]) -> _Shape:
+        cache_key = (table, schema_id, key_names)
         shape = self._shapes.get(cache_key)
         if shape is None:
             if len(self._shapes) >= _MAX_CACHED_SHAPES:
@@ -351,6 +376,19 @@ def _toast_placeholder(field: dict[str, Any]) -> Any:
         if elem in ("int32", "int64"):
             return _TOAST_INT_ARRAY
     return None
+
+
+def _schema_prefix(raw: bytes, doc: dict[str, Any]) -> bytes | None:
+    """The bytes `{"schema":<schema>,"payload":` that start `raw`, if they can be verified."""
+    end = raw.find(_PAYLOAD_SEPARATOR)
+    if not raw.startswith(_SCHEMA_HEAD) or end < 0 or not raw.endswith(b"}"):
+        return None
+    try:
+        same = (orjson.loads(raw[len(_SCHEMA_HEAD) : end]) == doc["schema"]
+                and orjson.loads(raw[end + len(_PAYLOAD_SEPARATOR) : -1]) == doc["payload"])
+    except orjson.JSONDecodeError:
+        return None
+    return raw[: end + len(_PAYLOAD_SEPARATOR)] if same else None
 
 
 def _loads(raw: bytes, what: str, error_type: str) -> Any:

@@ -160,6 +160,37 @@ def test_changed_schema_yields_a_new_table_schema() -> None:
     assert second.values is not None and second.values["nickname"] == "S"
 
 
+def test_known_schema_bytes_skip_parsing_the_schema_and_decode_the_same() -> None:
+    dec, fresh = decoder(), decoder()
+    first = ds.pg_message("c", None, ds.customer_row(1))
+    dec.decode(first)
+    assert dec._prefixes[ds.PG_TOPIC], "the schema bytes of the first message were not learned"
+    later = ds.pg_message("u", None, ds.customer_row(2, first_name="payload"), lsn=9)
+    assert change(dec.decode(later)) == change(fresh.decode(later))
+
+
+def test_known_schema_prefix_with_a_broken_payload_goes_to_dlq() -> None:
+    dec = decoder()
+    good = ds.pg_message("c", None, ds.customer_row(1))
+    dec.decode(good)
+    prefix = dec._prefixes[ds.PG_TOPIC][0][0]
+    broken = RawMessage(good.topic, 0, 7, good.key, prefix + b'{"op": }')
+    result = dec.decode(broken)
+    assert isinstance(result, DlqRecord) and result.error_type == "malformed_json"
+
+
+def test_a_column_named_payload_does_not_confuse_the_envelope_split() -> None:
+    dec = decoder()
+    doc = orjson.loads(ds.pg_message("c", None, ds.customer_row()).value or b"")
+    for part in doc["schema"]["fields"][:2]:
+        part["fields"].insert(0, ds.field("payload", "string"))
+    doc["payload"]["after"]["payload"] = "x"
+    for offset in (1, 2):  # the second one takes the learned-prefix path
+        event = change(dec.decode(ds.raw(ds.PG_TOPIC, doc, {"id": 1001}, offset=offset)))
+        assert event.values is not None and event.values["payload"] == "x"
+        assert event.values["first_name"] == doc["payload"]["after"]["first_name"]
+
+
 @pytest.mark.parametrize("schemas", [True, False])
 def test_pg_delete_uses_kafka_key_and_has_no_values(schemas: bool) -> None:
     msg = ds.pg_message(
