@@ -67,7 +67,9 @@ def profile(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir: Path,
             cprofile_out: Path | None = None) -> tuple[list[dict[str, Any]], float]:
     """Run the pipeline once under timers (and once more under cProfile if `cprofile_out`);
     returns the stage rows and the wall time of the timed run."""
-    from operators import decode, decode_step, pg_writer, shard_sink, state_store
+    import importlib
+
+    from operators import decode, decode_step, lww, pg_writer, state_store
     from operators.settings import Settings
 
     def settings(suffix: str) -> Settings:
@@ -79,12 +81,19 @@ def profile(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir: Path,
     patches = [
         (decode_step.DecodeStep, "__call__", "decode step (DecodeStep, total)"),
         (decode.Decoder, "decode", "decode: Decoder.decode"),
-        (shard_sink, "decide_batch", "LWW: decide_batch"),
         (state_store.ShardStateStore, "get_many", "RocksDB: get_many"),
         (state_store.ShardStateStore, "commit", "RocksDB: commit (with undo)"),
         (pg_writer.PgShardWriter, "write", "Postgres: PgShardWriter.write (total)"),
         (pg_writer.PgShardWriter, "_copy_rows", "Postgres: COPY rows into stage"),
     ]
+    # decide_batch is imported by name into the module that calls it: patch it there.
+    for module in ("operators.shard", "operators.shard_sink", "operators.committer"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        if getattr(mod, "decide_batch", None) is lww.decide_batch:
+            patches.append((mod, "decide_batch", "LWW: decide_batch"))
     with ExitStack() as stack:
         for owner, attr, name in patches:
             stack.enter_context(mock.patch.object(owner, attr,

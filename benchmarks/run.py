@@ -166,8 +166,14 @@ def run_backlog(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> 
     if sc.profile and not args.no_profile:
         log("profiling stages in-process")
         cp_out = report.RESULTS_DIR / f"profile_{sc.name}.txt"
-        rows, wall = __import__("benchmarks.profile_stages", fromlist=["profile"]).profile(
-            wl, prefix, args.bootstrap, args.dsn, work, cprofile_out=cp_out)
+        from benchmarks.profile_stages import profile
+
+        try:
+            rows, wall = profile(wl, prefix, args.bootstrap, args.dsn, work, cprofile_out=cp_out)
+        except Exception as exc:  # noqa: BLE001 - the operators change under us; keep the rest
+            res.profile_note = f"profile failed: {type(exc).__name__}: {exc}"
+            log(res.profile_note)
+            return [prefix] + wl.topics
         res.profile = rows
         rep = res.system("replicator")
         line = (f"In-process pipeline (DecodeStep + {systems.default_shards()} ShardPartitions, "

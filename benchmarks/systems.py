@@ -333,11 +333,10 @@ def ensure_database(dsn: str, name: str) -> str:
     return psycopg.conninfo.make_conninfo(**info)
 
 
-def group_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+def group_offsets(admin: Any, group: str) -> dict[tuple[str, int], int]:
+    """Committed offsets of consumer group `group` (AdminClient.list_consumer_group_offsets)."""
     from confluent_kafka import ConsumerGroupTopicPartitions
-    from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
     futs = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
                                              request_timeout=10)
     out = {}
@@ -371,9 +370,12 @@ def run_jdbc(wl: Workload, prefix: str, bootstrap: str, dsn: str, total_bytes: i
     pid = int((work / "connect.pid").read_text())
     sampler = RssSampler(pid).start()
     deadline = _deadline(wl, min_rate=200)
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
     try:
         while True:
-            done = group_offsets(bootstrap, group)
+            done = group_offsets(admin, group)
             if all(done.get(tp, 0) >= end for tp, end in ends.items()):
                 break
             if not Path(f"/proc/{pid}").exists():
