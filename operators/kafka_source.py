@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from operators.events import ProgressMarker, RawMessage
+from operators.flow_control import CommitWindow
 from operators.offsets import partition_start, register_flow
 from operators.pg_session import connect
 from operators.retry import retrying
@@ -27,6 +28,7 @@ from schemas.control import ensure_control_schema
 log = logging.getLogger(__name__)
 SourceItem = RawMessage | ProgressMarker
 IDLE_WAIT = timedelta(milliseconds=20)
+PREFETCH_KBYTES = 4 * 1024  # librdkafka default: 64 MB per consumer, i.e. per partition here
 METADATA_TIMEOUT_S = 30
 
 
@@ -72,17 +74,22 @@ class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
             "enable.auto.offset.store": False,
             "isolation.level": "read_committed",
             "fetch.wait.max.ms": 50,
+            "queued.max.messages.kbytes": PREFETCH_KBYTES,
         }
         self._consumer = Consumer(config)
         self._consumer.assign([TopicPartition(topic, partition, start)])
         self._next_offset = start
+        self._window = CommitWindow(settings, topic, partition, start)
         self._marker_due = 0.0
         self._idle = False
         log.info("source %s[%d]: starting at offset %d", topic, partition, start)
 
     def next_batch(self) -> list[SourceItem]:
-        messages = self._consumer.consume(self._settings.poll_batch_size, 0.001)
         batch: list[SourceItem] = []
+        if self._window.allows(self._next_offset):
+            messages = self._consumer.consume(self._settings.poll_batch_size, 0.001)
+        else:
+            messages = []
         for msg in messages:
             error = msg.error()
             if error is not None:

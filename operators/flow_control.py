@@ -1,0 +1,52 @@
+"""Backpressure: keep each source partition within a window of what the flow has committed.
+
+Bytewax has no backpressure of its own, so a source that reads faster than Postgres commits would
+pile every message of a backlog up in memory. A partition may read at most
+`REPLICATE_MAX_IN_FLIGHT` messages past its committed position (the minimum over the flow's
+shards of `cdc.offsets`); past that it pauses, re-reading the committed position from Postgres
+at most every `CHECK_INTERVAL_S`. Reading the position from Postgres, not from process memory,
+keeps this right when the shards live in other processes of a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import psycopg
+
+from operators.pg_session import thread_session
+from operators.settings import Settings
+
+log = logging.getLogger(__name__)
+CHECK_INTERVAL_S = 0.05
+
+
+class CommitWindow:
+    def __init__(self, settings: Settings, topic: str, partition: int, committed: int) -> None:
+        self._settings = settings
+        self._topic, self._partition = topic, partition
+        self._committed = committed
+        self._next_check = 0.0
+
+    def allows(self, next_offset: int) -> bool:
+        """May the partition read on from `next_offset`?"""
+        limit = self._settings.max_in_flight
+        if next_offset - self._committed < limit:
+            return True
+        now = time.monotonic()
+        if now < self._next_check:
+            return False
+        self._next_check = now + CHECK_INTERVAL_S
+        try:
+            row = thread_session(self._settings).conn.execute(
+                "SELECT min(next_offset) FROM cdc.offsets "
+                "WHERE flow_id = %s AND topic = %s AND partition = %s",
+                (self._settings.flow_id, self._topic, self._partition),
+            ).fetchone()
+        except psycopg.Error as exc:  # the committer notices and reconnects; wait until then
+            log.debug("commit window check failed: %s", exc)
+            return False
+        if row and row[0] is not None:
+            self._committed = row[0]
+        return next_offset - self._committed < limit
