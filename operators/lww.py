@@ -81,7 +81,7 @@ def decide_batch(
     decision = BatchDecision()
     current = dict(states)
     for skey, event in events:
-        floor = floors.get(str(event.table))
+        floor = floors.get(str(event.table)) if floors else None
         state = current.get(skey)
         outcome, reason = judge(state, floor, event.version)
         if outcome is Outcome.DUPLICATE:
@@ -100,7 +100,7 @@ def decide_batch(
             values = previous.values if previous is not None else None
         elif previous is not None and previous.op is Op.UPSERT:
             values = {**(previous.values or {}), **(event.values or {})}
-        else:
-            values = dict(event.values or {})
+        else:  # shared with the event, never modified
+            values = event.values
         decision.writes[skey] = RowWrite(event, event.op, event.version, values)
     return decision

@@ -98,10 +98,15 @@ class PgShardWriter:
     def _groups(writes: list[tuple[TargetTable, RowWrite]]):
         """Writes grouped by (table, op, columns), columns as key columns + sorted others."""
         groups: dict[tuple[TargetTable, Op, tuple[str, ...]], list[RowWrite]] = defaultdict(list)
+        canonical: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[str, ...]] = {}
         for table, write in writes:
             key = write.event.key_columns
-            rest = sorted(c for c in write.values or () if c not in key)
-            groups[(table, write.op, (*key, *rest))].append(write)
+            present = tuple(write.values or ())
+            columns = canonical.get((key, present))
+            if columns is None:
+                rest = sorted(c for c in present if c not in key)
+                columns = canonical[(key, present)] = (*key, *rest)
+            groups[(table, write.op, columns)].append(write)
         return groups
 
     def _stage(self, table: TargetTable, op: Op, columns: tuple[str, ...]) -> sql.Identifier:
