@@ -39,21 +39,29 @@ class _Timers:
         return timed
 
 
-def _pipeline(wl: Workload, settings: Any) -> None:
+def _messages(wl: Workload) -> list[list[Any]]:
+    """RawMessages per partition, encoded before any timer starts."""
+    from operators.events import RawMessage
+
+    return [[RawMessage(topic, partition, off, k, v)
+             for off, (k, v) in enumerate(wl.iter_partition(topic, partition))]
+            for topic, partition in sorted(wl.arrivals)]
+
+
+def _pipeline(parts: list[list[Any]], settings: Any) -> None:
     from operators.decode_step import DecodeStep
-    from operators.events import ProgressMarker, RawMessage
+    from operators.events import ProgressMarker
     from operators.shard_sink import ShardPartition, shard_part_name
 
     step = DecodeStep(settings)
     shards = {shard_part_name(k): ShardPartition(settings, k) for k in range(settings.shards)}
     chunk = settings.poll_batch_size
-    for topic, partition in sorted(wl.arrivals):
-        msgs = [RawMessage(topic, partition, off, k, v)
-                for off, (k, v) in enumerate(wl.iter_partition(topic, partition))]
+    for msgs in parts:
         for i in range(0, len(msgs), chunk):
             batch = msgs[i:i + chunk]
             items: list[Any] = list(batch)
-            items.append(ProgressMarker(topic, partition, batch[-1].offset + 1))
+            items.append(ProgressMarker(batch[0].topic, batch[0].partition,
+                                        batch[-1].offset + 1))
             routed: dict[str, list[Any]] = defaultdict(list)
             for name, item in step(items):
                 routed[name].append(item)
@@ -98,8 +106,9 @@ def profile(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir: Path,
         for owner, attr, name in patches:
             stack.enter_context(mock.patch.object(owner, attr,
                                                   timers.wrap(name, getattr(owner, attr))))
+        parts = _messages(wl)
         t0 = time.perf_counter()
-        _pipeline(wl, settings(""))
+        _pipeline(parts, settings(""))
         wall = time.perf_counter() - t0
     s = timers.seconds
     n = wl.message_count
@@ -122,7 +131,7 @@ def profile(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir: Path,
             "us_per_msg": sec / n * 1e6 if n else None} for name, sec in rows]
     if cprofile_out is not None:
         prof = cProfile.Profile()
-        prof.runcall(_pipeline, wl, settings("_cp"))
+        prof.runcall(_pipeline, parts, settings("_cp"))
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
         cprofile_out.parent.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ def render_scenario(res: ScenarioResult) -> str:
                 f"| {_ratio_cell(ratio(s, ceiling))} | {_ratio_cell(ratio(s, jdbc))} "
                 f"| {s.correctness} |")
         lines.append("")
-        if rep is not None and rep.ok:
+        if rep is not None and rep.ok and (ceiling is not None or jdbc is not None):
             lines.append(
                 f"Targets: replicator / ceiling = "
                 f"{_ratio_cell(ratio(rep, ceiling), TARGET_VS_CEILING)} "

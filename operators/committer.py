@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import psycopg
 
 from operators import metrics
 from operators.events import TruncateEvent
 from operators.pg_session import PgSession, flow_key, thread_session
-from operators.retry import retrying
+from operators.pg_writer import ShardBatch
+from operators.retry import is_transient, retrying
 from operators.settings import Settings
 from operators.shard import Position, Shard, Unit, refused_to_dlq
 
 MARKER_ONLY_FLUSH_S = 5.0
+REFUSED = (psycopg.DataError, psycopg.IntegrityError)  # a value Postgres will never take
 Work = tuple[Shard, list[Unit], dict[Position, int]]
 _local = threading.local()
 
@@ -37,6 +40,8 @@ class Committer:
         self._shards: list[Shard] = []
         self._units = 0
         self._since: float | None = None  # oldest pending unit or marker
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-commit")
+        self._in_flight: tuple[list[Work], list[ShardBatch], Future[None], float] | None = None
 
     def register(self, shard: Shard) -> None:
         retrying(f"shard {shard.number}: open", lambda: shard.bring_in_step(self.session.conn),
@@ -44,6 +49,7 @@ class Committer:
         self._shards.append(shard)
 
     def unregister(self, shard: Shard) -> None:
+        self.settle()
         self._shards.remove(shard)
 
     def accepted(self, units: int) -> None:
@@ -61,17 +67,52 @@ class Committer:
                 or age >= MARKER_ONLY_FLUSH_S):
             self.commit_all()
 
-    def commit_all(self) -> None:
-        """Commit everything every shard of this worker holds."""
+    def commit_all(self, wait: bool = False) -> None:
+        """Commit everything every shard of this worker holds.
+
+        The Postgres transaction runs on a background thread while the worker goes on decoding
+        (psycopg releases the GIL while it waits); the next commit first settles it. With
+        `wait`, it is settled before returning.
+        """
+        self.settle()
         work = [(shard, *shard.pending.take()) for shard in self._shards
                 if shard.pending.since is not None]
         self._units, self._since = 0, None
-        plain = [w for w in work if not any(type(u) is TruncateEvent for u in w[1])]
-        for shard, units, markers in work:
-            if any(type(u) is TruncateEvent for u in units):
+        plain = [w for w in work if w[1] or w[2]]
+        if any(type(u) is TruncateEvent for w in plain for u in w[1]):
+            for shard, units, markers in plain:
                 self._commit_around_truncates(shard, units, markers)
-        if plain:
-            self._commit(plain)
+        elif plain:
+            self._start(plain)
+        if wait:
+            self.settle()
+
+    def _start(self, work: list[Work]) -> None:
+        """Prepare `work` (LWW, RocksDB) here and write it to Postgres in the background."""
+        try:
+            batches = retrying("prepare commit", lambda: self._prepare(work),
+                               on_retry=self._after_failure, cap_s=self._settings.retry_max_s)
+        except REFUSED:
+            self._commit(work)  # the synchronous path isolates what Postgres refuses
+            return
+        future = self._writer.submit(self.session.writer.write, batches)
+        self._in_flight = (work, batches, future, time.perf_counter())
+
+    def settle(self) -> None:
+        """Wait for the background transaction; confirm it, or redo its work synchronously."""
+        if self._in_flight is None:
+            return
+        work, batches, future, started = self._in_flight
+        self._in_flight = None
+        try:
+            future.result()
+        except Exception as exc:
+            if not (is_transient(exc) or isinstance(exc, REFUSED)):
+                raise
+            self._after_failure()
+            self._commit(work)
+            return
+        self._confirm(work, batches, started)
 
     def _commit_around_truncates(self, shard: Shard, units: list[Unit],
                                  markers: dict[Position, int]) -> None:
@@ -95,7 +136,7 @@ class Committer:
         try:
             retrying("commit", lambda: self._commit_once(work), on_retry=self._after_failure,
                      cap_s=self._settings.retry_max_s)
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        except REFUSED as exc:
             self._after_failure()
             if len(work) > 1:
                 for one in work:
@@ -114,9 +155,16 @@ class Committer:
 
     def _commit_once(self, work: list[Work]) -> None:
         started = time.perf_counter()
-        conn, tables = self.session.conn, self.session.tables
-        batches = [shard.prepare(units, markers, conn, tables) for shard, units, markers in work]
+        batches = self._prepare(work)
         self.session.writer.write(batches)
+        self._confirm(work, batches, started)
+
+    def _prepare(self, work: list[Work]) -> list[ShardBatch]:
+        conn, tables = self.session.conn, self.session.tables
+        return [shard.prepare(units, markers, conn, tables) for shard, units, markers in work]
+
+    @staticmethod
+    def _confirm(work: list[Work], batches: list[ShardBatch], started: float) -> None:
         for (shard, _, _), batch in zip(work, batches, strict=True):
             shard.confirm(batch)
         metrics.COMMITS.inc()

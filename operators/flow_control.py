@@ -11,15 +11,26 @@ keeps this right when the shards live in other processes of a cluster.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import psycopg
 
-from operators.pg_session import thread_session
+from operators.pg_session import connect
 from operators.settings import Settings
 
 log = logging.getLogger(__name__)
 CHECK_INTERVAL_S = 0.05
+_local = threading.local()
+
+
+def _probe_connection(dsn: str) -> psycopg.Connection:
+    """The calling thread's own connection for position checks (the committer's connection may
+    be busy with a transaction on its background thread)."""
+    conn = _local.__dict__.get(dsn)
+    if conn is None or conn.closed:
+        conn = _local.__dict__[dsn] = connect(dsn)
+    return conn
 
 
 class CommitWindow:
@@ -39,13 +50,14 @@ class CommitWindow:
             return False
         self._next_check = now + CHECK_INTERVAL_S
         try:
-            row = thread_session(self._settings).conn.execute(
+            row = _probe_connection(self._settings.pg_dsn).execute(
                 "SELECT min(next_offset) FROM cdc.offsets "
                 "WHERE flow_id = %s AND topic = %s AND partition = %s",
                 (self._settings.flow_id, self._topic, self._partition),
             ).fetchone()
-        except psycopg.Error as exc:  # the committer notices and reconnects; wait until then
+        except psycopg.Error as exc:  # Postgres is away: stay paused, reconnect next time
             log.debug("commit window check failed: %s", exc)
+            _local.__dict__.pop(self._settings.pg_dsn, None)
             return False
         if row and row[0] is not None:
             self._committed = row[0]

@@ -34,10 +34,10 @@ class ShardPartition(StatefulSinkPartition[ShardItem, None]):
         self._committer.commit_if_due()
 
     def snapshot(self) -> None:
-        self._committer.commit_all()
+        self._committer.commit_all(wait=True)
 
     def close(self) -> None:
-        self._committer.commit_all()
+        self._committer.commit_all(wait=True)
         self._committer.unregister(self.shard)
         self.shard.close()
 

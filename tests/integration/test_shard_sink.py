@@ -175,6 +175,6 @@ def test_lost_state_is_rebuilt_from_postgres(settings, tmp_path):
     shard.close()
     moved = settings.model_copy(update={"state_dir": tmp_path / "empty"})
     rebuilt = ShardPartition(moved, 0)
-    assert rebuilt.shard._store.get_many([state_key(things.table, (1,)), state_key(things.table, (2,))]
-                                   ) == [KeyState(pg_version(10), False),
-                                         KeyState(pg_version(30), True)]
+    keys = [state_key(things.table, (1,)), state_key(things.table, (2,))]
+    assert rebuilt.shard._store.get_many(keys) == [KeyState(pg_version(10), False),
+                                                   KeyState(pg_version(30), True)]
