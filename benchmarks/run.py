@@ -27,6 +27,7 @@ from psycopg import sql
 
 from benchmarks import report, systems
 from benchmarks.procmon import RssSampler
+from benchmarks.replicator_run import delete_topics, drop_flows
 from benchmarks.scenarios import SCENARIOS, Scenario
 from benchmarks.stats import ScenarioResult, SystemResult, latency_summary
 from benchmarks.workload import Workload, WorkloadSpec, generate, produce
@@ -91,29 +92,8 @@ def spec_summary(spec: dict, wl: Workload | None = None) -> dict:
 
 def cleanup(prefix: str, dsn: str, bootstrap: str, topics: list[str]) -> None:
     """Drop what one run created: schemas, control rows, topics, scratch state."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        schemas = [r[0] for r in conn.execute(
-            "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (prefix + "%",))]
-        for s in schemas:
-            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(s)))
-        has_cdc = conn.execute("SELECT to_regclass('cdc.offsets')").fetchone()[0]
-        if has_cdc:
-            for table in ("offsets", "flows", "shard_commits", "stale_events", "dlq",
-                          "schema_history", "tables"):
-                conn.execute(sql.SQL("DELETE FROM {} WHERE flow_id LIKE %s").format(
-                    sql.Identifier("cdc", table)), (prefix + "%",))
-            for table in ("tombstones", "truncations"):
-                conn.execute(sql.SQL("DELETE FROM {} WHERE table_name LIKE %s").format(
-                    sql.Identifier("cdc", table)), (prefix + "%",))
-    if topics:
-        from confluent_kafka.admin import AdminClient
-
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        for fut in admin.delete_topics(topics, operation_timeout=30).values():
-            try:
-                fut.result(timeout=60)
-            except Exception as exc:  # noqa: BLE001
-                log(f"could not delete a topic: {exc}")
+    drop_flows(dsn, prefix)
+    delete_topics(bootstrap, topics)
     shutil.rmtree(OUT / prefix / "state", ignore_errors=True)
     shutil.rmtree(OUT / prefix / "profile-state", ignore_errors=True)
     shutil.rmtree(OUT / prefix / "profile-state_cp", ignore_errors=True)
@@ -268,7 +248,7 @@ def run_latency(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> 
     finally:
         sampler.stop()
         run.stop()
-    from tests.integration.replication import assert_matches_oracle
+    from benchmarks.replicator_run import assert_matches_oracle
 
     try:
         assert_matches_oracle(run, wl)

@@ -17,9 +17,9 @@ import psycopg
 from psycopg import sql
 
 from benchmarks.procmon import RssSampler
+from benchmarks.replicator_run import Run, assert_matches_oracle, table_rows
 from benchmarks.stats import RowDiff, SystemResult, diff_rows
 from benchmarks.workload import Workload
-from tests.integration.replication import Run, assert_matches_oracle, table_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 JDBC_DIR = ROOT / "benchmarks" / "jdbc_sink"

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from benchmarks.replicator_run import Run, assert_matches_oracle, create_tables_like_workload
 from benchmarks.workload import WorkloadSpec
-from tests.integration.replication import Run, assert_matches_oracle, create_tables_like_workload
 from tests.integration.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -22,7 +22,7 @@ REFERENCE = dict(events=100_000, keys=20_000, tables=("customers", "orders", "it
 def run(kafka_bootstrap, pg_dsn, tmp_path):
     run = Run(kafka_bootstrap, pg_dsn, tmp_path / "state")
     yield run
-    run.kill9()
+    run.cleanup()
 
 
 def test_100k_events_converge_to_the_oracle(run):

@@ -7,6 +7,7 @@ import uuid
 import psycopg
 import pytest
 
+from benchmarks.replicator_run import drop_flows
 from operators.events import (
     ChangeEvent,
     Column,
@@ -32,8 +33,9 @@ TOPIC = "db.inventory.things"
 @pytest.fixture
 def settings(pg_dsn, tmp_path):
     name = f"sink{uuid.uuid4().hex[:10]}"
-    return Settings(topics=TOPIC, pg_dsn=pg_dsn, state_dir=tmp_path, flow_id=name,
-                    target_schema=name, shards=1, batch_size=1000)
+    yield Settings(topics=TOPIC, pg_dsn=pg_dsn, state_dir=tmp_path, flow_id=name,
+                   target_schema=name, shards=1, batch_size=1000)
+    drop_flows(pg_dsn, name)
 
 
 class Things:

@@ -1,6 +1,7 @@
-"""Test helpers: run the replicator as a real process and compare Postgres with the oracle.
+"""Run the replicator as a real process on a workload, and compare Postgres with the oracle.
 
-The oracle comes from `benchmarks.workload`, which shares no code with the replicator.
+Used by the integration tests and the benchmark harness. The oracle comes from
+`benchmarks.workload`, which shares no code with the replicator.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from benchmarks.workload import Workload, WorkloadSpec, generate, produce
@@ -49,6 +51,7 @@ class Run:
     processes: int = 1
     log_path: Path | None = None
     running: list[subprocess.Popen] = field(default_factory=list)
+    topics: list[str] = field(default_factory=list)
 
     @property
     def flow_id(self) -> str:
@@ -107,6 +110,12 @@ class Run:
                 process.send_signal(signal.SIGTERM)
         return [process.wait(timeout=30) for process in self.running]
 
+    def cleanup(self) -> None:
+        """Drop what this run left behind: its topics, target schema and control rows."""
+        self.kill9()
+        drop_flows(self.dsn, self.prefix)
+        delete_topics(self.bootstrap, self.topics)
+
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not self.log_path.exists():
             return ""
@@ -114,6 +123,7 @@ class Run:
 
     def make_workload(self, **spec) -> Workload:
         workload = generate(WorkloadSpec(topic_prefix=self.prefix, **spec))
+        self.topics += workload.topics
         produce(workload, self.bootstrap)
         return workload
 
@@ -141,6 +151,38 @@ class Run:
         got = {(t, p): (n, low) for t, p, n, low in rows}
         return [(tp, got.get(tp), end) for tp, end in ends.items()
                 if got.get(tp) != (self.shards, end)]
+
+
+def drop_flows(dsn: str, prefix: str) -> None:
+    """Remove every schema and control row of the flows whose id starts with `prefix` (target
+    schemas are named after their flow)."""
+    pattern = prefix.replace("_", r"\_") + "%"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        schemas = [r[0] for r in conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (pattern,))]
+        for schema in schemas:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+        if conn.execute("SELECT to_regclass('cdc.offsets')").fetchone()[0] is None:
+            return
+        for table in ("flows", "offsets", "shard_commits", "stale_events", "dlq",
+                      "schema_history", "tables"):
+            conn.execute(sql.SQL("DELETE FROM {} WHERE flow_id LIKE %s").format(
+                sql.Identifier("cdc", table)), (pattern,))
+        for table in ("tombstones", "truncations"):
+            conn.execute(sql.SQL("DELETE FROM {} WHERE table_name LIKE %s").format(
+                sql.Identifier("cdc", table)), (pattern,))
+
+
+def delete_topics(bootstrap: str, topics: list[str]) -> None:
+    """Best effort: a topic that is already gone is fine."""
+    if not topics:
+        return
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.delete_topics(topics, operation_timeout=30).values():
+        try:
+            future.result(timeout=60)
+        except Exception:  # noqa: BLE001 - cleanup must not fail the caller
+            pass
 
 
 def version_text(version) -> str:
