@@ -83,7 +83,10 @@ def decide_batch(
     for skey, event in events:
         floor = floors.get(str(event.table)) if floors else None
         state = current.get(skey)
-        outcome, reason = judge(state, floor, event.version)
+        if floor is None and (state is None or event.version > state.version):
+            outcome = Outcome.APPLIED  # the common case, without a call
+        else:
+            outcome, reason = judge(state, floor, event.version)
         if outcome is Outcome.DUPLICATE:
             decision.duplicates += 1
             continue

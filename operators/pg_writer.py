@@ -8,7 +8,10 @@ Rows go through staged `COPY` into a temporary table and one version-guarded sta
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
+from operator import itemgetter
 from typing import Any
 
 import psycopg
@@ -51,8 +54,29 @@ def _key_text(key: tuple[Any, ...]) -> str:
     return key_json(key).decode()
 
 
-def _jsonb_indexes(table: TargetTable, columns: tuple[str, ...]) -> list[int]:
-    return [i for i, c in enumerate(columns) if table.columns.get(c) in ("jsonb", "json")]
+class _Kind(Enum):
+    UPSERT = "upsert"
+    SOFT_DELETE = "soft delete"  # an upsert that flags the row and keeps its last values
+    HARD_DELETE = "hard delete"  # delete the row, leave a tombstone
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Everything to write one group, composed once per (table, kind, columns) and connection:
+    a session temp table (emptied at each commit), its COPY, and the guarded statements. No two
+    groups of one transaction share a plan, so no two statements share a stage."""
+
+    copy: sql.Composed
+    statements: tuple[sql.Composed, ...]
+    values_of: Callable[[dict[str, Any]], tuple[Any, ...]]
+    json_at: tuple[int, ...]
+
+
+def _values_getter(columns: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    if len(columns) == 1:
+        only = columns[0]
+        return lambda values: (values[only],)
+    return itemgetter(*columns)
 
 
 class PgShardWriter:
@@ -62,7 +86,7 @@ class PgShardWriter:
         self._conn = conn
         self._flow_id = flow_id
         self._soft = delete_mode is DeleteMode.SOFT
-        self._stages: dict[tuple[str, Op, tuple[str, ...]], sql.Identifier] = {}
+        self._plans: dict[tuple[str, _Kind, tuple[str, ...]], _Plan] = {}
 
     def write(self, batches: list[ShardBatch]) -> None:
         """Commit `batches` in one transaction (the caller retries transient failures)."""
@@ -71,11 +95,8 @@ class PgShardWriter:
                 for table, truncate in batch.truncates:
                     self._truncate(table, truncate)
             writes = [w for batch in batches for w in batch.writes]
-            for (table, op, columns), group in self._groups(writes).items():
-                if op is Op.UPSERT or self._soft:  # a soft delete is an upsert that flags
-                    self._upsert(table, columns, group, deleted=op is Op.DELETE)
-                else:
-                    self._hard_delete(table, group)
+            for (table, kind, columns), group in self._groups(writes).items():
+                self._apply(self._plan(table, kind, columns), group)
             self._stale([s for batch in batches for s in batch.stale])
             self._dlq([r for batch in batches for r in batch.dlq])
             with self._conn.cursor() as cur:
@@ -94,88 +115,94 @@ class PgShardWriter:
                     [(self._flow_id, b.shard, b.seq) for b in batches],
                 )
 
-    @staticmethod
-    def _groups(writes: list[tuple[TargetTable, RowWrite]]):
-        """Writes grouped by (table, op, columns), columns as key columns + sorted others."""
-        groups: dict[tuple[TargetTable, Op, tuple[str, ...]], list[RowWrite]] = defaultdict(list)
+    def _groups(self, writes: list[tuple[TargetTable, RowWrite]]):
+        """Writes grouped by (table, kind, columns), columns as key columns + sorted others
+        (a hard delete needs the key columns only)."""
+        groups: dict[tuple[TargetTable, _Kind, tuple[str, ...]], list[RowWrite]] = (
+            defaultdict(list))
         canonical: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[str, ...]] = {}
+        delete_kind = _Kind.SOFT_DELETE if self._soft else _Kind.HARD_DELETE
         for table, write in writes:
             key = write.event.key_columns
-            present = tuple(write.values or ())
+            kind = _Kind.UPSERT if write.op is Op.UPSERT else delete_kind
+            present = () if kind is _Kind.HARD_DELETE else tuple(write.values or ())
             columns = canonical.get((key, present))
             if columns is None:
                 rest = sorted(c for c in present if c not in key)
                 columns = canonical[(key, present)] = (*key, *rest)
-            groups[(table, write.op, columns)].append(write)
+            groups[(table, kind, columns)].append(write)
         return groups
 
-    def _stage(self, table: TargetTable, op: Op, columns: tuple[str, ...]) -> sql.Identifier:
-        """A session temp table (emptied at each commit) holding `columns` + key json + version.
+    def _apply(self, plan: _Plan, writes: list[RowWrite]) -> None:
+        """COPY the group's rows into its stage, then run its statements."""
+        values_of, json_at = plan.values_of, plan.json_at
+        with self._conn.cursor().copy(plan.copy) as copy:
+            for write in writes:
+                event, values = write.event, write.values
+                if values is None:  # a delete without an image: its columns are the key's
+                    row = event.key
+                else:
+                    try:
+                        row = values_of(values)
+                    except KeyError:  # a key column missing from the image: use the key
+                        row = values_of({**dict(zip(event.key_columns, event.key, strict=True)),
+                                         **values})
+                if json_at:
+                    row = tuple(Jsonb(v) if i in json_at and v is not None else v
+                                for i, v in enumerate(row))
+                copy.write_row((*row, _key_text(event.key), write.version))
+        for statement in plan.statements:
+            self._conn.execute(statement)
 
-        One per (table, op, columns), like the groups of a batch, so no two statements of one
-        transaction share a stage."""
-        cache_key = (str(table.name), op, columns)
-        stage = self._stages.get(cache_key)
-        if stage is None:
-            stage = sql.Identifier(f"_cdc_stage_{len(self._stages)}")
+    def _plan(self, table: TargetTable, kind: _Kind, columns: tuple[str, ...]) -> _Plan:
+        cache_key = (str(table.name), kind, columns)
+        plan = self._plans.get(cache_key)
+        if plan is None:
+            stage = sql.Identifier(f"_cdc_stage_{len(self._plans)}")
             defs = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(table.columns[c]))
                     for c in columns]
             defs += [sql.SQL(f"{KEY_COLUMN} jsonb"), sql.SQL(f"{VERSION_COLUMN} bytea")]
             self._conn.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DELETE ROWS").format(
                 stage, sql.SQL(", ").join(defs)))
-            self._stages[cache_key] = stage
-        return stage
+            copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                stage, sql.SQL(", ").join(map(sql.Identifier,
+                                              [*columns, KEY_COLUMN, VERSION_COLUMN])))
+            statements = (self._hard_delete_sql(table, columns, stage)
+                          if kind is _Kind.HARD_DELETE
+                          else (self._upsert_sql(table, columns, stage,
+                                                 deleted=kind is _Kind.SOFT_DELETE),))
+            json_at = tuple(i for i, c in enumerate(columns)
+                            if table.columns.get(c) in ("jsonb", "json"))
+            plan = self._plans[cache_key] = _Plan(copy, statements, _values_getter(columns),
+                                                  json_at)
+        return plan
 
-    def _copy_rows(self, stage: sql.Identifier, columns: tuple[str, ...],
-                   rows: list[tuple[Any, ...]]) -> None:
-        names = [*columns, KEY_COLUMN, VERSION_COLUMN]
-        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-            stage, sql.SQL(", ").join(map(sql.Identifier, names)))
-        with self._conn.cursor().copy(statement) as copy:
-            for row in rows:
-                copy.write_row(row)
-
-    def _upsert(self, table: TargetTable, columns: tuple[str, ...], writes: list[RowWrite],
-                deleted: bool = False) -> None:
-        stage = self._stage(table, Op.DELETE if deleted else Op.UPSERT, columns)
-        json_at = _jsonb_indexes(table, columns)
-        rows = []
-        for write in writes:
-            values = write.values or {}
-            key = dict(zip(write.event.key_columns, write.event.key, strict=True))
-            row = [values[c] if c in values else key[c] for c in columns]
-            for i in json_at:
-                if row[i] is not None:
-                    row[i] = Jsonb(row[i])
-            rows.append((*row, _key_text(write.event.key), write.version))
-        self._copy_rows(stage, columns, rows)
-        target = table.ident
+    def _upsert_sql(self, table: TargetTable, columns: tuple[str, ...], stage: sql.Identifier,
+                    deleted: bool) -> sql.Composed:
         extra_cols = [UPDATED_AT_COLUMN] + ([DELETED_COLUMN] if self._soft else [])
         extra_vals = [sql.SQL("now()")] + ([sql.Literal(deleted)] if self._soft else [])
         non_key = [c for c in columns if c not in table.key]
         updates = [sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c))
                    for c in [*non_key, VERSION_COLUMN, *extra_cols]]
-        self._conn.execute(
-            sql.SQL(
-                """INSERT INTO {target} ({cols}, {version}, {extra_cols})
-                   SELECT {s_cols}, s.{version}, {extra_vals} FROM {stage} s
-                   WHERE s.{version} > {floor} {fence}
-                   ON CONFLICT ({key}) DO UPDATE SET {updates}
-                   WHERE {target}.{version} < excluded.{version}"""
-            ).format(
-                target=target,
-                cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
-                s_cols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c))
-                                          for c in columns),
-                version=sql.Identifier(VERSION_COLUMN),
-                extra_cols=sql.SQL(", ").join(map(sql.Identifier, extra_cols)),
-                extra_vals=sql.SQL(", ").join(extra_vals),
-                stage=stage,
-                floor=self._floor_sql(table),
-                fence=sql.SQL("") if self._soft else self._tombstone_fence(table),
-                key=sql.SQL(", ").join(map(sql.Identifier, table.key)),
-                updates=sql.SQL(", ").join(updates),
-            )
+        return sql.SQL(
+            """INSERT INTO {target} ({cols}, {version}, {extra_cols})
+               SELECT {s_cols}, s.{version}, {extra_vals} FROM {stage} s
+               WHERE s.{version} > {floor} {fence}
+               ON CONFLICT ({key}) DO UPDATE SET {updates}
+               WHERE {target}.{version} < excluded.{version}"""
+        ).format(
+            target=table.ident,
+            cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
+            s_cols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c))
+                                      for c in columns),
+            version=sql.Identifier(VERSION_COLUMN),
+            extra_cols=sql.SQL(", ").join(map(sql.Identifier, extra_cols)),
+            extra_vals=sql.SQL(", ").join(extra_vals),
+            stage=stage,
+            floor=self._floor_sql(table),
+            fence=sql.SQL("") if self._soft else self._tombstone_fence(table),
+            key=sql.SQL(", ").join(map(sql.Identifier, table.key)),
+            updates=sql.SQL(", ").join(updates),
         )
 
     @staticmethod
@@ -193,28 +220,27 @@ class PgShardWriter:
         ).format(sql.Literal(str(table.name)), sql.Identifier(KEY_COLUMN),
                  sql.Identifier(VERSION_COLUMN))
 
-    def _hard_delete(self, table: TargetTable, writes: list[RowWrite]) -> None:
+    @staticmethod
+    def _hard_delete_sql(table: TargetTable, key_columns: tuple[str, ...],
+                         stage: sql.Identifier) -> tuple[sql.Composed, ...]:
         """Delete the rows and leave a tombstone that fences older upserts of the same key."""
-        key_columns = writes[0].event.key_columns
-        stage = self._stage(table, Op.DELETE, key_columns)
-        self._copy_rows(stage, key_columns, [
-            (*w.event.key, _key_text(w.event.key), w.version) for w in writes])
         version = sql.Identifier(VERSION_COLUMN)
-        self._conn.execute(sql.SQL(
+        delete = sql.SQL(
             "DELETE FROM {target} t USING {stage} s WHERE {match} AND t.{version} < s.{version}"
         ).format(
             target=table.ident, stage=stage, version=version,
             match=sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(c))
                                         for c in key_columns),
-        ))
-        self._conn.execute(sql.SQL(
+        )
+        tombstone = sql.SQL(
             """INSERT INTO cdc.tombstones (table_name, key, version)
                SELECT {name}, s.{key}, s.{version} FROM {stage} s
                ON CONFLICT (table_name, key) DO UPDATE
                SET version = excluded.version, deleted_at = now()
                WHERE cdc.tombstones.version < excluded.version"""
         ).format(name=sql.Literal(str(table.name)), key=sql.Identifier(KEY_COLUMN),
-                 version=version, stage=stage))
+                 version=version, stage=stage)
+        return delete, tombstone
 
     def _truncate(self, table: TargetTable | None, event: TruncateEvent) -> None:
         self._conn.execute(
