@@ -106,7 +106,8 @@ def test_postgres_outages_are_retried_without_losing_events(run):
     """Invariant 7: connections cut mid-run (twice, 3 s each) are retried; nothing is skipped."""
     proxy = TcpProxy(("127.0.0.1", 5432))
     try:
-        run.dsn = run.dsn.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        run.extra_env["REPLICATE_PG_DSN"] = run.dsn.replace("127.0.0.1:5432",
+                                                            f"127.0.0.1:{proxy.port}")
         workload = run.make_workload(seed=41, events=60_000, keys=10_000, partitions=2,
                                      tables=("customers", "orders"))
         run.start()
