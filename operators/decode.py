@@ -3,8 +3,8 @@
 `Decoder.decode` never raises for bad input: every message it cannot use becomes a `DlqRecord`
 with the raw bytes, a short `error_type` and a message naming the field. It returns None for
 messages that carry nothing to apply: tombstones, heartbeats, transaction metadata, schema changes
-and logical-decoding messages (op `m`). Only catalog (database) errors propagate: they are
-transient, and the caller retries them.
+and logical-decoding messages (op `m`). Catalog lookups (schemaless messages) wait out a Postgres
+outage inside `TableCatalog`.
 
 DLQ error types: malformed_json, malformed_envelope, missing_op, unknown_op, missing_source,
 bad_version, missing_after, malformed_key, missing_key, bad_schema, bad_value, no_schema,

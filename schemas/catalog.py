@@ -30,12 +30,14 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from functools import cache
-from typing import Any
+from time import monotonic
+from typing import Any, TypeVar
 
 import orjson
 import psycopg
 
 from operators.events import TableName
+from operators.retry import retrying
 from schemas.debezium_types import (
     Converter,
     bits_to_str,
@@ -52,6 +54,10 @@ from schemas.debezium_types import (
     to_float,
     to_str,
 )
+
+T = TypeVar("T")
+MISSING_RECHECK_S = 5.0
+_UNKNOWN: Any = object()
 
 _COLUMNS_SQL = """
 SELECT a.attname, format_type(a.atttypid, a.atttypmod)
@@ -75,27 +81,41 @@ class TableCatalog:
     """Column types and primary keys of target tables, cached until `invalidate`.
 
     `connect` is called once per cache miss and the connection is closed after the query.
-    Database errors propagate: they are transient failures for the caller to retry, not bad input.
+    Transient database errors are retried with backoff; others propagate.
     """
 
     def __init__(self, connect: Callable[[], psycopg.Connection[Any]]) -> None:
         self._connect = connect
         self._columns: dict[TableName, dict[str, str] | None] = {}
         self._keys: dict[TableName, tuple[str, ...]] = {}
+        self._recheck: dict[TableName, float] = {}
 
     def columns(self, table: TableName) -> dict[str, str] | None:
-        """Column name → `format_type` string in column order; None if the table is missing."""
-        if table not in self._columns:
-            with self._connect() as conn:
-                self._columns[table] = read_columns(conn, table)
-        return self._columns[table]
+        """Column name → `format_type` string in column order; None if the table is missing.
+
+        A missing table is looked up again after `MISSING_RECHECK_S`, so creating it takes
+        effect without a restart."""
+        cached = self._columns.get(table, _UNKNOWN)
+        if cached is _UNKNOWN or (cached is None and monotonic() >= self._recheck[table]):
+            cached = self._columns[table] = self._read(read_columns, table)
+            if cached is None:
+                self._recheck[table] = monotonic() + MISSING_RECHECK_S
+        return cached
 
     def primary_key(self, table: TableName) -> tuple[str, ...]:
         """Primary-key columns in key order; empty if the table is missing or has none."""
         if table not in self._keys:
-            with self._connect() as conn:
-                self._keys[table] = read_primary_key(conn, table)
+            self._keys[table] = self._read(read_primary_key, table)
         return self._keys[table]
+
+    def _read(self, query: Callable[[psycopg.Connection[Any], TableName], T], table: TableName
+              ) -> T:
+        """Run `query` on a fresh connection; Postgres being away is waited out, not raised."""
+        def attempt() -> T:
+            with self._connect() as conn:
+                return query(conn, table)
+
+        return retrying(f"read the catalog of {table}", attempt)
 
     def invalidate(self, table: TableName) -> None:
         self._columns.pop(table, None)
