@@ -1,11 +1,12 @@
 """Backpressure: keep each source partition within a window of what the flow has committed.
 
 Bytewax has no backpressure of its own, so a source that reads faster than Postgres commits would
-pile every message of a backlog up in memory. A partition may read at most
+pile every message of a backlog up in memory. A partition may read at most its share of
 `REPLICATE_MAX_IN_FLIGHT` messages past its committed position (the minimum over the flow's
 shards of `cdc.offsets`); past that it pauses, re-reading the committed position from Postgres
 at most every `CHECK_INTERVAL_S`. Reading the position from Postgres, not from process memory,
-keeps this right when the shards live in other processes of a cluster.
+keeps this right when the shards live in other processes of a cluster. The budget is for the
+whole flow, shared equally by its partitions, so memory does not grow with the partition count.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from operators.settings import Settings
 
 log = logging.getLogger(__name__)
 CHECK_INTERVAL_S = 0.05
+MIN_WINDOW = 500  # messages: below this a partition would stall between commits
 _local = threading.local()
 
 
@@ -34,15 +36,19 @@ def _probe_connection(dsn: str) -> psycopg.Connection:
 
 
 class CommitWindow:
-    def __init__(self, settings: Settings, topic: str, partition: int, committed: int) -> None:
+    """One partition's share of the flow's in-flight budget."""
+
+    def __init__(self, settings: Settings, topic: str, partition: int, committed: int,
+                 partitions: int) -> None:
         self._settings = settings
         self._topic, self._partition = topic, partition
         self._committed = committed
+        self._limit = max(MIN_WINDOW, settings.max_in_flight // max(1, partitions))
         self._next_check = 0.0
 
     def allows(self, next_offset: int) -> bool:
         """May the partition read on from `next_offset`?"""
-        limit = self._settings.max_in_flight
+        limit = self._limit
         if next_offset - self._committed < limit:
             return True
         now = time.monotonic()

@@ -65,7 +65,8 @@ def parse_part_name(name: str) -> tuple[str, int]:
 
 
 class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
-    def __init__(self, settings: Settings, topic: str, partition: int, start: int) -> None:
+    def __init__(self, settings: Settings, topic: str, partition: int, start: int,
+                 partitions: int) -> None:
         self._settings = settings
         self._topic, self._partition = topic, partition
         config = kafka_client_config(settings) | {
@@ -79,7 +80,7 @@ class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
         self._consumer = Consumer(config)
         self._consumer.assign([TopicPartition(topic, partition, start)])
         self._next_offset = start
-        self._window = CommitWindow(settings, topic, partition, start)
+        self._window = CommitWindow(settings, topic, partition, start, partitions)
         self._marker_due = 0.0
         self._idle = False
         log.info("source %s[%d]: starting at offset %d", topic, partition, start)
@@ -141,7 +142,7 @@ class KafkaCdcSource(FixedPartitionedSource[SourceItem, None]):
 
         start = retrying(f"source {topic}[{partition}]: read start offset", start_offset,
                          cap_s=settings.retry_max_s)
-        return KafkaPartition(settings, topic, partition, start)
+        return KafkaPartition(settings, topic, partition, start, len(self._partitions))
 
     def _initial_offset(self, topic: str, partition: int) -> Callable[[], int]:
         def resolve() -> int:
