@@ -99,21 +99,30 @@ class PgShardWriter:
                 self._apply(self._plan(table, kind, columns), group)
             self._stale([s for batch in batches for s in batch.stale])
             self._dlq([r for batch in batches for r in batch.dlq])
-            with self._conn.cursor() as cur:
-                cur.executemany(
-                    """INSERT INTO cdc.offsets (flow_id, shard, topic, partition, next_offset)
-                       VALUES (%s, %s, %s, %s, %s)
-                       ON CONFLICT (flow_id, shard, topic, partition)
-                       DO UPDATE SET next_offset = excluded.next_offset, updated_at = now()""",
-                    [(self._flow_id, b.shard, t, p, o)
-                     for b in batches for (t, p), o in b.offsets.items()],
-                )
-                cur.executemany(
-                    """INSERT INTO cdc.shard_commits (flow_id, shard, seq) VALUES (%s, %s, %s)
-                       ON CONFLICT (flow_id, shard)
-                       DO UPDATE SET seq = excluded.seq, committed_at = now()""",
-                    [(self._flow_id, b.shard, b.seq) for b in batches],
-                )
+            shards: list[int] = []
+            topics: list[str] = []
+            partitions: list[int] = []
+            next_offsets: list[int] = []
+            for b in batches:
+                for (topic, partition), offset in b.offsets.items():
+                    shards.append(b.shard)
+                    topics.append(topic)
+                    partitions.append(partition)
+                    next_offsets.append(offset)
+            self._conn.execute(  # one statement for every (shard, partition), not one each
+                """INSERT INTO cdc.offsets (flow_id, shard, topic, partition, next_offset)
+                   SELECT %s, u.* FROM unnest(%s::int[], %s::text[], %s::int[], %s::bigint[]) u
+                   ON CONFLICT (flow_id, shard, topic, partition)
+                   DO UPDATE SET next_offset = excluded.next_offset, updated_at = now()""",
+                (self._flow_id, shards, topics, partitions, next_offsets),
+            )
+            self._conn.execute(
+                """INSERT INTO cdc.shard_commits (flow_id, shard, seq)
+                   SELECT %s, u.* FROM unnest(%s::int[], %s::bigint[]) u
+                   ON CONFLICT (flow_id, shard)
+                   DO UPDATE SET seq = excluded.seq, committed_at = now()""",
+                (self._flow_id, [b.shard for b in batches], [b.seq for b in batches]),
+            )
 
     def _groups(self, writes: list[tuple[TargetTable, RowWrite]]):
         """Writes grouped by (table, kind, columns), columns as key columns + sorted others
