@@ -59,8 +59,8 @@ class Settings(BaseSettings):
     batch_ms: int = Field(500, ge=1)
     poll_batch_size: int = Field(2000, ge=1, description="messages per Kafka poll per partition")
     max_in_flight: int = Field(
-        40_000, ge=100, description="messages the flow may read past its committed offsets")
-    marker_ms: int = Field(1000, ge=10, description="progress-marker period per partition")
+        100_000, ge=100, description="messages the flow may read past its committed offsets")
+    marker_ms: int = Field(500, ge=10, description="progress-marker period per partition")
     metrics_port: int | None = Field(None, description="serve Prometheus metrics on this port")
     retry_max_s: float = Field(30.0, gt=0, description="cap of the retry backoff")
 
