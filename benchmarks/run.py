@@ -31,6 +31,7 @@ from benchmarks.replicator_run import delete_topics, drop_flows
 from benchmarks.scenarios import SCENARIOS, Scenario
 from benchmarks.stats import ScenarioResult, SystemResult, latency_summary
 from benchmarks.workload import Workload, WorkloadSpec, generate, produce
+from operators.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
@@ -277,14 +278,16 @@ def run_latency(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> 
                 if pos is not None and pos in stamps:
                     lat.append(updated * 1000 - stamps[pos])
     res.latency_ms = latency_summary(lat)
+    defaults = Settings.model_fields
     res.latency_note = (
         f"{len(lat):,} samples = every live row's winning event (of {wl.message_count:,} "
         "messages). Start: the Kafka message timestamp (CreateTime, set by the producer when it "
         "sends) stands in for `source.ts_ms`, because `benchmarks/workload.py` writes synthetic "
         "2024 source timestamps. End: `_cdc_updated_at`, which the replicator sets to `now()` = "
         "the start of its commit transaction, so each figure is short by that transaction's "
-        "duration (tens of ms for a 5,000-row batch). Default settings: batch_ms=500, "
-        "marker_ms=1000, 10 s epochs.")
+        "duration (tens of ms for a 5,000-row batch). Default settings: "
+        f"batch_ms={defaults['batch_ms'].default}, marker_ms={defaults['marker_ms'].default}, "
+        "10 s epochs.")
     return topics
 
 
