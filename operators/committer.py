@@ -44,6 +44,7 @@ class Committer:
         self._in_flight: tuple[list[Work], list[ShardBatch], Future[None], float] | None = None
 
     def register(self, shard: Shard) -> None:
+        self.settle()  # the connection is free only between transactions
         retrying(f"shard {shard.number}: open", lambda: shard.bring_in_step(self.session.conn),
                  on_retry=self.session.reset, cap_s=self._settings.retry_max_s)
         self._shards.append(shard)
