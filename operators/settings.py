@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(
         100_000, ge=100, description="messages the flow may read past its committed offsets")
     marker_ms: int = Field(500, ge=10, description="progress-marker period per partition")
+    state_cache_mb: int = Field(32, ge=8, description="RocksDB block cache shared by all shards")
+    state_write_buffer_mb: int = Field(
+        32, ge=8, description="RocksDB memtable budget shared by all shards")
     metrics_port: int | None = Field(None, description="serve Prometheus metrics on this port")
     retry_max_s: float = Field(30.0, gt=0, description="cap of the retry backoff")
 

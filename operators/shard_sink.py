@@ -12,7 +12,7 @@ from operators.committer import Committer, thread_committer
 from operators.events import ShardItem
 from operators.settings import Settings
 from operators.shard import Shard
-from operators.state_store import ShardStateStore
+from operators.state_store import ShardStateStore, StoreMemory
 
 PART_PREFIX = "shard-"
 
@@ -24,7 +24,9 @@ def shard_part_name(shard: int) -> str:
 
 class ShardPartition(StatefulSinkPartition[ShardItem, None]):
     def __init__(self, settings: Settings, number: int) -> None:
-        store = ShardStateStore(settings.state_dir / settings.flow_id / shard_part_name(number))
+        memory = StoreMemory(settings.state_cache_mb, settings.state_write_buffer_mb)
+        store = ShardStateStore(
+            settings.state_dir / settings.flow_id / shard_part_name(number), memory)
         self.shard = Shard(number, store, settings.flow_id, settings.shards)
         self._committer: Committer = thread_committer(settings)
         self._committer.register(self.shard)

@@ -6,7 +6,8 @@ one atomic RocksDB write batch that also records the commit sequence number and 
 the same sequence number, so after a crash the store is either in step with Postgres or exactly
 one commit ahead, and `rollback()` undoes that one commit (DESIGN invariant 5).
 
-Memory: every store of the process shares one block cache and one write-buffer budget, so 64
+Memory: every store of the process shares one block cache and one write-buffer budget
+(`StoreMemory`, from `REPLICATE_STATE_CACHE_MB` and `REPLICATE_STATE_WRITE_BUFFER_MB`), so 64
 shards cost one bounded pool rather than 64 default memtables.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import pickle
 import shutil
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -27,23 +29,30 @@ _UNDO = b"\x00meta:undo"
 _FLOOR_PREFIX = b"\x00floor:"
 _DELETED, _LIVE = b"D", b"L"
 
-BLOCK_CACHE_BYTES = 64 << 20
-WRITE_BUFFER_BUDGET_BYTES = 64 << 20
 WRITE_BUFFER_BYTES = 2 << 20
 LOAD_CHUNK = 50_000
+MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class StoreMemory:
+    """The pool every store of a process shares."""
+
+    block_cache_mb: int = 32
+    write_buffer_mb: int = 32
 
 
 @cache
-def _shared_options() -> rocksdict.Options:
+def _shared_options(memory: StoreMemory) -> rocksdict.Options:
     options = rocksdict.Options(raw_mode=True)
     options.create_if_missing(True)
     table = rocksdict.BlockBasedOptions()
-    table.set_block_cache(rocksdict.Cache(BLOCK_CACHE_BYTES))
+    table.set_block_cache(rocksdict.Cache(memory.block_cache_mb * MB))
     table.set_bloom_filter(10, False)
     table.set_cache_index_and_filter_blocks(True)
     options.set_block_based_table_factory(table)
     options.set_write_buffer_manager(
-        rocksdict.WriteBufferManager(WRITE_BUFFER_BUDGET_BYTES, False)
+        rocksdict.WriteBufferManager(memory.write_buffer_mb * MB, False)
     )
     options.set_write_buffer_size(WRITE_BUFFER_BYTES)
     options.set_max_write_buffer_number(2)
@@ -64,10 +73,11 @@ def decode_state(raw: bytes) -> KeyState:
 class ShardStateStore:
     """Per-key versions and tombstones of one shard, plus its table truncate floors."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, memory: StoreMemory = StoreMemory()) -> None:
         self.path = path
+        self._options = _shared_options(memory)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = rocksdict.Rdict(str(path), _shared_options())
+        self._db = rocksdict.Rdict(str(path), self._options)
 
     @property
     def seq(self) -> int:
@@ -134,7 +144,7 @@ class ShardStateStore:
         """Drop every key: the store is about to be rebuilt."""
         self._db.close()
         shutil.rmtree(self.path, ignore_errors=True)
-        self._db = rocksdict.Rdict(str(self.path), _shared_options())
+        self._db = rocksdict.Rdict(str(self.path), self._options)
 
     def close(self) -> None:
         self._db.close()
