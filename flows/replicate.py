@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import psycopg
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 
@@ -18,8 +19,12 @@ from operators import metrics
 from operators.decode_step import DecodeStep
 from operators.kafka_source import KafkaCdcSource, list_partitions
 from operators.lifecycle import install_stop_handlers
+from operators.offsets import register_flow
+from operators.pg_session import connect
+from operators.retry import first_line, retrying
 from operators.settings import ConfigError, Settings, load_settings
 from operators.shard_sink import ShardSink
+from schemas.control import ensure_control_schema
 
 
 def build_flow(settings: Settings) -> Dataflow:
@@ -30,10 +35,24 @@ def build_flow(settings: Settings) -> Dataflow:
     return flow
 
 
+def _register(settings: Settings) -> None:
+    """Create the control tables and record the flow (its shard count is fixed from now on)."""
+    def attempt() -> None:
+        with connect(settings.pg_dsn) as conn:
+            ensure_control_schema(conn)
+            register_flow(conn, settings)
+
+    try:
+        retrying("connect to Postgres", attempt, cap_s=settings.retry_max_s)
+    except psycopg.Error as exc:
+        raise ConfigError(f"REPLICATE_PG_DSN: {first_line(exc)}") from None
+
+
 def _flow_or_exit() -> Dataflow:
     try:
         settings = load_settings()
         install_stop_handlers()
+        _register(settings)
         metrics.serve(settings.metrics_port)
         return build_flow(settings)
     except ConfigError as exc:

@@ -19,11 +19,10 @@ from confluent_kafka.admin import AdminClient
 
 from operators.events import ProgressMarker, RawMessage
 from operators.flow_control import CommitWindow
-from operators.offsets import partition_start, register_flow
+from operators.offsets import partition_start
 from operators.pg_session import connect
 from operators.retry import retrying
 from operators.settings import ConfigError, Settings, StartPosition, kafka_client_config
-from schemas.control import ensure_control_schema
 
 log = logging.getLogger(__name__)
 SourceItem = RawMessage | ProgressMarker
@@ -135,8 +134,6 @@ class KafkaCdcSource(FixedPartitionedSource[SourceItem, None]):
 
         def start_offset() -> int:
             with connect(settings.pg_dsn) as conn:
-                ensure_control_schema(conn)
-                register_flow(conn, settings)
                 return partition_start(conn, settings.flow_id, settings.shards, topic, partition,
                                        self._initial_offset(topic, partition))
 

@@ -18,8 +18,21 @@ TRANSIENT_PG_ERRORS = (psycopg.OperationalError, psycopg.errors.SerializationFai
                        psycopg.errors.DeadlockDetected)
 
 
+# Connection failures that waiting does not fix (libpq reports them without an SQLSTATE).
+_REFUSED_LOGIN = ("password authentication failed", "does not exist", "no pg_hba.conf entry",
+                  "role", "permission denied")
+
+
+def is_refused_login(exc: BaseException) -> bool:
+    """Postgres answered and refused the login (bad password, unknown database or role)."""
+    return isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None and any(
+        marker in str(exc) for marker in _REFUSED_LOGIN)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Connection loss, server shutdown, serialization conflicts: worth repeating as is."""
+    if is_refused_login(exc):
+        return False
     return isinstance(exc, TRANSIENT_PG_ERRORS) or (
         isinstance(exc, psycopg.Error) and exc.sqlstate is not None and exc.sqlstate[:2] in
         ("08", "57", "53")  # connection exception, operator intervention, insufficient resources

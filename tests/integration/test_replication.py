@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import random
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
 
-from benchmarks.replicator_run import Run, assert_matches_oracle, create_tables_like_workload
+from benchmarks.replicator_run import (
+    ROOT,
+    Run,
+    assert_matches_oracle,
+    create_tables_like_workload,
+)
 from benchmarks.workload import WorkloadSpec
 from tests.integration.tcp_proxy import TcpProxy
 
@@ -122,3 +129,31 @@ def test_postgres_outages_are_retried_without_losing_events(run):
         assert "retrying in" in run.log_tail(100_000), "the outage was never noticed"
     finally:
         proxy.close()
+
+
+def _start_refused(run: Run, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bytewax.run", "flows.replicate"],
+                          cwd=ROOT, env=run.env() | env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_a_different_shard_count_for_an_existing_flow_is_refused(run):
+    workload = run.make_workload(seed=3, events=200, keys=50, tables=("customers",))
+    run.start()
+    run.wait_caught_up(workload)
+    run.stop()
+    done = _start_refused(run, REPLICATE_SHARDS=str(run.shards * 2))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"replicate: REPLICATE_SHARDS: flow {run.flow_id!r} was created with {run.shards} shards;"
+        f" the shard count cannot change (got {run.shards * 2}). Use a new REPLICATE_FLOW_ID to "
+        "start over with another count."]
+
+
+def test_a_refused_postgres_login_is_a_one_line_configuration_error(run):
+    bad = run.dsn.replace("postgres:postgres@", "postgres:wrong-password@")
+    done = _start_refused(run, REPLICATE_PG_DSN=bad)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("replicate: REPLICATE_PG_DSN: ")
+    assert "password authentication failed" in lines[0]
