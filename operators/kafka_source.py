@@ -1,4 +1,4 @@
-"""Kafka source: one consumer per topic partition, started from the offsets in Postgres.
+"""Kafka source: one part per topic partition, started from the offsets in Postgres.
 
 It never commits consumer-group offsets: Postgres is the only commit point. Besides messages it
 emits a `ProgressMarker` per partition every `REPLICATE_MARKER_MS`, which keeps idle shards'
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -27,7 +28,7 @@ from operators.settings import ConfigError, Settings, StartPosition, kafka_clien
 log = logging.getLogger(__name__)
 SourceItem = RawMessage | ProgressMarker
 IDLE_WAIT = timedelta(milliseconds=20)
-PREFETCH_KBYTES = 4 * 1024  # librdkafka default: 64 MB per consumer, i.e. per partition here
+PREFETCH_KBYTES = 16 * 1024  # per worker consumer (librdkafka's default is 64 MB)
 METADATA_TIMEOUT_S = 30
 
 
@@ -63,21 +64,88 @@ def parse_part_name(name: str) -> tuple[str, int]:
     return topic, int(partition)
 
 
-class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
-    def __init__(self, settings: Settings, topic: str, partition: int, start: int,
-                 partitions: int) -> None:
+class WorkerConsumer:
+    """One Kafka consumer for every partition a worker reads.
+
+    A librdkafka consumer costs a few threads and tens of MB of buffers; one per partition made
+    those the largest part of the process's memory. Parts pull their own messages out of the
+    shared fetches; a part past its in-flight window pauses its partition.
+    """
+
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._topic, self._partition = topic, partition
-        config = kafka_client_config(settings) | {
+        self._consumer = Consumer(kafka_client_config(settings) | {
             "group.id": f"cdc-replicator.{settings.flow_id}",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "isolation.level": "read_committed",
             "fetch.wait.max.ms": 50,
             "queued.max.messages.kbytes": PREFETCH_KBYTES,
-        }
-        self._consumer = Consumer(config)
-        self._consumer.assign([TopicPartition(topic, partition, start)])
+        })
+        self._buffers: dict[tuple[str, int], list[RawMessage]] = {}
+        self._paused: set[tuple[str, int]] = set()
+
+    def add(self, topic: str, partition: int, start: int) -> None:
+        self._buffers[(topic, partition)] = []
+        self._consumer.incremental_assign([TopicPartition(topic, partition, start)])
+
+    def take(self, topic: str, partition: int) -> list[RawMessage]:
+        """The messages fetched for one partition; fetches for all when it has none."""
+        key = (topic, partition)
+        if not self._buffers[key]:
+            self._fetch()
+        taken, self._buffers[key] = self._buffers[key], []
+        return taken
+
+    def hold(self, topic: str, partition: int, held: bool) -> None:
+        """Pause (or resume) fetching one partition."""
+        key = (topic, partition)
+        if held and key not in self._paused:
+            self._consumer.pause([TopicPartition(topic, partition)])
+            self._paused.add(key)
+        elif not held and key in self._paused:
+            self._consumer.resume([TopicPartition(topic, partition)])
+            self._paused.discard(key)
+
+    def _fetch(self) -> None:
+        buffers = self._buffers
+        for msg in self._consumer.consume(self._settings.poll_batch_size, 0.001):
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF or not error.fatal():
+                    log.warning("source: %s", error)
+                    continue
+                raise KafkaException(error)
+            topic, partition = msg.topic(), msg.partition()
+            buffers[(topic, partition)].append(
+                RawMessage(topic, partition, msg.offset(), msg.key(), msg.value()))
+
+    def remove(self, topic: str, partition: int) -> None:
+        self._consumer.incremental_unassign([TopicPartition(topic, partition)])
+        del self._buffers[(topic, partition)]
+        if not self._buffers:
+            self._consumer.close()
+
+
+_local = threading.local()
+
+
+def worker_consumer(settings: Settings) -> WorkerConsumer:
+    """The calling worker thread's consumer for this flow."""
+    consumers: dict[str, WorkerConsumer] = _local.__dict__.setdefault("consumers", {})
+    consumer = consumers.get(settings.flow_id)
+    if consumer is None:
+        consumer = consumers[settings.flow_id] = WorkerConsumer(settings)
+    return consumer
+
+
+class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
+    def __init__(self, settings: Settings, topic: str, partition: int, start: int,
+                 partitions: int) -> None:
+        self._settings = settings
+        self._topic, self._partition = topic, partition
+        self._consumer = worker_consumer(settings)
+        self._consumer.add(topic, partition, start)
         self._next_offset = start
         self._window = CommitWindow(settings, topic, partition, start, partitions)
         self._marker_due = 0.0
@@ -85,20 +153,9 @@ class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
         log.info("source %s[%d]: starting at offset %d", topic, partition, start)
 
     def next_batch(self) -> list[SourceItem]:
-        batch: list[SourceItem] = []
-        if self._window.allows(self._next_offset):
-            messages = self._consumer.consume(self._settings.poll_batch_size, 0.001)
-        else:
-            messages = []
-        for msg in messages:
-            error = msg.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF or not error.fatal():
-                    log.warning("source %s[%d]: %s", self._topic, self._partition, error)
-                    continue
-                raise KafkaException(error)
-            batch.append(RawMessage(self._topic, self._partition, msg.offset(), msg.key(),
-                                    msg.value()))
+        allowed = self._window.allows(self._next_offset)
+        self._consumer.hold(self._topic, self._partition, not allowed)
+        batch: list[SourceItem] = self._consumer.take(self._topic, self._partition)
         if batch:
             self._next_offset = batch[-1].offset + 1
         self._idle = not batch
@@ -115,7 +172,7 @@ class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
         return None
 
     def close(self) -> None:
-        self._consumer.close()
+        self._consumer.remove(self._topic, self._partition)
 
 
 class KafkaCdcSource(FixedPartitionedSource[SourceItem, None]):
