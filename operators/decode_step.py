@@ -10,7 +10,7 @@ from __future__ import annotations
 from operators.decode import Decoder
 from operators.events import ChangeEvent, DlqRecord, ProgressMarker, ShardItem
 from operators.kafka_source import SourceItem
-from operators.keys import shard_of, shard_of_position, state_key
+from operators.keys import shard_of, shard_of_position
 from operators.pg_session import connect
 from operators.settings import Settings
 from operators.shard_sink import shard_part_name
@@ -34,8 +34,7 @@ class DecodeStep:
             decoded = decode(item)
             kind = type(decoded)
             if kind is ChangeEvent:
-                out.append((names[shard_of(state_key(decoded.table, decoded.key), shards)],
-                            decoded))
+                out.append((names[shard_of(decoded.row_id, shards)], decoded))
             elif kind is DlqRecord:
                 shard = shard_of_position(decoded.topic, decoded.partition, decoded.offset, shards)
                 out.append((names[shard], decoded))

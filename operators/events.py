@@ -5,9 +5,11 @@ source ──RawMessage──► decode ──ChangeEvent | TruncateEvent | DlqR
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, NamedTuple
+
+from operators.keys import state_key
 
 
 class RawMessage(NamedTuple):
@@ -62,7 +64,8 @@ class ChangeEvent:
     `values` holds converted Python values of the new row image (None for deletes). A column that
     is absent from `values` is unchanged (e.g. Debezium's TOAST placeholder): keep the stored value.
     `version` is a byte string that compares (as bytes, and as Postgres `bytea`) in the source's
-    per-key order; see `operators.versions`.
+    per-key order; see `operators.versions`. `row_id` identifies the row across tables (the
+    shard's state key, `operators.keys.state_key`).
     """
 
     table: TableName
@@ -75,6 +78,11 @@ class ChangeEvent:
     topic: str
     partition: int
     offset: int
+    row_id: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Computed once here: the decode step routes by it and the shard keys its state by it.
+        self.row_id = state_key(self.table, self.key)
 
 
 @dataclass(slots=True)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import zlib
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from operators.events import TableName
+if TYPE_CHECKING:  # events.py computes each event's state key with this module
+    from operators.events import TableName
 
 
 def _default(value: Any) -> Any:

@@ -72,15 +72,16 @@ class BatchDecision:
 
 
 def decide_batch(
-    events: list[tuple[bytes, ChangeEvent]],
+    events: list[ChangeEvent],
     states: dict[bytes, KeyState | None],
     floors: dict[str, bytes],
 ) -> BatchDecision:
-    """Resolve a batch. `events` are (state key, event) in arrival order; `states` holds the
-    stored state of every key in the batch; `floors` the truncate floor per table name."""
+    """Resolve a batch. `events` in arrival order; `states` holds the stored state of every
+    key (`row_id`) in the batch; `floors` the truncate floor per table name."""
     decision = BatchDecision()
     current = dict(states)
-    for skey, event in events:
+    for event in events:
+        skey = event.row_id
         floor = floors.get(str(event.table)) if floors else None
         state = current.get(skey)
         if floor is None and (state is None or event.version > state.version):

@@ -16,7 +16,7 @@ import orjson
 import psycopg
 
 from operators.events import ChangeEvent, DlqRecord, ProgressMarker, ShardItem, TruncateEvent
-from operators.keys import key_json, state_key
+from operators.keys import key_json
 from operators.lww import decide_batch
 from operators.offsets import shard_offsets, shard_seq
 from operators.pg_writer import ShardBatch
@@ -93,7 +93,7 @@ class Shard:
         units = [u for u in units if u.offset >= committed.get((u.topic, u.partition), 0)]
         batch = ShardBatch(shard=self.number, seq=self._store.seq + 1,
                            offsets=offsets_of(units, markers))
-        events: list[tuple[bytes, ChangeEvent]] = []
+        events: list[ChangeEvent] = []
         table_of: dict[int, TargetTable] = {}
         floors: dict[str, bytes] = {}
         for unit in units:
@@ -104,7 +104,7 @@ class Shard:
                 except TableProblem as problem:
                     batch.dlq.append(dlq_for(unit, problem.error_type, str(problem)))
                     continue
-                events.append((state_key(unit.table, unit.key), unit))
+                events.append(unit)
             elif kind is DlqRecord:
                 batch.dlq.append(unit)
             else:
@@ -112,7 +112,7 @@ class Shard:
                 name = str(unit.table)
                 if unit.version > max(self._floors.get(name, b""), floors.get(name, b"")):
                     floors[name] = unit.version
-        keys = list(dict.fromkeys(k for k, _ in events))
+        keys = list(dict.fromkeys(e.row_id for e in events))
         states = dict(zip(keys, self._store.get_many(keys), strict=True))
         decision = decide_batch(events, states, {**self._floors, **floors})
         batch.writes = [(table_of[id(w.event)], w) for w in decision.writes.values()]

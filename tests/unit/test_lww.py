@@ -46,8 +46,7 @@ def test_judge_outcomes():
 def test_batch_merges_partial_images_and_fences_deletes():
     events = [event(1, 1, a=1, b=1), event(1, 3, b=3), event(1, 2, a=2),
               event(2, 5, Op.DELETE), event(2, 4, a=4)]
-    decision = decide_batch([(state_key(T, e.key), e) for e in events],
-                            {state_key(T, (1,)): None, state_key(T, (2,)): None}, {})
+    decision = decide_batch(events, {state_key(T, (1,)): None, state_key(T, (2,)): None}, {})
     one = decision.writes[state_key(T, (1,))]
     assert one.version == v(3) and one.values == {"id": 1, "a": 1, "b": 3}
     two = decision.writes[state_key(T, (2,))]
@@ -104,8 +103,7 @@ def test_batches_converge_to_max_version_oracle(case):
     for start, end in zip(bounds, bounds[1:], strict=False):
         batch = [event(k, ver, Op.DELETE if d else Op.UPSERT, x=val)
                  for k, ver, d, val in sequence[start:end]]
-        pairs = [(state_key(T, e.key), e) for e in batch]
-        decision = decide_batch(pairs, {k: store.get(k) for k, _ in pairs}, {})
+        decision = decide_batch(batch, {e.row_id: store.get(e.row_id) for e in batch}, {})
         stale += len(decision.stale)
         duplicates += decision.duplicates
         store.update(decision.new_states)
