@@ -108,8 +108,8 @@ def render_scenario(res: ScenarioResult) -> str:
         lines.append("")
         extrapolated = extrapolate_memory(res.memory, 10_000_000)
         if extrapolated is not None:
-            lines += [f"Linear extrapolation to 10,000,000 distinct keys: ≈ {extrapolated:,.0f} MB "
-                      "(extrapolated, not measured).", ""]
+            lines += [f"Extrapolated to 10,000,000 distinct keys along the growth between the two "
+                      f"largest runs: ≈ {extrapolated:,.0f} MB (not measured).", ""]
         if res.memory_note:
             lines += [res.memory_note, ""]
     if res.profile:
@@ -131,10 +131,12 @@ def render_scenario(res: ScenarioResult) -> str:
 
 
 def extrapolate_memory(rows: list[Mapping], keys: int) -> float | None:
-    points = [(r["keys"], r["peak_rss_mb"]) for r in rows if r.get("peak_rss_mb")]
+    """A straight line through the two largest runs: the marginal growth per key, which a fit
+    through every point (start-up and in-flight memory included) would overstate."""
+    points = sorted((r["keys"], r["peak_rss_mb"]) for r in rows if r.get("peak_rss_mb"))
     if len(points) < 2:
         return None
-    slope, intercept = linear_fit([p[0] for p in points], [p[1] for p in points])
+    slope, intercept = linear_fit([p[0] for p in points[-2:]], [p[1] for p in points[-2:]])
     return intercept + slope * keys
 
 

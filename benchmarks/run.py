@@ -318,8 +318,9 @@ def run_memory(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> l
         gc.collect()
     res.memory_note = ("`distinct keys` counts the keys the workload actually touched (the key "
                        "space times 1 − e^−1.2). Peak RSS is the maximum of the process's VmHWM "
-                       "and its process-tree VmRSS sampled every 0.2 s. The 10M figure is a "
-                       "straight-line extrapolation, not a measurement.")
+                       "and its process-tree VmRSS sampled every 0.2 s. The 10M figure "
+                       "extends the growth between the two largest runs; it is not a "
+                       "measurement.")
     return cleanup_list
 
 

@@ -121,6 +121,9 @@ def test_linear_fit_and_memory_extrapolation():
     rows = [{"keys": 100_000, "peak_rss_mb": 300.0}, {"keys": 1_000_000, "peak_rss_mb": 390.0}]
     assert report.extrapolate_memory(rows, 10_000_000) == pytest.approx(1290.0)
     assert report.extrapolate_memory(rows[:1], 10_000_000) is None
+    # only the two largest runs count: 10 MB per million keys past 1M
+    rows.append({"keys": 2_000_000, "peak_rss_mb": 400.0})
+    assert report.extrapolate_memory(rows, 10_000_000) == pytest.approx(480.0)
 
 
 def test_scenario_parameters():
