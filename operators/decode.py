@@ -77,9 +77,6 @@ class Decoder:
         self._prefixes: dict[str, list[tuple[bytes, Any]]] = {}
         self._plain: dict[TableName, tuple[dict[str, str], dict[str, Converter]]] = {}
 
-    def decode_batch(self, msgs: list[RawMessage]) -> list[Decoded]:
-        return [d for d in map(self.decode, msgs) if d is not None]
-
     def decode(self, msg: RawMessage) -> Decoded | None:
         topic = msg.topic
         if msg.value is None or topic.startswith("__debezium-heartbeat"):

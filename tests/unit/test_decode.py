@@ -10,15 +10,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.decode import Decoder
+from operators.decode_step import DecodeStep
 from operators.events import (
     ChangeEvent,
     Column,
     DlqRecord,
     Op,
+    ProgressMarker,
     RawMessage,
     TableName,
     TruncateEvent,
 )
+from operators.keys import shard_of
+from operators.settings import Settings
+from operators.shard_sink import shard_part_name
 from operators.versions import pg_version, sqlserver_version
 from tests.unit import debezium_samples as ds
 
@@ -332,20 +337,24 @@ def test_skipped_messages_decode_to_none(msg: RawMessage) -> None:
     assert decoder().decode(msg) is None
 
 
-def test_decode_batch_drops_skipped_messages_and_keeps_order() -> None:
+def test_decode_step_routes_by_row_broadcasts_markers_and_drops_skipped() -> None:
+    settings = Settings(topics=ds.PG_TOPIC, shards=4)
     msgs = [
         ds.pg_message("c", None, ds.customer_row(1), offset=1),
         ds.heartbeat_message(),
         ds.raw(ds.PG_TOPIC, b"{", {"id": 2}, offset=3),
         ds.pg_message("d", ds.customer_row(1), None, offset=4)._replace(value=None),
         ds.pg_message("d", ds.customer_row(1), None, offset=5),
+        ProgressMarker(ds.PG_TOPIC, 0, 6),
     ]
-    out = decoder().decode_batch(msgs)
-    assert [(type(e).__name__, e.offset) for e in out] == [
-        ("ChangeEvent", 1),
-        ("DlqRecord", 3),
-        ("ChangeEvent", 5),
-    ]
+    out = DecodeStep(settings)(msgs)
+    kinds = [(type(item).__name__, getattr(item, "offset", None)) for _, item in out]
+    assert kinds == [("ChangeEvent", 1), ("DlqRecord", 3), ("ChangeEvent", 5)] + [
+        ("ProgressMarker", None)] * 4
+    first, last = out[0][1], out[2][1]
+    assert isinstance(first, ChangeEvent) and isinstance(last, ChangeEvent)
+    assert out[0][0] == out[2][0] == shard_part_name(shard_of(first.row_id, 4))  # one row, one path
+    assert sorted(name for name, _ in out[3:]) == [shard_part_name(k) for k in range(4)]
 
 
 # --- DLQ ----------------------------------------------------------------------------------------
