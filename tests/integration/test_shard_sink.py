@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from benchmarks.replicator_run import drop_flows
 from operators.events import (
@@ -25,6 +29,7 @@ from operators.pg_writer import ShardBatch
 from operators.settings import DeleteMode, Settings
 from operators.shard_sink import ShardPartition
 from operators.versions import pg_version
+from tests.unit.test_lww import arrivals, oracle
 
 pytestmark = pytest.mark.integration
 TOPIC = "db.inventory.things"
@@ -180,3 +185,42 @@ def test_lost_state_is_rebuilt_from_postgres(settings, tmp_path):
     keys = [state_key(things.table, (1,)), state_key(things.table, (2,))]
     assert rebuilt.shard._store.get_many(keys) == [KeyState(pg_version(10), False),
                                                    KeyState(pg_version(30), True)]
+
+
+# No shrinking: each example costs Postgres round trips, and shrinking a failure could run for
+# many minutes; the failing example is printed as found (the pure LWW property shrinks).
+@hypothesis_settings(max_examples=120, deadline=None,
+                     phases=[Phase.explicit, Phase.reuse, Phase.generate],
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=arrivals(), restarts=st.lists(st.sampled_from(["keep", "reopen", "lose state"]),
+                                          min_size=5, max_size=5))
+def test_property_postgres_equals_the_max_version_oracle(pg_dsn, tmp_path, case, restarts):
+    """Any interleaving of duplicates, reorderings and deletes, cut into batches, with the shard
+    reopened (or its state lost) between batches: the table and the audit equal the oracle."""
+    sequence, cuts = case
+    name = f"prop{uuid.uuid4().hex[:10]}"
+    config = Settings(topics=TOPIC, pg_dsn=pg_dsn, state_dir=tmp_path / name, flow_id=name,
+                      target_schema=name, shards=1)
+    things = Things(name)
+    try:
+        shard = ShardPartition(config, 0)
+        bounds = [0, *cuts, len(sequence)]
+        for i, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False)):
+            shard.write_batch([things.event(k, v, Op.DELETE if d else Op.UPSERT, qty=x)
+                               for k, v, d, x in sequence[start:end]])
+            shard.snapshot()
+            action = restarts[i % len(restarts)]
+            if action != "keep":
+                shard.close()
+                if action == "lose state":
+                    shutil.rmtree(config.state_dir, ignore_errors=True)
+                shard = ShardPartition(config, 0)
+        shard.close()
+        expected_rows, expected_stale, _ = oracle(sequence)
+        got = {k: qty for k, (_, qty) in rows(pg_dsn, things.table).items()}
+        with psycopg.connect(pg_dsn) as conn:
+            stale = conn.execute("SELECT count(*) FROM cdc.stale_events WHERE flow_id = %s",
+                                 (name,)).fetchone()[0]
+        assert (got, stale) == (expected_rows, expected_stale)
+    finally:
+        drop_flows(pg_dsn, name)
