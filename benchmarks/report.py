@@ -42,6 +42,11 @@ def _sorted_systems(systems: list[SystemResult]) -> list[SystemResult]:
     return sorted(systems, key=lambda s: rank.get(s.system, len(rank)))
 
 
+def _table(header: str, alignment: str, rows: list[str]) -> list[str]:
+    """A Markdown table followed by a blank line."""
+    return [header, alignment, *rows, ""]
+
+
 def render_scenario(res: ScenarioResult) -> str:
     """Markdown section of one scenario."""
     lines = [f"## Scenario `{res.scenario}`", "", res.description, ""]
@@ -100,12 +105,11 @@ def render_scenario(res: ScenarioResult) -> str:
         if res.latency_note:
             lines += [res.latency_note, ""]
     if res.memory:
-        lines += ["| distinct keys | messages | peak RSS MB | correctness |",
-                  "|---:|---:|---:|---|"]
-        for row in res.memory:
-            lines.append(f"| {row['keys']:,} | {row.get('messages', 0):,} | "
-                         f"{_num(row.get('peak_rss_mb'))} | {row.get('correctness', '')} |")
-        lines.append("")
+        lines += _table("| distinct keys | messages | peak RSS MB | correctness |",
+                        "|---:|---:|---:|---|",
+                        [f"| {row['keys']:,} | {row.get('messages', 0):,} | "
+                         f"{_num(row.get('peak_rss_mb'))} | {row.get('correctness', '')} |"
+                         for row in res.memory])
         extrapolated = extrapolate_memory(res.memory, 10_000_000)
         if extrapolated is not None:
             lines += [f"Extrapolated to 10,000,000 distinct keys along the growth between the two "
@@ -113,12 +117,10 @@ def render_scenario(res: ScenarioResult) -> str:
         if res.memory_note:
             lines += [res.memory_note, ""]
     if res.profile:
-        lines += ["| stage (in-process profile) | seconds | share | µs/message |",
-                  "|---|---:|---:|---:|"]
-        for row in res.profile:
-            lines.append(f"| {row['stage']} | {row['seconds']:.2f} | {row['share'] * 100:.0f}% "
-                         f"| {_num(row.get('us_per_msg'), '{:.1f}')} |")
-        lines.append("")
+        lines += _table("| stage (in-process profile) | seconds | share | µs/message |",
+                        "|---|---:|---:|---:|",
+                        [f"| {row['stage']} | {row['seconds']:.2f} | {row['share'] * 100:.0f}% "
+                         f"| {_num(row.get('us_per_msg'), '{:.1f}')} |" for row in res.profile])
         if res.profile_note:
             lines += [res.profile_note, ""]
     for note in res.notes:

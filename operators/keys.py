@@ -35,6 +35,11 @@ def state_key(table: TableName, key: tuple[Any, ...]) -> bytes:
     return f"{table.schema}.{table.name}".encode() + b"\x00" + key_json(key)
 
 
+def key_json_of(state_key_bytes: bytes) -> bytes:
+    """The key's JSON inside a state key (table names cannot contain NUL), without re-encoding."""
+    return state_key_bytes.partition(b"\x00")[2]
+
+
 def shard_of(state_key_bytes: bytes, shards: int) -> int:
     """Stable across processes and runs (unlike Python's `hash`)."""
     return zlib.crc32(state_key_bytes) % shards

@@ -18,8 +18,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from operators.events import DlqRecord, Op, TruncateEvent
-from operators.keys import key_json
+from operators.events import ChangeEvent, DlqRecord, Op, TruncateEvent
+from operators.keys import key_json_of
 from operators.lww import RowWrite, StaleEvent
 from operators.settings import DeleteMode
 from operators.target_tables import (
@@ -49,9 +49,9 @@ class ShardBatch:
     duplicates: int = 0
 
 
-def _key_text(key: tuple[Any, ...]) -> str:
-    """The key's JSON, as text for a jsonb column of a text COPY."""
-    return key_json(key).decode()
+def _key_text(event: ChangeEvent) -> str:
+    """The key's JSON (already encoded in the event's row id), as text for a jsonb column."""
+    return key_json_of(event.row_id).decode()
 
 
 class _Kind(Enum):
@@ -159,7 +159,7 @@ class PgShardWriter:
                 if json_at:
                     row = tuple(Jsonb(v) if i in json_at and v is not None else v
                                 for i, v in enumerate(row))
-                copy.write_row((*row, _key_text(event.key), write.version))
+                copy.write_row((*row, _key_text(event), write.version))
         for statement in plan.statements:
             self._conn.execute(statement)
 
@@ -274,7 +274,7 @@ class PgShardWriter:
             for s in stale:
                 e = s.event
                 copy.write_row((self._flow_id, e.topic, e.partition, e.offset, str(e.table),
-                                _key_text(e.key), describe_version(e.version),
+                                _key_text(e), describe_version(e.version),
                                 describe_version(s.applied_version), s.reason))
 
     def _dlq(self, records: list[DlqRecord]) -> None:
