@@ -62,11 +62,8 @@ def _pipeline(parts: list[list[Any]], settings: Any) -> None:
             items: list[Any] = list(batch)
             items.append(ProgressMarker(batch[0].topic, batch[0].partition,
                                         batch[-1].offset + 1))
-            routed: dict[str, list[Any]] = defaultdict(list)
-            for name, item in step(items):
-                routed[name].append(item)
-            for name, values in routed.items():
-                shards[name].write_batch(values)
+            for name, routed in step(items):
+                shards[name].write_batch([routed])
     for part in shards.values():
         part.close()
 

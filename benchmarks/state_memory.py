@@ -43,7 +43,7 @@ def measure(keys: int, shards: int, directory: Path, batch: int = 5000,
             per_shard[shard_of(skey, shards)][skey] = KeyState(pg_version(key + 1), False)
         for store, states in zip(stores, per_shard, strict=True):
             if states:
-                store.commit(store.seq + 1, states, {})
+                store.commit(store.seq + 1, states, {}, dict.fromkeys(states))
         done = min(keys, start + batch)
         if done % every == 0 or done == keys:
             results.append({"keys": done, "rss": rss_bytes()})

@@ -8,7 +8,9 @@ reassignment stay per shard.
 
 A commit is due when the worker holds `REPLICATE_BATCH_SIZE` units, when its oldest unit is
 `REPLICATE_BATCH_MS` old, when only progress markers have waited `MARKER_ONLY_FLUSH_S`, or at
-epoch close.
+epoch close. A due commit waits while the previous transaction is still running, so the worker
+decodes on instead of blocking, up to `BACKLOG_BATCHES` batches: when Postgres is the slower side,
+batches grow and each transaction carries more rows.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from operators.settings import Settings
 from operators.shard import Position, Shard, Unit, refused_to_dlq
 
 MARKER_ONLY_FLUSH_S = 5.0
+BACKLOG_BATCHES = 4  # pending units, in batches, past which a due commit waits for Postgres
 REFUSED = (psycopg.DataError, psycopg.IntegrityError)  # a value Postgres will never take
 Work = tuple[Shard, list[Unit], dict[Position, int]]
 _local = threading.local()
@@ -63,9 +66,12 @@ class Committer:
         if self._since is None:
             return
         age = time.monotonic() - self._since
-        if (self._units >= self._settings.batch_size
-                or (self._units and age >= self._settings.batch_ms / 1000)
-                or age >= MARKER_ONLY_FLUSH_S):
+        batch_size = self._settings.batch_size
+        due = (self._units >= batch_size
+               or (self._units and age >= self._settings.batch_ms / 1000)
+               or age >= MARKER_ONLY_FLUSH_S)
+        busy = self._in_flight is not None and not self._in_flight[2].done()
+        if due and not (busy and self._units < BACKLOG_BATCHES * batch_size):
             self.commit_all()
 
     def commit_all(self, wait: bool = False) -> None:

@@ -63,6 +63,46 @@ class _Reject(Exception):
         self.error_type = error_type
 
 
+class _Envelopes:
+    """Splits Connect JSON envelopes (`{"schema": ..., "payload": ...}`) of keys or values.
+
+    With `schemas.enable` the schema is most of the message and the same in every message of a
+    topic, so once a schema's exact bytes are known, later messages that start with them only
+    parse their payload.
+    """
+
+    def __init__(self, what: str, error_type: str, objects_only: bool) -> None:
+        self._what = what
+        self._error_type = error_type
+        self._objects_only = objects_only  # else a non-object document is its own payload
+        self._prefixes: dict[str, list[tuple[bytes, Any]]] = {}
+
+    def split(self, topic: str, raw: bytes) -> tuple[Any, bytes, Any]:
+        """(schema or None, bytes identifying that schema, payload); a document without an
+        envelope is its own payload."""
+        for prefix, schema in self._prefixes.get(topic, ()):
+            if raw.startswith(prefix) and raw.endswith(b"}"):
+                try:
+                    return schema, prefix, orjson.loads(memoryview(raw)[len(prefix) : -1])
+                except orjson.JSONDecodeError:
+                    break  # not this envelope after all: parse it whole for a precise error
+        doc = _loads(raw, self._what, self._error_type)
+        if not isinstance(doc, dict):
+            if not self._objects_only:
+                return None, b"", doc
+            raise _Reject("malformed_envelope",
+                          f"{self._what} is a JSON {_kind(doc)}, not an object")
+        if "payload" not in doc or "schema" not in doc:
+            return None, b"", doc
+        prefix = _schema_prefix(raw, doc)
+        if prefix is None:
+            return doc["schema"], orjson.dumps(doc["schema"]), doc["payload"]
+        known = self._prefixes.setdefault(topic, [])
+        known.insert(0, (prefix, doc["schema"]))
+        del known[_MAX_PREFIXES_PER_TOPIC:]
+        return doc["schema"], prefix, doc["payload"]
+
+
 class Decoder:
     """Decodes the messages of any number of topics; caches schemas and table mappings."""
 
@@ -74,7 +114,8 @@ class Decoder:
         self._catalog = catalog
         self._topic_tables: dict[str, TableName] = {}
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
-        self._prefixes: dict[str, list[tuple[bytes, Any]]] = {}
+        self._values = _Envelopes("value", "malformed_json", objects_only=True)
+        self._keys = _Envelopes("key", "malformed_key", objects_only=False)
         self._plain: dict[TableName, tuple[dict[str, str], dict[str, Converter]]] = {}
 
     def decode(self, msg: RawMessage) -> Decoded | None:
@@ -94,7 +135,7 @@ class Decoder:
             )
 
     def _decode(self, msg: RawMessage) -> Decoded | None:
-        value_schema, schema_id, payload = self._envelope(msg.topic, msg.value)
+        value_schema, schema_id, payload = self._values.split(msg.topic, msg.value)
         if payload is None:  # an envelope with a null payload
             return None
         if not isinstance(payload, dict):
@@ -130,7 +171,7 @@ class Decoder:
             raise _Reject("malformed_envelope", f"'{image_field}' is a {_kind(image)}")
         if op != "d" and image is None:
             raise _Reject("missing_after", f"op {op!r} has no 'after' row image")
-        key_payload = self._key_payload(msg.key, image, table)
+        key_payload = self._key_payload(msg.topic, msg.key, image, table)
         key_names = tuple(key_payload)
         row = image if op != "d" else None
         if value_schema is None:
@@ -184,14 +225,12 @@ class Decoder:
     # --- keys -----------------------------------------------------------------------------
 
     def _key_payload(
-        self, raw_key: bytes | None, image: dict[str, Any] | None, table: TableName
+        self, topic: str, raw_key: bytes | None, image: dict[str, Any] | None, table: TableName
     ) -> dict[str, Any]:
         """Key column → JSON value, from the Kafka key, else the primary key of the row image."""
         if raw_key is None:
             return self._key_from_image(image, table)
-        doc = _loads(raw_key, "key", "malformed_key")
-        if isinstance(doc, dict) and "payload" in doc and "schema" in doc:
-            doc = doc["payload"]
+        _, _, doc = self._keys.split(topic, raw_key)
         if not isinstance(doc, dict) or not doc:
             raise _Reject(
                 "missing_key", f"Kafka key payload is {_kind(doc)}, not a non-empty struct"
@@ -211,32 +250,6 @@ class Decoder:
         return {name: image[name] for name in pk}
 
     # --- with schema ----------------------------------------------------------------------
-
-    def _envelope(self, topic: str, raw: bytes) -> tuple[Any, bytes, Any]:
-        """(value schema or None, bytes identifying that schema, payload).
-
-        With `schemas.enable` the schema is most of the message and the same in every message of
-        a topic, so once a schema's exact bytes are known, later messages that start with them
-        only parse their payload.
-        """
-        for prefix, schema in self._prefixes.get(topic, ()):
-            if raw.startswith(prefix) and raw.endswith(b"}"):
-                try:
-                    return schema, prefix, orjson.loads(memoryview(raw)[len(prefix) : -1])
-                except orjson.JSONDecodeError:
-                    break  # not this envelope after all: parse it whole for a precise error
-        doc = _loads(raw, "value", "malformed_json")
-        if not isinstance(doc, dict):
-            raise _Reject("malformed_envelope", f"value is a JSON {_kind(doc)}, not an object")
-        if "payload" not in doc or "schema" not in doc:
-            return None, b"", doc
-        prefix = _schema_prefix(raw, doc)
-        if prefix is None:
-            return doc["schema"], orjson.dumps(doc["schema"]), doc["payload"]
-        known = self._prefixes.setdefault(topic, [])
-        known.insert(0, (prefix, doc["schema"]))
-        del known[_MAX_PREFIXES_PER_TOPIC:]
-        return doc["schema"], prefix, doc["payload"]
 
     def _shape(self, table: TableName, value_schema: Any, schema_id: bytes,
                key_names: tuple[str, ...]) -> _Shape:

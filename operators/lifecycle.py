@@ -1,4 +1,4 @@
-"""Stopping on SIGTERM/SIGINT.
+"""Process setup: stopping on SIGTERM/SIGINT, and the garbage collector's pace.
 
 A stop abandons the batch in flight: its Postgres transaction rolls back when the connection
 closes, and the next start repairs the shard's RocksDB state from its undo record and replays the
@@ -8,12 +8,17 @@ stop behind a slow or unreachable Postgres.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
 from types import FrameType
 
 log = logging.getLogger(__name__)
+# Collect the youngest generation every 200k new container objects instead of 700: every event
+# allocates a handful of dicts and tuples, and with Python's default each collection re-walks the
+# events still in flight. Measured: about 12% less CPU per message (docs/performance.md).
+GC_THRESHOLDS = (200_000, 50, 100)
 
 
 def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -26,3 +31,7 @@ def _stop(signum: int, _frame: FrameType | None) -> None:
 def install_stop_handlers() -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+
+
+def tune_gc() -> None:
+    gc.set_threshold(*GC_THRESHOLDS)

@@ -120,7 +120,7 @@ class Shard:
         batch.duplicates = decision.duplicates
         batch.applied = decision.applied
         self.in_step = False  # until Postgres confirms this seq
-        self._store.commit(batch.seq, decision.new_states, floors)
+        self._store.commit(batch.seq, decision.new_states, floors, states)
         batch.floors = floors
         return batch
 

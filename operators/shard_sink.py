@@ -22,7 +22,7 @@ def shard_part_name(shard: int) -> str:
     return f"{PART_PREFIX}{shard:05d}"
 
 
-class ShardPartition(StatefulSinkPartition[ShardItem, None]):
+class ShardPartition(StatefulSinkPartition[list[ShardItem], None]):
     def __init__(self, settings: Settings, number: int) -> None:
         memory = StoreMemory(settings.state_cache_mb, settings.state_write_buffer_mb)
         store = ShardStateStore(
@@ -31,8 +31,9 @@ class ShardPartition(StatefulSinkPartition[ShardItem, None]):
         self._committer: Committer = thread_committer(settings)
         self._committer.register(self.shard)
 
-    def write_batch(self, values: list[ShardItem]) -> None:
-        self._committer.accepted(self.shard.accept(values))
+    def write_batch(self, values: list[list[ShardItem]]) -> None:
+        accept = self.shard.accept
+        self._committer.accepted(sum(accept(items) for items in values))
         self._committer.commit_if_due()
 
     def snapshot(self) -> None:
@@ -44,8 +45,8 @@ class ShardPartition(StatefulSinkPartition[ShardItem, None]):
         self.shard.close()
 
 
-class ShardSink(FixedPartitionedSink[ShardItem, None]):
-    """`(shard part name, item)` pairs in."""
+class ShardSink(FixedPartitionedSink[list[ShardItem], None]):
+    """`(shard part name, items)` pairs in."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -96,16 +96,21 @@ class ShardStateStore:
             found[key[len(_FLOOR_PREFIX) :].decode()] = value
         return found
 
-    def commit(self, seq: int, states: dict[bytes, KeyState], floors: dict[str, bytes]) -> None:
-        """Write `states` and `floors` as commit `seq`, with an undo record of what they replace."""
-        changes = {key: encode_state(state) for key, state in states.items()}
-        changes.update({_FLOOR_PREFIX + table.encode(): v for table, v in floors.items()})
-        keys = list(changes)
-        undo = (self.seq, list(zip(keys, self._db[keys], strict=True)))
+    def commit(self, seq: int, states: dict[bytes, KeyState], floors: dict[str, bytes],
+               replaced: Mapping[bytes, KeyState | None]) -> None:
+        """Write `states` and `floors` as commit `seq`, with an undo record of what they replace.
+        `replaced` holds the state each key of `states` had before (as read by `get_many`), which
+        spares reading them again."""
+        floor_keys = [_FLOOR_PREFIX + table.encode() for table in floors]
+        undo_entries = [(key, None if (old := replaced[key]) is None else encode_state(old))
+                        for key in states]
+        undo_entries += zip(floor_keys, self._db[floor_keys], strict=True)
         batch = rocksdict.WriteBatch(raw_mode=True)
-        for key, value in changes.items():
-            batch.put(key, value)
-        batch.put(_UNDO, pickle.dumps(undo, protocol=pickle.HIGHEST_PROTOCOL))
+        for key, state in states.items():
+            batch.put(key, encode_state(state))
+        for key, version in zip(floor_keys, floors.values(), strict=True):
+            batch.put(key, version)
+        batch.put(_UNDO, pickle.dumps((self.seq, undo_entries), protocol=pickle.HIGHEST_PROTOCOL))
         batch.put(_SEQ, str(seq).encode())
         self._db.write(batch)
 

@@ -73,9 +73,9 @@ def rows(dsn: str, table: TableName) -> dict[int, tuple]:
 def test_lww_outcomes_stale_audit_and_offsets(settings):
     things = Things(settings.target_schema)
     shard = ShardPartition(settings, 0)
-    shard.write_batch([things.event(1, 10), things.event(1, 30), things.event(1, 20),
+    shard.write_batch([[things.event(1, 10), things.event(1, 30), things.event(1, 20),
                        things.event(2, 10), things.event(2, 50, Op.DELETE), things.event(2, 40),
-                       things.event(1, 30), ProgressMarker(TOPIC, 0, 100)])
+                       things.event(1, 30), ProgressMarker(TOPIC, 0, 100)]])
     shard.snapshot()
     assert rows(settings.pg_dsn, things.table) == {1: ("v30", 1)}
     with psycopg.connect(settings.pg_dsn) as conn:
@@ -94,7 +94,7 @@ def test_sql_guard_holds_whatever_the_cache_says(settings):
     """Invariant 2 and 3 in SQL alone: writes that bypass RocksDB cannot move a row back."""
     things = Things(settings.target_schema)
     shard = ShardPartition(settings, 0)
-    shard.write_batch([things.event(1, 50), things.event(2, 50), things.event(3, 60, Op.DELETE)])
+    shard.write_batch([[things.event(1, 50), things.event(2, 50), things.event(3, 60, Op.DELETE)]])
     shard.snapshot()
     session = thread_session(settings)
     table = session.tables.for_event(things.event(1, 1))
@@ -115,9 +115,9 @@ def test_sql_guard_holds_whatever_the_cache_says(settings):
 def test_truncate_clears_rows_and_fences_older_events(settings):
     things = Things(settings.target_schema)
     shard = ShardPartition(settings, 0)
-    shard.write_batch([things.event(1, 10), things.event(2, 30),
+    shard.write_batch([[things.event(1, 10), things.event(2, 30),
                        things.truncate(20),
-                       things.event(3, 15), things.event(4, 25)])
+                       things.event(3, 15), things.event(4, 25)]])
     shard.snapshot()
     assert rows(settings.pg_dsn, things.table) == {2: ("v30", 1), 4: ("v25", 1)}
     with psycopg.connect(settings.pg_dsn) as conn:
@@ -131,14 +131,14 @@ def test_soft_delete_mode_keeps_a_flagged_row(settings):
     things = Things(soft.target_schema)
     shard = ShardPartition(soft, 0)
     # key 1's delete carries the same columns as key 3's upsert: two groups, one transaction
-    shard.write_batch([things.event(1, 10), things.event(1, 20, Op.DELETE), things.event(1, 15),
-                       things.event(2, 5, Op.DELETE), things.event(3, 10)])
+    shard.write_batch([[things.event(1, 10), things.event(1, 20, Op.DELETE), things.event(1, 15),
+                       things.event(2, 5, Op.DELETE), things.event(3, 10)]])
     shard.snapshot()
     with psycopg.connect(soft.pg_dsn) as conn:
         got = conn.execute(f'SELECT id, name, _cdc_deleted FROM "{soft.target_schema}".things '
                            "ORDER BY id").fetchall()
     assert got == [(1, "v10", True), (2, None, True), (3, "v10", False)]
-    shard.write_batch([things.event(1, 30, name="back")])
+    shard.write_batch([[things.event(1, 30, name="back")]])
     shard.snapshot()
     assert rows(soft.pg_dsn, things.table)[1] == ("back", 1)
 
@@ -148,7 +148,7 @@ def test_refused_row_goes_to_dlq_and_the_rest_lands(settings):
     shard = ShardPartition(settings, 0)
     # qty 100000 is out of smallint range: Postgres refuses that one row
     events = [things.event(k, 10, qty=100_000 if k == 6 else 1) for k in range(1, 9)]
-    shard.write_batch([*events, DlqRecord(TOPIC, 0, 99, b"k", b"{", "malformed_json", "bad")])
+    shard.write_batch([[*events, DlqRecord(TOPIC, 0, 99, b"k", b"{", "malformed_json", "bad")]])
     shard.snapshot()
     assert set(rows(settings.pg_dsn, things.table)) == {1, 2, 3, 4, 5, 7, 8}
     with psycopg.connect(settings.pg_dsn) as conn:
@@ -162,15 +162,16 @@ def test_state_one_commit_ahead_is_rolled_back(settings):
     """Invariant 5: a RocksDB commit whose Postgres transaction never happened is undone."""
     things = Things(settings.target_schema)
     shard = ShardPartition(settings, 0)
-    shard.write_batch([things.event(1, 10)])
+    shard.write_batch([[things.event(1, 10)]])
     shard.snapshot()
     key = state_key(things.table, (1,))
     store = shard.shard._store
-    store.commit(store.seq + 1, {key: KeyState(pg_version(99), True)}, {})
+    store.commit(store.seq + 1, {key: KeyState(pg_version(99), True)}, {},
+                 dict(zip([key], store.get_many([key]), strict=True)))
     shard.close()  # as if the process died before its Postgres commit
     reopened = ShardPartition(settings, 0)
     assert reopened.shard._store.get_many([key]) == [KeyState(pg_version(10), False)]
-    reopened.write_batch([things.event(1, 20)])  # would be stale against the undone state
+    reopened.write_batch([[things.event(1, 20)]])  # would be stale against the undone state
     reopened.snapshot()
     assert rows(settings.pg_dsn, things.table) == {1: ("v20", 1)}
 
@@ -178,7 +179,7 @@ def test_state_one_commit_ahead_is_rolled_back(settings):
 def test_lost_state_is_rebuilt_from_postgres(settings, tmp_path):
     things = Things(settings.target_schema)
     shard = ShardPartition(settings, 0)
-    shard.write_batch([things.event(1, 10), things.event(2, 30, Op.DELETE)])
+    shard.write_batch([[things.event(1, 10), things.event(2, 30, Op.DELETE)]])
     shard.close()
     moved = settings.model_copy(update={"state_dir": tmp_path / "empty"})
     rebuilt = ShardPartition(moved, 0)
@@ -206,8 +207,8 @@ def test_property_postgres_equals_the_max_version_oracle(pg_dsn, tmp_path, case,
         shard = ShardPartition(config, 0)
         bounds = [0, *cuts, len(sequence)]
         for i, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False)):
-            shard.write_batch([things.event(k, v, Op.DELETE if d else Op.UPSERT, qty=x)
-                               for k, v, d, x in sequence[start:end]])
+            shard.write_batch([[things.event(k, v, Op.DELETE if d else Op.UPSERT, qty=x)
+                               for k, v, d, x in sequence[start:end]]])
             shard.snapshot()
             action = restarts[i % len(restarts)]
             if action != "keep":
