@@ -25,6 +25,7 @@ infra-down:
 infra-status:
 	-infra/postgres.sh status
 	-infra/kafka.sh status
+	-infra/schema_registry.sh status
 
 test: install infra-up
 	$(PY) -m pytest -q $(PYTEST_ARGS)

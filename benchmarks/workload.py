@@ -1,7 +1,9 @@
 """Workload generator and LWW oracle for Debezium CDC topics.
 
 Independent of the replicator (imports nothing from `operators/` or `flows/`): it writes
-Debezium-shaped JSON messages itself and computes the expected outcome of every message itself.
+Debezium-shaped messages itself (JSON, or Avro in the Confluent wire format with a schema
+registry: `benchmarks/workload_avro.py`) and computes the expected outcome of every message
+itself.
 
 Model: one global, strictly increasing source version. Each true change picks a key, and is an
 insert if the key is absent, else an update or (at `deletes_pct`) a delete followed by a tombstone.
@@ -30,6 +32,8 @@ from decimal import Decimal
 from typing import Any, Literal
 
 import orjson
+
+from benchmarks.workload_avro import AvroSubjectWriter
 
 Version = Any  # int (postgresql source.lsn) or (commit_lsn, change_lsn, event_serial_no) tuple
 Key = tuple[int, ...]
@@ -65,7 +69,9 @@ class WorkloadSpec:
     schema: str = "inventory"
     database: str = "inventory"
     connector: Literal["postgresql", "sqlserver"] = "postgresql"
-    schemas_enable: bool = True
+    schemas_enable: bool = True  # JSON only: Connect schemas in every message
+    encoding: Literal["json", "avro"] = "json"
+    registry_url: str = ""  # avro: Confluent-compatible schema registry to register schemas in
     composite_key: bool = False  # key (tenant int32, id int64) instead of (id int64)
     tenants: int = 8
     key_dist: Literal["uniform", "zipf"] = "uniform"
@@ -251,9 +257,8 @@ class _Versions:
 
 
 def encode_decimal(unscaled: int) -> str:
-    """Kafka Connect Decimal: big-endian two's-complement unscaled integer, base64."""
-    length = (unscaled + (unscaled < 0)).bit_length() // 8 + 1
-    return base64.b64encode(unscaled.to_bytes(length, "big", signed=True)).decode()
+    """Kafka Connect Decimal in JSON: `decimal_bytes`, base64."""
+    return base64.b64encode(decimal_bytes(unscaled)).decode()
 
 
 def _py_value(kind: str, v: Any) -> Any:
@@ -325,8 +330,14 @@ def _source_schema(flavor: str) -> dict[str, Any]:
     return {"type": "struct", "fields": fields, "optional": False, "name": name, "field": "source"}
 
 
+def decimal_bytes(unscaled: int) -> bytes:
+    """Kafka Connect Decimal: big-endian two's-complement unscaled integer."""
+    length = (unscaled + (unscaled < 0)).bit_length() // 8 + 1
+    return unscaled.to_bytes(length, "big", signed=True)
+
+
 class _Encoder:
-    """Serializes changes to Debezium JSON; schemas are pre-serialized once per table."""
+    """Serializes changes to Debezium JSON or Avro; schemas are prepared once per table."""
 
     def __init__(self, spec: WorkloadSpec) -> None:
         self.spec = spec
@@ -340,6 +351,11 @@ class _Encoder:
         ]
         self.key_schema: dict[str, bytes] = {}
         self.value_schema: dict[str, bytes] = {}
+        self.avro_key: dict[str, AvroSubjectWriter] = {}
+        self.avro_value: dict[str, AvroSubjectWriter] = {}
+        self.decimal = decimal_bytes if spec.encoding == "avro" else encode_decimal
+        if spec.encoding == "avro" and not spec.registry_url:
+            raise ValueError("encoding='avro' needs registry_url")
         for t in spec.tables:
             base = spec.topic(t)
             key_s = {"type": "struct", "fields": self.key_fields, "optional": False,
@@ -370,6 +386,9 @@ class _Encoder:
             }
             self.key_schema[t] = orjson.dumps(key_s)
             self.value_schema[t] = orjson.dumps(val_s)
+            if spec.encoding == "avro":
+                self.avro_key[t] = AvroSubjectWriter(spec.registry_url, f"{base}-key", key_s)
+                self.avro_value[t] = AvroSubjectWriter(spec.registry_url, f"{base}-value", val_s)
 
     def _wrap(self, schema: bytes, payload: bytes) -> bytes:
         if not self.spec.schemas_enable:
@@ -377,6 +396,8 @@ class _Encoder:
         return b'{"schema":' + schema + b',"payload":' + payload + b"}"
 
     def key(self, ch: Change) -> bytes:
+        if self.avro_key:
+            return self.avro_key[ch.table].frame(dict(zip(self.kcols, ch.key, strict=True)))
         return self._wrap(self.key_schema[ch.table], key_payload(self.spec, ch.key))
 
     def _row(self, key: Key, row: tuple[Any, ...] | None) -> dict[str, Any] | None:
@@ -386,7 +407,7 @@ class _Encoder:
             vals = list(row)
             for i in self.dec_idx:
                 if vals[i] is not None:
-                    vals[i] = encode_decimal(vals[i])
+                    vals[i] = self.decimal(vals[i])
             row = tuple(vals)
         d = dict(zip(self.kcols, key, strict=True))
         d.update(zip(self.vcols, row, strict=True))
@@ -425,6 +446,8 @@ class _Encoder:
             "ts_us": ts_us,
             "ts_ns": ts_us * 1000,
         }
+        if self.avro_value:
+            return self.avro_value[ch.table].frame(payload)
         return self._wrap(self.value_schema[ch.table], orjson.dumps(payload))
 
 

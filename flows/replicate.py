@@ -25,6 +25,7 @@ from operators.retry import first_line, retrying
 from operators.settings import ConfigError, Settings, load_settings
 from operators.shard_sink import ShardSink
 from schemas.control import ensure_control_schema
+from schemas.registry import describe_failure, registry_subjects
 
 
 def build_flow(settings: Settings) -> Dataflow:
@@ -48,12 +49,23 @@ def _register(settings: Settings) -> None:
         raise ConfigError(f"REPLICATE_PG_DSN: {first_line(exc)}") from None
 
 
+def _check_registry(settings: Settings) -> None:
+    """A configured schema registry must answer before any message is read."""
+    if not settings.schema_registry_url:
+        return
+    try:
+        registry_subjects(settings.schema_registry_url, settings.retry_max_s)
+    except Exception as exc:  # a refusal (4xx) or an unusable URL: waiting would not help
+        raise ConfigError(f"REPLICATE_SCHEMA_REGISTRY_URL: {describe_failure(exc)}") from None
+
+
 def _flow_or_exit() -> Dataflow:
     try:
         settings = load_settings()
         install_stop_handlers()
         tune_gc()
         _register(settings)
+        _check_registry(settings)
         metrics.serve(settings.metrics_port)
         return build_flow(settings)
     except ConfigError as exc:
@@ -62,4 +74,5 @@ def _flow_or_exit() -> Dataflow:
 
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+logging.getLogger("httpx2").setLevel(logging.WARNING)  # the schema registry client's every request
 flow = _flow_or_exit()

@@ -3,6 +3,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 rc=0
+"$here/schema_registry.sh" down || rc=1
 "$here/kafka.sh" down || rc=1
 "$here/postgres.sh" down || rc=1
 exit "$rc"

@@ -24,19 +24,10 @@ START_TIMEOUT_S="${KAFKA_START_TIMEOUT_S:-90}"
 STOP_TIMEOUT_S="${KAFKA_STOP_TIMEOUT_S:-30}"
 HEAP="${KAFKA_HEAP:--Xmx1g -Xms1g}"
 
-log() { echo "kafka: $*"; }
-die() { echo "kafka: ERROR: $*" >&2; exit 1; }
-
-# PID of the broker this script started, if that process is still alive.
-our_pid() {
-    [[ -f "$PIDFILE" ]] || return 1
-    local pid
-    pid="$(cat "$PIDFILE" 2>/dev/null || true)"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka' || return 1
-    echo "$pid"
-}
+SERVICE_NAME=kafka
+SERVICE_MATCH="kafka\\.Kafka"
+# shellcheck source=infra/java_service.sh
+source "$ROOT/infra/java_service.sh"
 
 # True when a broker answers a metadata request on 127.0.0.1:9092 within $1 seconds.
 answers() {
@@ -121,13 +112,6 @@ format_once() {
         >"$LOGS/format.log" 2>&1 || { cat "$LOGS/format.log" >&2; die "storage format failed"; }
 }
 
-log_tail() {
-    echo "---- last lines of $LOGS/server.log ----" >&2
-    tail -n 40 "$LOGS/server.log" 2>/dev/null >&2 || true
-    echo "---- last lines of $LOGS/stdout.log ----" >&2
-    tail -n 20 "$LOGS/stdout.log" 2>/dev/null >&2 || true
-}
-
 cmd_up() {
     local pid
     if pid="$(our_pid)"; then
@@ -156,62 +140,16 @@ cmd_up() {
         pid=$!
         echo "$pid" >"$PIDFILE"
     fi
-    local deadline=$((SECONDS + START_TIMEOUT_S))
-    while ((SECONDS < deadline)); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            rm -f "$PIDFILE"
-            log_tail
-            die "broker process $pid exited during startup (log: $LOGS/server.log)"
-        fi
-        if answers 2; then
-            log "up (pid $pid) on $HOST:$PORT"
-            return 0
-        fi
-        sleep 1
-    done
-    log_tail
-    die "broker did not answer on $HOST:$PORT within ${START_TIMEOUT_S}s (pid $pid still running; log: $LOGS/server.log; stop it with infra/kafka.sh down)"
+    await_start "$pid" "$LOGS/server.log" "$HOST:$PORT"
+    log "up (pid $pid) on $HOST:$PORT"
 }
 
 cmd_down() {
-    local pid
-    if ! pid="$(our_pid)"; then
-        rm -f "$PIDFILE"
-        log "not running (no broker started by this script)"
-        return 0
-    fi
-    log "stopping pid $pid"
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + STOP_TIMEOUT_S))
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
-        sleep 0.5
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "still running after ${STOP_TIMEOUT_S}s; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
-    fi
-    rm -f "$PIDFILE"
-    log "stopped"
+    stop_ours
 }
 
 cmd_status() {
-    local pid=""
-    pid="$(our_pid)" || pid=""
-    if answers 3; then
-        if [[ -n "$pid" ]]; then
-            log "running (pid $pid) on $HOST:$PORT, data $DATA, log $LOGS/server.log"
-        else
-            log "a broker not started by this script answers on $HOST:$PORT"
-        fi
-        return 0
-    fi
-    if [[ -n "$pid" ]]; then
-        log "process $pid is alive but does not answer on $HOST:$PORT (log: $LOGS/server.log)"
-    else
-        log "not running"
-    fi
-    return 3
+    status_of "$HOST:$PORT, data $DATA, log $LOGS/server.log"
 }
 
 case "${1:-}" in

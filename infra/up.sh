@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Start the local services (PostgreSQL on 127.0.0.1:5432, Kafka on 127.0.0.1:9092). Idempotent.
+# Start the local services (PostgreSQL on 127.0.0.1:5432, Kafka on 127.0.0.1:9092, a
+# Confluent-compatible schema registry on 127.0.0.1:8081). Idempotent.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 "$here/postgres.sh" up
 "$here/kafka.sh" up
+"$here/schema_registry.sh" up

@@ -1,4 +1,6 @@
-"""Debezium JSON (Postgres, SQL Server connectors) → ChangeEvent | TruncateEvent | DlqRecord.
+"""Debezium change events (Postgres, SQL Server connectors) → ChangeEvent | TruncateEvent |
+DlqRecord. Keys and values are Connect JSON (with or without schemas) or Avro in the Confluent
+wire format (`operators/avro.py`); each message is told apart by its first byte.
 
 `Decoder.decode` never raises for bad input: every message it cannot use becomes a `DlqRecord`
 with the raw bytes, a short `error_type` and a message naming the field. It returns None for
@@ -8,7 +10,8 @@ outage inside `TableCatalog`.
 
 DLQ error types: malformed_json, malformed_envelope, missing_op, unknown_op, missing_source,
 bad_version, missing_after, malformed_key, missing_key, bad_schema, bad_value, no_schema,
-unknown_table, unknown_column.
+unknown_table, unknown_column; for Avro also malformed_avro, unknown_schema_id,
+no_schema_registry.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from operators.avro import AvroFrames, AvroProblem, SchemaFetcher, is_framed
 from operators.events import (
     ChangeEvent,
     Column,
@@ -107,7 +111,8 @@ class Decoder:
     """Decodes the messages of any number of topics; caches schemas and table mappings."""
 
     def __init__(
-        self, target_schema: str, table_map: dict[str, str], catalog: TableCatalog | None
+        self, target_schema: str, table_map: dict[str, str], catalog: TableCatalog | None,
+        fetch_schema: SchemaFetcher | None = None,
     ) -> None:
         self._target_schema = target_schema
         self._overrides = {topic: self._parse_target(t) for topic, t in table_map.items()}
@@ -116,6 +121,8 @@ class Decoder:
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
         self._values = _Envelopes("value", "malformed_json", objects_only=True)
         self._keys = _Envelopes("key", "malformed_key", objects_only=False)
+        self._avro_values = AvroFrames(fetch_schema, "value")
+        self._avro_keys = AvroFrames(fetch_schema, "key")
         self._plain: dict[TableName, tuple[dict[str, str], dict[str, Converter]]] = {}
 
     def decode(self, msg: RawMessage) -> Decoded | None:
@@ -126,7 +133,7 @@ class Decoder:
             return None
         try:
             return self._decode(msg)
-        except _Reject as exc:
+        except (_Reject, AvroProblem) as exc:
             error = str(exc)
             if len(error) > _MAX_ERROR_CHARS:  # the value itself may be megabytes
                 error = error[:_MAX_ERROR_CHARS] + "..."
@@ -135,7 +142,10 @@ class Decoder:
             )
 
     def _decode(self, msg: RawMessage) -> Decoded | None:
-        value_schema, schema_id, payload = self._values.split(msg.topic, msg.value)
+        binary = is_framed(msg.value)
+        value_schema, schema_id, payload = (
+            self._avro_values.split(msg.value) if binary
+            else self._values.split(msg.topic, msg.value))
         if payload is None:  # an envelope with a null payload
             return None
         if not isinstance(payload, dict):
@@ -178,7 +188,7 @@ class Decoder:
             key, values = self._convert_plain(table, key_payload, row)
             schema = None
         else:
-            shape = self._shape(table, value_schema, schema_id, key_names)
+            shape = self._shape(table, value_schema, schema_id, key_names, binary)
             key, values = _convert(shape, key_payload, row)
             schema = shape.schema
         if None in key:
@@ -230,7 +240,8 @@ class Decoder:
         """Key column → JSON value, from the Kafka key, else the primary key of the row image."""
         if raw_key is None:
             return self._key_from_image(image, table)
-        _, _, doc = self._keys.split(topic, raw_key)
+        _, _, doc = (self._avro_keys.split(raw_key) if is_framed(raw_key)
+                     else self._keys.split(topic, raw_key))
         if not isinstance(doc, dict) or not doc:
             raise _Reject(
                 "missing_key", f"Kafka key payload is {_kind(doc)}, not a non-empty struct"
@@ -252,13 +263,14 @@ class Decoder:
     # --- with schema ----------------------------------------------------------------------
 
     def _shape(self, table: TableName, value_schema: Any, schema_id: bytes,
-               key_names: tuple[str, ...]) -> _Shape:
+               key_names: tuple[str, ...], binary: bool) -> _Shape:
         cache_key = (table, schema_id, key_names)
         shape = self._shapes.get(cache_key)
         if shape is None:
             if len(self._shapes) >= _MAX_CACHED_SHAPES:
                 self._shapes.clear()
-            shape = self._shapes[cache_key] = _build_shape(table, value_schema, key_names)
+            shape = self._shapes[cache_key] = _build_shape(table, value_schema, key_names,
+                                                           binary)
         return shape
 
     # --- without schema -------------------------------------------------------------------
@@ -333,7 +345,9 @@ def _convert(
         ) from None
 
 
-def _build_shape(table: TableName, value_schema: Any, key_names: tuple[str, ...]) -> _Shape:
+def _build_shape(table: TableName, value_schema: Any, key_names: tuple[str, ...],
+                 binary: bool) -> _Shape:
+    """`binary`: bytes values arrive as bytes (Avro), not as base64 text (JSON)."""
     row = _row_schema(value_schema)
     columns = []
     converters: dict[str, Converter] = {}
@@ -345,7 +359,7 @@ def _build_shape(table: TableName, value_schema: Any, key_names: tuple[str, ...]
             ft = field_type(field)
         except (ValueError, TypeError) as exc:
             raise _Reject("bad_schema", f"column {name!r}: {exc}") from None
-        columns.append((name, ft, _toast_placeholder(field)))
+        columns.append((name, ft, _toast_placeholder(field, binary)))
         converters[name] = ft.convert
     missing = [n for n in key_names if n not in converters]
     if missing:
@@ -372,13 +386,13 @@ def _row_schema(value_schema: Any) -> list[Any]:
     raise _Reject("bad_schema", "value schema has no 'after' or 'before' struct")
 
 
-def _toast_placeholder(field: dict[str, Any]) -> Any:
+def _toast_placeholder(field: dict[str, Any], binary: bool) -> Any:
     """The form Debezium's TOAST placeholder takes in a column of this wire type, or None."""
     wire = field.get("type")
     if wire == "string":
         return _TOAST
     if wire == "bytes":
-        return _TOAST_BYTES
+        return _TOAST.encode() if binary else _TOAST_BYTES
     if wire == "array":
         elem = (field.get("items") or {}).get("type")
         if elem == "string":

@@ -17,12 +17,15 @@ from operators.pg_session import connect
 from operators.settings import Settings
 from operators.shard_sink import shard_part_name
 from schemas.catalog import TableCatalog
+from schemas.registry import registry_fetcher
 
 
 class DecodeStep:
     def __init__(self, settings: Settings) -> None:
         catalog = TableCatalog(lambda: connect(settings.pg_dsn))
-        self._decoder = Decoder(settings.target_schema, settings.table_map, catalog)
+        fetch = (registry_fetcher(settings.schema_registry_url, settings.retry_max_s)
+                 if settings.schema_registry_url else None)
+        self._decoder = Decoder(settings.target_schema, settings.table_map, catalog, fetch)
         self._shards = settings.shards
         self._names = [shard_part_name(k) for k in range(settings.shards)]
 

@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     state_write_buffer_mb: int = Field(
         32, ge=8, description="RocksDB memtable budget shared by all shards")
     metrics_port: int | None = Field(None, description="serve Prometheus metrics on this port")
+    schema_registry_url: str | None = Field(
+        None, description="Confluent-compatible schema registry for Avro keys and values")
     retry_max_s: float = Field(30.0, gt=0, description="cap of the retry backoff")
 
     @classmethod

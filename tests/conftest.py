@@ -82,3 +82,20 @@ def pg_conn(pg_dsn: str) -> Iterator[psycopg.Connection]:
         yield conn
     finally:
         conn.close()
+
+
+SCHEMA_REGISTRY_URL = os.environ.get("TEST_SCHEMA_REGISTRY_URL",
+                                     "http://127.0.0.1:8081/apis/ccompat/v7")
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url() -> str:
+    """Base URL of a Confluent-compatible schema registry that answers."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    try:
+        SchemaRegistryClient({"url": SCHEMA_REGISTRY_URL, "timeout": 10}).get_subjects()
+    except Exception as exc:
+        pytest.fail(f"no schema registry answers at {SCHEMA_REGISTRY_URL} ({exc}); "
+                    "run make infra-up")
+    return SCHEMA_REGISTRY_URL

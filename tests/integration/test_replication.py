@@ -157,3 +157,27 @@ def test_a_refused_postgres_login_is_a_one_line_configuration_error(run):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("replicate: REPLICATE_PG_DSN: ")
     assert "password authentication failed" in lines[0]
+
+
+def test_avro_events_through_a_schema_registry_converge(run, schema_registry_url):
+    """Confluent-framed Avro keys and values, schemas from the real registry."""
+    run.extra_env["REPLICATE_SCHEMA_REGISTRY_URL"] = schema_registry_url
+    workload = run.make_workload(seed=17, events=30_000, keys=5_000, partitions=3,
+                                 tables=("customers", "orders"), encoding="avro",
+                                 registry_url=schema_registry_url)
+    assert workload.oracle.stale and workload.oracle.deleted
+    run.start()
+    run.wait_caught_up(workload)
+    run.stop()
+    assert_matches_oracle(run, workload)
+
+
+def test_a_schema_registry_url_that_is_not_a_registry_is_a_configuration_error(
+        run, schema_registry_url):
+    done = _start_refused(run, REPLICATE_TOPICS="any",
+                          REPLICATE_SCHEMA_REGISTRY_URL=schema_registry_url + "/not-here")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("replicate: REPLICATE_SCHEMA_REGISTRY_URL: the registry answered "
+                               "HTTP 404")

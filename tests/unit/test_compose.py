@@ -26,14 +26,15 @@ def _environment(service: dict) -> dict[str, str]:
 
 def test_services_exist(compose):
     services = compose["services"]
-    assert {"kafka", "postgres", "replicator", "prometheus", "grafana"} <= set(services)
+    assert {"kafka", "postgres", "schema-registry", "replicator", "prometheus",
+            "grafana"} <= set(services)
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert services["postgres"]["image"] == "postgres:15"
     assert "9092:9092" in services["kafka"]["ports"]
     assert "5432:5432" in services["postgres"]["ports"]
     for name in ("prometheus", "grafana"):
         assert services[name].get("profiles") == ["monitoring"], name
-    for name in ("kafka", "postgres", "replicator"):
+    for name in ("kafka", "postgres", "schema-registry", "replicator"):
         assert "profiles" not in services[name], name
 
 
@@ -67,3 +68,13 @@ def test_dockerfile_runs_the_replicate_flow():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in dockerfile
     assert 'CMD ["python", "-m", "bytewax.run", "flows.replicate"]' in dockerfile
+
+
+def test_registry_image_is_the_version_infra_runs(compose):
+    """docker-compose and infra/schema_registry.sh run the same Apicurio release."""
+    pom = (ROOT / "infra" / "schema_registry" / "pom.xml").read_text()
+    version = pom.split("<apicurio.version>")[1].split("<")[0]
+    image = compose["services"]["schema-registry"]["image"]
+    assert image == f"apicurio/apicurio-registry:{version}"
+    url = _environment(compose["services"]["replicator"])["REPLICATE_SCHEMA_REGISTRY_URL"]
+    assert url.endswith("/apis/ccompat/v7")

@@ -1,0 +1,164 @@
+"""Avro keys and values in the Confluent wire format, with their schemas from a schema registry.
+
+A framed message is magic byte 0 and a 4-byte big-endian schema id (or magic byte 1 and a 16-byte
+schema GUID), then the Avro binary body. `AvroFrames.split` gives what the JSON path gets from a
+Connect JSON envelope: a Connect-style schema (derived once per writer schema), the bytes that
+identify it, and the payload as Python values.
+
+Avro logical types are not applied when reading (fastavro would turn a Connect Decimal into a
+`Decimal` and a Connect Timestamp into a `datetime`): the Connect names Debezium's AvroConverter
+writes (`connect.name`, `connect.parameters`, `connect.type`) drive conversion exactly as for
+JSON, so both encodings of one change give the same row.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import fastavro
+import orjson
+
+AVRO_MAGIC = (0, 1)  # first byte of a framed message; JSON never starts with either
+_ID_LENGTH = {0: 4, 1: 16}
+
+_CONNECT_TYPES = {
+    "int": "int32", "long": "int64", "float": "float32", "double": "float64",
+    "boolean": "boolean", "string": "string", "bytes": "bytes", "enum": "string",
+    "fixed": "bytes", "array": "array", "map": "map", "record": "struct",
+}
+_PRIMITIVES = ("null", "int", "long", "float", "double", "boolean", "string", "bytes")
+
+
+class AvroProblem(Exception):
+    """A framed message that cannot be read; `error_type` names the DLQ reason."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+class UnknownSchema(Exception):
+    """The registry answered that it has no schema with this id or GUID."""
+
+
+# `fetch(id_or_guid)` → the writer schema's JSON text; raises UnknownSchema for a missing id and
+# retries (or raises) transient registry failures itself.
+SchemaFetcher = Callable[[int | str], str]
+
+
+class _Writer:
+    """One writer schema: the fastavro reader's form and the Connect-style form."""
+
+    def __init__(self, schema_text: str) -> None:
+        schema = orjson.loads(schema_text)
+        self.connect = connect_schema(schema)
+        self.parsed = fastavro.parse_schema(_without_logical_types(schema))
+
+
+class AvroFrames:
+    """Reads framed Avro messages; caches each writer schema by the bytes that identify it."""
+
+    def __init__(self, fetch: SchemaFetcher | None, what: str) -> None:
+        self._fetch = fetch
+        self._what = what
+        self._writers: dict[bytes, _Writer] = {}
+
+    def split(self, raw: bytes) -> tuple[dict[str, Any], bytes, Any]:
+        """(Connect-style schema, schema id bytes, payload) of one framed message."""
+        magic = raw[0]
+        header = raw[: 1 + _ID_LENGTH[magic]]
+        writer = self._writers.get(header)
+        if writer is None:
+            writer = self._writers[header] = self._writer(header)
+        try:
+            payload = fastavro.schemaless_reader(io.BytesIO(raw[len(header):]), writer.parsed,
+                                                 None)
+        except (EOFError, ValueError, TypeError, IndexError, UnicodeDecodeError) as exc:
+            raise AvroProblem("malformed_avro", f"{self._what} does not match its schema: "
+                              f"{type(exc).__name__}: {exc}") from None
+        return writer.connect, header, payload
+
+    def _writer(self, header: bytes) -> _Writer:
+        if len(header) < (5 if header[0] == 0 else 17):
+            raise AvroProblem("malformed_avro",
+                              f"{self._what} is {len(header)} bytes, shorter than its header")
+        ident: int | str = (int.from_bytes(header[1:], "big") if header[0] == 0
+                            else str(uuid.UUID(bytes=header[1:])))
+        if self._fetch is None:
+            raise AvroProblem("no_schema_registry", f"{self._what} is Avro (schema {ident}) but "
+                              "REPLICATE_SCHEMA_REGISTRY_URL is not set")
+        try:
+            text = self._fetch(ident)
+        except UnknownSchema as exc:
+            raise AvroProblem("unknown_schema_id", f"{self._what} schema {ident}: {exc}") from None
+        try:
+            return _Writer(text)
+        except (ValueError, TypeError, KeyError, fastavro.schema.SchemaParseException) as exc:
+            raise AvroProblem("bad_schema", f"{self._what} schema {ident} cannot be used: "
+                              f"{exc}") from None
+
+
+def is_framed(raw: bytes) -> bool:
+    return bool(raw) and raw[0] in AVRO_MAGIC
+
+
+def _without_logical_types(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _without_logical_types(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [_without_logical_types(v) for v in schema]
+    return schema
+
+
+def connect_schema(schema: Any) -> dict[str, Any]:
+    """The Connect JSON form (`{"type": "struct", "fields": [{"field": ..., "type": ...}]}`) of an
+    Avro schema written by a Connect converter. Raises ValueError for what Connect never writes
+    (a union of two non-null types)."""
+    return _connect(schema, {}, "")
+
+
+def _connect(schema: Any, named: dict[str, dict[str, Any]], namespace: str) -> dict[str, Any]:
+    optional = False
+    if isinstance(schema, list):
+        branches = [b for b in schema if b != "null"]
+        if len(branches) != 1:
+            raise ValueError(f"union {orjson.dumps(schema).decode()} is not [null, type]")
+        optional, schema = len(branches) < len(schema), branches[0]
+    if isinstance(schema, str):
+        if schema in _PRIMITIVES:
+            return {"type": _CONNECT_TYPES[schema], "optional": optional}
+        full = schema if "." in schema else f"{namespace}.{schema}".lstrip(".")
+        if full not in named and schema not in named:
+            raise ValueError(f"type {schema!r} is not defined before its use")
+        return {**named.get(full, named.get(schema, {})), "optional": optional}
+    if not isinstance(schema, dict):
+        raise ValueError(f"schema {schema!r} is neither a name, a union nor an object")
+    avro_type = schema.get("type")
+    if isinstance(avro_type, (dict, list)):  # {"type": {"type": "string", ...}}
+        return {**_connect(avro_type, named, namespace), "optional": optional}
+    if avro_type not in _CONNECT_TYPES:
+        raise ValueError(f"unknown Avro type {avro_type!r}")
+    out: dict[str, Any] = {"type": schema.get("connect.type") or _CONNECT_TYPES[avro_type],
+                           "optional": optional}
+    if "connect.name" in schema:
+        out["name"] = schema["connect.name"]
+    if isinstance(schema.get("connect.parameters"), dict):
+        out["parameters"] = schema["connect.parameters"]
+    if avro_type in ("record", "enum", "fixed"):
+        name = schema.get("name", "")
+        namespace = schema.get("namespace", namespace)
+        full = name if "." in name else f"{namespace}.{name}".lstrip(".")
+        if avro_type == "record":
+            named[full] = out  # before the fields: a record may refer to itself
+            out["fields"] = [{"field": f["name"], **_connect(f["type"], named, namespace)}
+                             for f in schema.get("fields", ())]
+        else:
+            named[full] = out
+    elif avro_type == "array":
+        out["items"] = _connect(schema.get("items"), named, namespace)
+    elif avro_type == "map":
+        out["values"] = _connect(schema.get("values"), named, namespace)
+    return out
