@@ -2,7 +2,7 @@
 workload's messages (no Kafka, no bytewax), with a wall-clock timer around each stage.
 
 Stages: `DecodeStep.__call__` (of which `Decoder.decode`), `decide_batch` (LWW), the RocksDB
-state store, `PgShardWriter.write` (of which the COPY of rows), and the rest of the shard sink.
+state store, `PgShardWriter.write` (of which COPY + merge), and the rest of the shard sink.
 The gap between this pipeline's throughput and the real process's is bytewax + the Kafka source.
 """
 
@@ -80,7 +80,8 @@ def profile(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir: Path,
     def settings(suffix: str) -> Settings:
         return Settings(kafka_bootstrap=bootstrap, topics=",".join(wl.topics), pg_dsn=dsn,
                         state_dir=workdir / f"profile-state{suffix}",
-                        flow_id=f"{prefix}_prof{suffix}", target_schema=f"{prefix}_prof{suffix}")
+                        flow_id=f"{prefix}_prof{suffix}", target_schema=f"{prefix}_prof{suffix}",
+                        schema_registry_url=wl.spec.registry_url or None)
 
     timers = _Timers()
     patches = [
@@ -89,7 +90,7 @@ def profile(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir: Path,
         (state_store.ShardStateStore, "get_many", "RocksDB: get_many"),
         (state_store.ShardStateStore, "commit", "RocksDB: commit (with undo)"),
         (pg_writer.PgShardWriter, "write", "Postgres: PgShardWriter.write (total)"),
-        (pg_writer.PgShardWriter, "_copy_rows", "Postgres: COPY rows into stage"),
+        (pg_writer.PgShardWriter, "_apply", "Postgres: COPY + merge per group"),
     ]
     # decide_batch is imported by name into the module that calls it: patch it there.
     for module in ("operators.shard", "operators.shard_sink", "operators.committer"):
@@ -118,9 +119,9 @@ def profile(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir: Path,
         ("LWW: decide_batch", s["LWW: decide_batch"]),
         ("RocksDB: get_many + commit",
          s["RocksDB: get_many"] + s["RocksDB: commit (with undo)"]),
-        ("Postgres: COPY rows into stage", s["Postgres: COPY rows into stage"]),
-        ("Postgres: upsert/delete/audit/offsets SQL + row building",
-         pg_total - s["Postgres: COPY rows into stage"]),
+        ("Postgres: row building, COPY and merge per group", s["Postgres: COPY + merge per group"]),
+        ("Postgres: grouping, audit, DLQ, offsets, commit",
+         pg_total - s["Postgres: COPY + merge per group"]),
     ]
     accounted = sum(v for _, v in rows)
     rows.append(("shard sink other (buffering, table lookup, open/close)", wall - accounted))

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_DSN = "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
+DEFAULT_REGISTRY = "http://127.0.0.1:8081/apis/ccompat/v7"
 
 
 def log(msg: str) -> None:
@@ -71,15 +72,17 @@ def new_prefix(scenario: str) -> str:
     return f"b{scenario[:3]}{uuid.uuid4().hex[:8]}"
 
 
-def make_workload(spec: dict, prefix: str, bootstrap: str, rate: float | None = None,
+def make_workload(spec: dict, prefix: str, args: argparse.Namespace,
                   produce_now: bool = True) -> Workload:
+    """Generate (and produce) the scenario's workload; Avro schemas go to `--registry`."""
     t0 = time.monotonic()
-    wl = generate(WorkloadSpec(topic_prefix=prefix, **spec))
+    registry = {"registry_url": args.registry} if spec.get("encoding") == "avro" else {}
+    wl = generate(WorkloadSpec(topic_prefix=prefix, **spec, **registry))
     log(f"generated {wl.message_count:,} messages in {time.monotonic() - t0:.1f}s "
         f"(oracle {wl.oracle.counts})")
     if produce_now:
         t0 = time.monotonic()
-        produce(wl, bootstrap, rate=rate)
+        produce(wl, args.bootstrap)
         log(f"produced in {time.monotonic() - t0:.1f}s")
     return wl
 
@@ -118,7 +121,7 @@ def run_backlog(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> 
     spec = dict(sc.spec)
     if args.events:
         spec["events"] = args.events
-    wl = make_workload(spec, prefix, args.bootstrap)
+    wl = make_workload(spec, prefix, args)
     res.spec = spec_summary(spec, wl)
     total_bytes = systems.workload_bytes(wl)
     res.notes.append(f"Topic prefix `{prefix}`; {total_bytes / 1e6:,.1f} MB of keys+values "
@@ -182,8 +185,11 @@ def create_topics(wl: Workload, bootstrap: str) -> None:
         fut.result(timeout=60)
 
 
-def kafka_timestamps(wl: Workload, bootstrap: str) -> dict[tuple[str, int, int], int]:
-    """(topic, partition, offset) → the message's Kafka timestamp (CreateTime, ms)."""
+_SOURCE_TS = re.compile(rb'"source":\{[^{}]*?"ts_ms":(\d+)')
+
+
+def source_timestamps(wl: Workload, bootstrap: str) -> dict[tuple[str, int, int], int]:
+    """(topic, partition, offset) → the change's `source.ts_ms`, read back from Kafka."""
     from confluent_kafka import Consumer, TopicPartition
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-ts-{uuid.uuid4().hex[:6]}",
@@ -194,8 +200,9 @@ def kafka_timestamps(wl: Workload, bootstrap: str) -> dict[tuple[str, int, int],
     deadline = time.monotonic() + 300
     while len(out) < wl.message_count and time.monotonic() < deadline:
         for m in c.consume(5000, timeout=1):
-            if not m.error():
-                out[(m.topic(), m.partition(), m.offset())] = m.timestamp()[1]
+            found = None if m.error() or m.value() is None else _SOURCE_TS.search(m.value())
+            if found is not None:
+                out[(m.topic(), m.partition(), m.offset())] = int(found.group(1))
     c.close()
     return out
 
@@ -217,11 +224,11 @@ def run_latency(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> 
     spec = dict(sc.spec)
     if args.events:
         spec["events"] = args.events
-    wl = make_workload(spec, prefix, args.bootstrap, produce_now=False)
+    wl = make_workload(spec, prefix, args, produce_now=False)
     res.spec = {**spec_summary(spec, wl), "rate": sc.rate}
     total_bytes = systems.workload_bytes(wl)
     create_topics(wl, args.bootstrap)
-    run = systems.make_run(prefix, args.bootstrap, args.dsn, OUT / prefix)
+    run = systems.make_run(prefix, args.bootstrap, args.dsn, OUT / prefix, wl)
     run.start()
     proc = run.running[0]
     sampler = RssSampler(proc.pid).start()
@@ -240,7 +247,7 @@ def run_latency(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> 
     time.sleep(1.0)
     log(f"replicator ready; producing {wl.message_count:,} messages at {sc.rate:,.0f}/s")
     t0 = time.monotonic()
-    produce(wl, args.bootstrap, create_topics=False, rate=sc.rate)
+    produce(wl, args.bootstrap, create_topics=False, rate=sc.rate, live_source_time=True)
     t_produced = time.monotonic()
     r = SystemResult("replicator", messages=wl.message_count, bytes=total_bytes)
     try:
@@ -265,7 +272,7 @@ def run_latency(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> 
                 f"{t_end - t_produced:.1f}s)")
     res.systems.append(r)
     _print_system(r)
-    stamps = kafka_timestamps(wl, args.bootstrap)
+    stamps = source_timestamps(wl, args.bootstrap)
     positions = winning_positions(wl)
     lat: list[float] = []
     with psycopg.connect(args.dsn, autocommit=True) as conn:
@@ -281,9 +288,9 @@ def run_latency(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> 
     defaults = Settings.model_fields
     res.latency_note = (
         f"{len(lat):,} samples = every live row's winning event (of {wl.message_count:,} "
-        "messages). Start: the Kafka message timestamp (CreateTime, set by the producer when it "
-        "sends) stands in for `source.ts_ms`, because `benchmarks/workload.py` writes synthetic "
-        "2024 source timestamps. End: `_cdc_updated_at`, which the replicator sets to `now()` = "
+        "messages). Start: the event's `source.ts_ms`, which the generator stamps with the wall "
+        "clock as it sends each change (a live source; read back from Kafka). End: "
+        "`_cdc_updated_at`, which the replicator sets to `now()` = "
         "the start of its commit transaction, so each figure is short by that transaction's "
         "duration (tens of ms for a 5,000-row batch). Default settings: "
         f"batch_ms={defaults['batch_ms'].default}, marker_ms={defaults['marker_ms'].default}, "
@@ -301,7 +308,7 @@ def run_memory(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> l
     for keys in keys_list:
         prefix = new_prefix(sc.name)
         spec = {**sc.spec, "keys": keys, "events": int(keys * sc.events_per_key)}
-        wl = make_workload(spec, prefix, args.bootstrap)
+        wl = make_workload(spec, prefix, args)
         total_bytes = systems.workload_bytes(wl)
         r = systems.run_replicator(wl, prefix, args.bootstrap, args.dsn, OUT / prefix,
                                    total_bytes)
@@ -340,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bootstrap", default=os.environ.get("TEST_KAFKA_BOOTSTRAP",
                                                           DEFAULT_BOOTSTRAP))
     ap.add_argument("--dsn", default=os.environ.get("TEST_PG_DSN", DEFAULT_DSN))
+    ap.add_argument("--registry", default=os.environ.get("TEST_SCHEMA_REGISTRY_URL",
+                                                         DEFAULT_REGISTRY),
+                    help="schema registry for Avro scenarios (Confluent-compatible base URL)")
     args = ap.parse_args(argv)
     sc = SCENARIOS[args.scenario]
     argv_shown = argv if argv is not None else sys.argv[1:]

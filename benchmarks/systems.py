@@ -57,10 +57,13 @@ def default_shards() -> int:
     return int(Settings.model_fields["shards"].default)
 
 
-def make_run(prefix: str, bootstrap: str, dsn: str, workdir: Path) -> Run:
+def make_run(prefix: str, bootstrap: str, dsn: str, workdir: Path, wl: Workload) -> Run:
     workdir.mkdir(parents=True, exist_ok=True)
+    env = default_replicator_env()
+    if wl.spec.registry_url:
+        env["REPLICATE_SCHEMA_REGISTRY_URL"] = wl.spec.registry_url
     return Run(bootstrap, dsn, state_dir=workdir / "state", prefix=prefix,
-               shards=default_shards(), extra_env=default_replicator_env())
+               shards=default_shards(), extra_env=env)
 
 
 def wait_replicator(run: Run, wl: Workload, dsn: str, sampler: RssSampler | None = None,
@@ -92,7 +95,7 @@ def run_replicator(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir:
     res = SystemResult("replicator", messages=wl.message_count, bytes=total_bytes,
                        timing="process start → every shard's offset of every partition "
                               "committed in cdc.offsets (polled every 0.1 s)")
-    run = make_run(prefix, bootstrap, dsn, workdir)
+    run = make_run(prefix, bootstrap, dsn, workdir, wl)
     t0 = time.monotonic()
     run.start()
     sampler = RssSampler(run.running[0].pid).start()
@@ -143,7 +146,10 @@ def predecode(wl: Workload, schema: str) -> list[Any]:
     from operators.decode import Decoder
     from operators.events import RawMessage
 
-    decoder = Decoder(schema, {}, None)
+    from schemas.registry import registry_fetcher
+
+    fetch = registry_fetcher(wl.spec.registry_url, 5) if wl.spec.registry_url else None
+    decoder = Decoder(schema, {}, None, fetch)
     out = []
     for topic, partition, offset, key, value in wl.iter_messages():
         ev = decoder.decode(RawMessage(topic, partition, offset, key, value))
@@ -266,7 +272,10 @@ def first_event_per_table(wl: Workload, schema: str) -> list[Any]:
     from operators.decode import Decoder
     from operators.events import RawMessage
 
-    decoder = Decoder(schema, {}, None)
+    from schemas.registry import registry_fetcher
+
+    fetch = registry_fetcher(wl.spec.registry_url, 5) if wl.spec.registry_url else None
+    decoder = Decoder(schema, {}, None, fetch)
     out, seen = [], set()
     for topic, partition, offset, key, value in wl.iter_messages():
         if topic in seen or value is None:

@@ -25,7 +25,7 @@ import random
 import sys
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -186,16 +186,25 @@ class Workload:
         """(key, value) bytes of one topic partition; the value is None for tombstones."""
         return list(self.iter_partition(topic, partition))
 
-    def iter_partition(self, topic: str, partition: int) -> Iterator[tuple[bytes, bytes | None]]:
+    def iter_partition(self, topic: str, partition: int,
+                       source_time: Callable[[], int] | None = None,
+                       ) -> Iterator[tuple[bytes, bytes | None]]:
+        """`source_time`: µs since the epoch to write as each change's source time when it is
+        encoded (a live source), instead of the generated one."""
         enc = _encoder(self.spec)
         for change, tomb in self.arrivals.get((topic, partition), ()):
-            yield enc.key(change), (None if tomb else enc.value(change))
+            ts_us = None if source_time is None else source_time()
+            yield enc.key(change), (None if tomb else enc.value(change, ts_us))
 
     def iter_messages(self) -> Iterator[tuple[str, int, int, bytes, bytes | None]]:
         """(topic, partition, offset, key, value) of every message, partition by partition."""
         for topic, partition in sorted(self.arrivals):
             for off, (k, v) in enumerate(self.iter_partition(topic, partition)):
                 yield topic, partition, off, k, v
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
 
 
 # --------------------------------------------------------------------------- partitioning
@@ -413,18 +422,20 @@ class _Encoder:
         d.update(zip(self.vcols, row, strict=True))
         return d
 
-    def value(self, ch: Change) -> bytes:
+    def value(self, ch: Change, ts_us: int | None = None) -> bytes:
+        """`ts_us`: the source time to write (default: the change's generated one)."""
         spec = self.spec
+        change_us = ch.ts_us if ts_us is None else ts_us
         source: dict[str, Any] = {
             "version": DEBEZIUM_VERSION,
             "connector": self.flavor,
             "name": spec.topic_prefix,
-            "ts_ms": ch.ts_us // 1000,
+            "ts_ms": change_us // 1000,
             "snapshot": "false",
             "db": spec.database,
             "sequence": None,
-            "ts_us": ch.ts_us,
-            "ts_ns": ch.ts_us * 1000,
+            "ts_us": change_us,
+            "ts_ns": change_us * 1000,
             "schema": spec.schema,
             "table": ch.table,
         }
@@ -435,7 +446,8 @@ class _Encoder:
         else:
             commit_lsn, change_lsn, serial = ch.version
             source.update(change_lsn=change_lsn, commit_lsn=commit_lsn, event_serial_no=serial)
-        ts_us = ch.ts_us + 20_000  # connector processing time, a little after the change
+        # connector processing time: a little after a generated change, none for a live one
+        ts_us = change_us + (20_000 if ts_us is None else 0)
         payload = {
             "before": self._row(ch.key, ch.before),
             "after": self._row(ch.key, ch.row),
@@ -681,8 +693,10 @@ def produce(
     rate: float | None = None,
     timeout_s: float = 300.0,
     extra_config: Mapping[str, Any] | None = None,
+    live_source_time: bool = False,
 ) -> int:
     """Write every message to Kafka in order; return the message count.
+    `live_source_time`: stamp each change's source time (`source.ts_ms`) as it is sent.
 
     Topics must be new or empty: offsets must equal list indices for the oracle to hold, and
     this is verified from the delivery reports. `rate` caps messages per second (None: no cap).
@@ -730,7 +744,8 @@ def produce(
 
     total = workload.message_count
     streams = [
-        (tp, workload.iter_partition(*tp)) for tp in sorted(workload.arrivals)
+        (tp, workload.iter_partition(*tp, source_time=now_us if live_source_time else None))
+        for tp in sorted(workload.arrivals)
         if workload.arrivals[tp]
     ]
     sent = 0

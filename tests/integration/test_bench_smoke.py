@@ -12,13 +12,20 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_smoke_scenario_checks_correctness_and_reports(kafka_bootstrap, pg_dsn):
+@pytest.mark.parametrize(("scenario", "systems"), [
+    ("smoke", ("replicator", "ceiling", "naive")),
+    ("smoke-avro", ("replicator", "ceiling")),
+])
+def test_smoke_scenario_checks_correctness_and_reports(kafka_bootstrap, pg_dsn, schema_registry_url,
+                                                       scenario, systems):
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--scenario", "smoke", "--no-write",
-         "--no-profile"],
+        [sys.executable, "-m", "benchmarks.run", "--scenario", scenario, "--no-write",
+         "--registry", schema_registry_url],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert "matches oracle" in output, output[-3000:]
-    for system in ("replicator", "ceiling", "naive"):
+    for system in systems:
         assert f"| {system} |" in output, f"no figures for {system}:\n{output[-3000:]}"
+    assert "profile failed" not in output, output[-3000:]
+    assert "| decode: Decoder.decode |" in output, "no per-stage profile"
