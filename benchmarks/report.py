@@ -110,7 +110,9 @@ def render_scenario(res: ScenarioResult) -> str:
                         [f"| {row['keys']:,} | {row.get('messages', 0):,} | "
                          f"{_num(row.get('peak_rss_mb'))} | {row.get('correctness', '')} |"
                          for row in res.memory])
-        extrapolated = extrapolate_memory(res.memory, 10_000_000)
+        measured_10m = any(row["keys"] >= 10_000_000 and row.get("peak_rss_mb")
+                           for row in res.memory)
+        extrapolated = None if measured_10m else extrapolate_memory(res.memory, 10_000_000)
         if extrapolated is not None:
             lines += [f"Extrapolated to 10,000,000 distinct keys along the growth between the two "
                       f"largest runs: ≈ {extrapolated:,.0f} MB (not measured).", ""]

@@ -323,11 +323,9 @@ def run_memory(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> l
         cleanup(prefix, args.dsn, args.bootstrap, wl.topics)
         del wl
         gc.collect()
-    res.memory_note = ("`distinct keys` counts the keys the workload actually touched (the key "
-                       "space times 1 − e^−1.2). Peak RSS is the maximum of the process's VmHWM "
-                       "and its process-tree VmRSS sampled every 0.2 s. The 10M figure "
-                       "extends the growth between the two largest runs; it is not a "
-                       "measurement.")
+    res.memory_note = ("`distinct keys` counts the keys the workload touched, each of which "
+                       "has a row of state. Peak RSS is the maximum of the process's VmHWM "
+                       "and its process-tree VmRSS sampled every 0.2 s.")
     return cleanup_list
 
 

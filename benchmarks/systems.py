@@ -145,7 +145,6 @@ def predecode(wl: Workload, schema: str) -> list[Any]:
     """ChangeEvents of every message, decoded by the replicator's own decoder (untimed)."""
     from operators.decode import Decoder
     from operators.events import RawMessage
-
     from schemas.registry import registry_fetcher
 
     fetch = registry_fetcher(wl.spec.registry_url, 5) if wl.spec.registry_url else None
@@ -271,7 +270,6 @@ def create_plain_tables(dsn: str, wl: Workload, schema: str, database_schema_eve
 def first_event_per_table(wl: Workload, schema: str) -> list[Any]:
     from operators.decode import Decoder
     from operators.events import RawMessage
-
     from schemas.registry import registry_fetcher
 
     fetch = registry_fetcher(wl.spec.registry_url, 5) if wl.spec.registry_url else None

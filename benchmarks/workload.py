@@ -74,7 +74,7 @@ class WorkloadSpec:
     registry_url: str = ""  # avro: Confluent-compatible schema registry to register schemas in
     composite_key: bool = False  # key (tenant int32, id int64) instead of (id int64)
     tenants: int = 8
-    key_dist: Literal["uniform", "zipf"] = "uniform"
+    key_dist: Literal["uniform", "zipf", "sequential"] = "uniform"  # sequential: 0, 1, 2, ...
     zipf_s: float = 1.1
     tombstones: bool = True
     max_tx_size: int = 3  # changes per source transaction: 1..max_tx_size
@@ -513,6 +513,8 @@ def _key_of(spec: WorkloadSpec, k: int) -> tuple[str, Key]:
 
 
 def _pick_keys(spec: WorkloadSpec, rng: random.Random) -> list[int]:
+    if spec.key_dist == "sequential":  # every key once before any key twice
+        return [i % spec.keys for i in range(spec.events)]
     if spec.key_dist == "uniform":
         rnd, n = rng.random, spec.keys
         return [int(rnd() * n) for _ in range(spec.events)]
