@@ -66,8 +66,8 @@ def render_scenario(res: ScenarioResult) -> str:
         rep = res.system("replicator")
         ceiling, jdbc = res.system("ceiling"), res.system("jdbc")
         lines += [
-            "| system | messages | seconds | events/s | MB/s | steady events/s | peak RSS MB "
-            "| vs ceiling | vs jdbc | correctness |",
+            "| system | messages | seconds | events/s | MB/s | events/s incl. start-up "
+            "| peak RSS MB | vs ceiling | vs jdbc | correctness |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for s in _sorted_systems(res.systems):
@@ -78,7 +78,7 @@ def render_scenario(res: ScenarioResult) -> str:
             lines.append(
                 f"| {s.system} | {s.messages:,} | {_num(s.seconds, '{:.1f}')} "
                 f"| {_num(s.events_per_s)} | {_num(s.mb_per_s, '{:.2f}')} "
-                f"| {_num(s.steady_events_per_s)} | {_num(s.peak_rss_mb)} "
+                f"| {_num(s.events_per_s_with_startup)} | {_num(s.peak_rss_mb)} "
                 f"| {_ratio_cell(ratio(s, ceiling))} | {_ratio_cell(ratio(s, jdbc))} "
                 f"| {s.correctness} |")
         lines.append("")

@@ -81,9 +81,9 @@ class SystemResult:
     system: str
     messages: int = 0
     bytes: int = 0
-    seconds: float | None = None  # timed interval (see `timing`)
-    timing: str = ""  # what the interval is, e.g. "process start -> all offsets committed"
-    seconds_steady: float | None = None  # from the first commit to the last, when known
+    seconds: float | None = None  # first event consumed → last committed (see `timing`)
+    timing: str = ""  # what the interval is, e.g. "first message fetched -> all offsets committed"
+    seconds_with_startup: float | None = None  # process start → last committed, when known
     peak_rss_mb: float | None = None
     correctness: str = ""
     rows_differ: int | None = None
@@ -104,9 +104,9 @@ class SystemResult:
         return self.bytes / 1e6 / self.seconds if self.ok else None
 
     @property
-    def steady_events_per_s(self) -> float | None:
-        if self.error is None and self.seconds_steady:
-            return self.messages / self.seconds_steady
+    def events_per_s_with_startup(self) -> float | None:
+        if self.error is None and self.seconds_with_startup:
+            return self.messages / self.seconds_with_startup
         return None
 
     def to_json(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,22 +67,16 @@ def make_run(prefix: str, bootstrap: str, dsn: str, workdir: Path, wl: Workload)
                shards=default_shards(), extra_env=env)
 
 
-def wait_replicator(run: Run, wl: Workload, dsn: str, sampler: RssSampler | None = None,
-                    poll_s: float = 0.1) -> tuple[float, float | None]:
-    """Poll `cdc.offsets` until every shard reached every partition end. Returns (time caught
-    up, time of the first committed offset) as `time.monotonic()` values."""
+def wait_replicator(run: Run, wl: Workload, dsn: str, poll_s: float = 0.1) -> float:
+    """Poll `cdc.offsets` until every shard reached every partition end; returns that moment
+    (`time.time()`)."""
     ends = end_offsets(wl)
     deadline = _deadline(wl)
-    first: float | None = None
     with psycopg.connect(dsn, autocommit=True) as conn:
         while True:
             now = time.monotonic()
-            if first is None and conn.execute(
-                    "SELECT 1 FROM cdc.offsets WHERE flow_id = %s AND next_offset > 0 LIMIT 1",
-                    (run.flow_id,)).fetchone():
-                first = now
             if not run.partitions_behind(conn, ends):
-                return now, first
+                return time.time()
             if run.died():
                 raise RuntimeError(f"replicator exited with {[p.returncode for p in run.running]}: "
                                    f"{run.log_tail(10)}")
@@ -90,18 +85,34 @@ def wait_replicator(run: Run, wl: Workload, dsn: str, sampler: RssSampler | None
             time.sleep(poll_s)
 
 
+FIRST_FETCH_LINE = "source: first messages fetched"
+PYTHON_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+CONNECT_LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] ")
+
+
+def first_log_time(path: Path, marker: str, stamp: re.Pattern[str]) -> float:
+    """`time.time()` of the first line of a log that contains `marker` (local-time stamps)."""
+    with open(path, errors="replace") as log:
+        for line in log:
+            if marker in line and (found := stamp.match(line)):
+                return datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    raise RuntimeError(f"no {marker!r} line in {path}")
+
+
 def run_replicator(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir: Path,
                    total_bytes: int) -> SystemResult:
     res = SystemResult("replicator", messages=wl.message_count, bytes=total_bytes,
-                       timing="process start → every shard's offset of every partition "
-                              "committed in cdc.offsets (polled every 0.1 s)")
+                       timing="its log line `source: first messages fetched` → every shard's "
+                              "offset of every partition committed in cdc.offsets (polled every "
+                              "0.1 s); incl. start-up: from process start")
     run = make_run(prefix, bootstrap, dsn, workdir, wl)
-    t0 = time.monotonic()
+    t0 = time.time()
     run.start()
     sampler = RssSampler(run.running[0].pid).start()
     try:
-        t_end, t_first = wait_replicator(run, wl, dsn, sampler)
+        t_end = wait_replicator(run, wl, dsn)
         peak = sampler.stop()
+        t_first = first_log_time(run.log_path, FIRST_FETCH_LINE, PYTHON_LOG_TIME)
     except Exception as exc:  # noqa: BLE001 - reported, and the other systems still run
         sampler.stop()
         run.stop()
@@ -117,11 +128,10 @@ def run_replicator(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir:
     res.correctness = "matches oracle (rows, stale audit, DLQ, offsets)"
     res.rows_differ = 0
     res.exactly_matches_oracle = True
-    res.seconds = t_end - t0
-    res.seconds_steady = (t_end - t_first) if t_first else None
+    res.seconds = t_end - t_first
+    res.seconds_with_startup = t_end - t0
     res.peak_rss_mb = peak
-    res.note = (f"{run.shards} shards, batch_ms/marker_ms at defaults; steady = first committed "
-                "offset → caught up")
+    res.note = f"{run.shards} shards, batch_ms/marker_ms at defaults"
     return res
 
 
@@ -289,8 +299,9 @@ def run_naive(wl: Workload, prefix: str, bootstrap: str, dsn: str, total_bytes: 
               workdir: Path) -> SystemResult:
     schema = f"{prefix}_naive"
     res = SystemResult("naive", messages=wl.message_count, bytes=total_bytes,
-                       timing="process start → consumer position at every partition end "
-                              "(after its last Postgres commit)")
+                       timing="its first consumed message → consumer position at every "
+                              "partition end (after its last Postgres commit), timed inside the "
+                              "process; incl. start-up: from process start")
     create_plain_tables(dsn, wl, schema, first_event_per_table(wl, schema))
     workdir.mkdir(parents=True, exist_ok=True)
     log = open(workdir / "naive.log", "wb")  # noqa: SIM115
@@ -319,8 +330,8 @@ def run_naive(wl: Workload, prefix: str, bootstrap: str, dsn: str, total_bytes: 
     res.rows_differ = diff.total
     res.exactly_matches_oracle = diff.total == 0
     res.correctness = diff.describe()
-    res.seconds = t_end - t0
-    res.seconds_steady = stats.get("seconds_from_first_message")
+    res.seconds = stats.get("seconds_from_first_message")
+    res.seconds_with_startup = t_end - t0
     res.peak_rss_mb = peak
     res.note = (f"{stats.get('batches', 0)} poll batches; executemany upsert/delete, commit per "
                 "batch, then a synchronous Kafka offset commit")
@@ -357,9 +368,10 @@ def group_offsets(admin: Any, group: str) -> dict[tuple[str, int], int]:
 def run_jdbc(wl: Workload, prefix: str, bootstrap: str, dsn: str, total_bytes: int,
              workdir: Path, tasks: int = 1) -> SystemResult:
     res = SystemResult("jdbc", messages=wl.message_count, bytes=total_bytes,
-                       timing="worker start (JVM launch) → the connector's consumer group "
-                              "offsets at every partition end (AdminClient, polled every 0.5 s; "
-                              "offset.flush.interval.ms=1000)")
+                       timing="the consumer's first `Resetting offset for partition` log line "
+                              "→ the connector's consumer group offsets at every partition end "
+                              "(AdminClient, polled every 0.5 s; offset.flush.interval.ms=1000); "
+                              "incl. start-up: from the JVM launch")
     work = workdir / "jdbc"
     jdbc_dsn = ensure_database(dsn, JDBC_DATABASE)
     info = psycopg.conninfo.conninfo_to_dict(jdbc_dsn)
@@ -371,7 +383,7 @@ def run_jdbc(wl: Workload, prefix: str, bootstrap: str, dsn: str, total_bytes: i
     subprocess.run([str(JDBC_DIR / "fetch.sh")], check=True)
     env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap,
            "JDBC_USER": info.get("user", "postgres"), "JDBC_PASSWORD": info.get("password", "")}
-    t0 = time.monotonic()
+    t0 = time.time()
     subprocess.run([str(JDBC_DIR / "start.sh"), str(work), name, re.escape(prefix) + r"\..*",
                     url, str(tasks)], check=True, env=env, stdout=subprocess.DEVNULL)
     pid = int((work / "connect.pid").read_text())
@@ -390,7 +402,10 @@ def run_jdbc(wl: Workload, prefix: str, bootstrap: str, dsn: str, total_bytes: i
             if time.monotonic() > deadline:
                 raise RuntimeError(f"jdbc sink not caught up in time; see {work / 'connect.log'}")
             time.sleep(0.5)
-        res.seconds = time.monotonic() - t0
+        t_end = time.time()
+        res.seconds_with_startup = t_end - t0
+        res.seconds = t_end - first_log_time(work / "connect.log", "Resetting offset for partition",
+                                             CONNECT_LOG_TIME)
         res.peak_rss_mb = sampler.stop()
     except Exception as exc:  # noqa: BLE001
         sampler.stop()
