@@ -630,6 +630,7 @@ def _generate(spec: WorkloadSpec) -> Workload:
             ch = Change(table, key, "u", version, row, cur, ts_us, tx_id, last_commit)
             stats["updates"] += 1
         units[tp].append(ch)
+    del part_cache, state  # per-key bookkeeping: gone before the oracle's own per-key maps
 
     arrivals: dict[tuple[str, int], list[Entry]] = {}
     for tp in sorted(units):
