@@ -127,6 +127,18 @@ class Run:
         produce(workload, self.bootstrap)
         return workload
 
+    def wait_for_log(self, text: str, count: int = 1, timeout_s: float = 120) -> None:
+        """Until `text` appears `count` times in the log (e.g. every partition started)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            log = self.log_path.read_text(errors="replace") if self.log_path else ""
+            if log.count(text) >= count:
+                return
+            if self.died() or time.monotonic() > deadline:
+                raise RuntimeError(f"no {count}× {text!r} in the replicator's log:\n"
+                                   f"{self.log_tail(10)}")
+            time.sleep(0.2)
+
     def wait_caught_up(self, workload: Workload, timeout_s: float = 180) -> None:
         """Until every shard's committed offset of every partition is its end offset."""
         ends = {tp: len(entries) for tp, entries in workload.arrivals.items()}

@@ -705,22 +705,11 @@ def produce(
     this is verified from the delivery reports. `rate` caps messages per second (None: no cap).
     Raises RuntimeError on any delivery error or timeout.
     """
-    from confluent_kafka import KafkaError, KafkaException, Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka import Producer
 
-    spec = workload.spec
     deadline = time.monotonic() + timeout_s
     if create_topics:
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        new = [NewTopic(t, num_partitions=spec.partitions, replication_factor=1)
-               for t in workload.topics]
-        for topic, fut in admin.create_topics(new, operation_timeout=30).items():
-            try:
-                fut.result(timeout=60)
-            except KafkaException as e:
-                if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise
-                _check_empty(bootstrap, topic, spec.partitions)
+        create_workload_topics(workload, bootstrap)
 
     conf: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
@@ -792,6 +781,23 @@ def produce(
             raise RuntimeError(f"produce: {tp} offsets {delivered.get(tp)} != [{len(entries)}, "
                                f"{len(entries) - 1}]; was the topic empty?")
     return sent
+
+
+def create_workload_topics(workload: Workload, bootstrap: str) -> None:
+    """The workload's topics, with its partition count; existing ones must be empty."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    partitions = workload.spec.partitions
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    new = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in workload.topics]
+    for topic, fut in admin.create_topics(new, operation_timeout=30).items():
+        try:
+            fut.result(timeout=60)
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+            _check_empty(bootstrap, topic, partitions)
 
 
 def _check_empty(bootstrap: str, topic: str, partitions: int) -> None:

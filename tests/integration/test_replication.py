@@ -7,7 +7,9 @@ import shutil
 import subprocess
 import sys
 import time
+from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 
 from benchmarks.replicator_run import (
@@ -16,7 +18,7 @@ from benchmarks.replicator_run import (
     assert_matches_oracle,
     create_tables_like_workload,
 )
-from benchmarks.workload import WorkloadSpec
+from benchmarks.workload import WorkloadSpec, create_workload_topics, generate, produce
 from tests.integration.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -181,3 +183,34 @@ def test_a_schema_registry_url_that_is_not_a_registry_is_a_configuration_error(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("replicate: REPLICATE_SCHEMA_REGISTRY_URL: the registry answered "
                                "HTTP 404")
+
+
+def test_a_schema_registry_outage_is_waited_out_without_losing_events(run, schema_registry_url):
+    """Invariant 7 for Avro: while the registry is unreachable, messages whose schema is not
+    cached yet are neither applied nor sent to the DLQ; they land once it answers again."""
+    registry = urlsplit(schema_registry_url)
+    proxy = TcpProxy((registry.hostname, registry.port))
+    try:
+        run.extra_env["REPLICATE_SCHEMA_REGISTRY_URL"] = schema_registry_url.replace(
+            registry.netloc, f"127.0.0.1:{proxy.port}")
+        workload = generate(WorkloadSpec(topic_prefix=run.prefix, seed=43, events=5_000,
+                                         keys=1_000, partitions=2, tables=("customers",),
+                                         encoding="avro", registry_url=schema_registry_url))
+        run.topics += workload.topics
+        create_workload_topics(workload, run.bootstrap)
+        run.start()
+        run.wait_for_log("starting at offset", count=len(workload.arrivals))
+        proxy.outage()
+        produce(workload, run.bootstrap, create_topics=False)
+        time.sleep(4)
+        assert "retrying in" in run.log_tail(100_000), "the registry outage was never noticed"
+        with psycopg.connect(run.dsn, autocommit=True) as conn:
+            dlq = conn.execute("SELECT count(*) FROM cdc.dlq WHERE flow_id = %s",
+                               (run.flow_id,)).fetchone()[0]
+        assert dlq == 0, "messages went to the DLQ while the registry was away"
+        proxy.restore()
+        run.wait_caught_up(workload)
+        assert run.stop() == [0]
+        assert_matches_oracle(run, workload)
+    finally:
+        proxy.close()
