@@ -18,7 +18,7 @@ from bytewax.dataflow import Dataflow
 from operators import metrics
 from operators.decode_step import DecodeStep
 from operators.kafka_source import KafkaCdcSource, list_partitions
-from operators.lifecycle import install_stop_handlers, tune_gc
+from operators.lifecycle import install_stop_handlers, limit_malloc_arenas, tune_gc
 from operators.offsets import register_flow
 from operators.pg_session import connect
 from operators.retry import first_line, retrying
@@ -63,6 +63,7 @@ def _flow_or_exit() -> Dataflow:
     try:
         settings = load_settings()
         install_stop_handlers()
+        limit_malloc_arenas()
         tune_gc()
         _register(settings)
         _check_registry(settings)
