@@ -43,13 +43,13 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def limit_malloc_arenas() -> None:
+def limit_malloc_arenas() -> bool:
     """Cap glibc's malloc arenas before the first native thread starts, unless MALLOC_ARENA_MAX
-    already chose; without glibc (musl, macOS) there is nothing to do."""
+    already chose; without glibc (musl, macOS) there is nothing to do. True when capped here."""
     if os.environ.get("MALLOC_ARENA_MAX"):
-        return
+        return False
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
-        return
-    libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+        return False
+    return libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS) == 1
