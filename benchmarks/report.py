@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -237,7 +238,7 @@ def plot(result: ScenarioResult, out_dir: Path = RESULTS_DIR) -> str | None:
             ax.set_title(f"{result.scenario}: profile")
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{result.scenario}.png"
+    path = out_dir / (re.sub(r"[^\w.-]+", "_", result.scenario) + ".png")
     fig.savefig(path, dpi=90)
     plt.close(fig)
     try:

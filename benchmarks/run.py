@@ -138,7 +138,7 @@ def run_backlog(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> 
         try:
             if name == "replicator":
                 r = systems.run_replicator(wl, prefix, args.bootstrap, args.dsn, work,
-                                           total_bytes)
+                                           total_bytes, args.settings)
             elif name == "ceiling":
                 r = systems.run_ceiling(wl, prefix, args.dsn, total_bytes)
             elif name == "naive":
@@ -227,7 +227,7 @@ def run_latency(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> 
     res.spec = {**spec_summary(spec, wl), "rate": sc.rate}
     total_bytes = systems.workload_bytes(wl)
     create_workload_topics(wl, args.bootstrap)
-    run = systems.make_run(prefix, args.bootstrap, args.dsn, OUT / prefix, wl)
+    run = systems.make_run(prefix, args.bootstrap, args.dsn, OUT / prefix, wl, args.settings)
     run.start()
     proc = run.running[0]
     sampler = RssSampler(proc.pid).start()
@@ -305,7 +305,7 @@ def run_memory(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> l
         wl = make_workload(spec, prefix, args)
         total_bytes = systems.workload_bytes(wl)
         r = systems.run_replicator(wl, prefix, args.bootstrap, args.dsn, OUT / prefix,
-                                   total_bytes)
+                                   total_bytes, args.settings)
         _print_system(r)
         res.memory.append({
             "keys": len(wl.oracle.versions), "key_space": keys, "messages": wl.message_count,
@@ -326,6 +326,13 @@ def run_memory(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> l
 # --------------------------------------------------------------------------- main
 
 
+def _setting(ap: argparse.ArgumentParser, text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("REPLICATE_"):
+        ap.error(f"--set {text!r}: expected REPLICATE_NAME=VALUE")
+    return name, value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
@@ -342,10 +349,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--registry", default=os.environ.get("TEST_SCHEMA_REGISTRY_URL",
                                                          DEFAULT_REGISTRY),
                     help="schema registry for Avro scenarios (Confluent-compatible base URL)")
+    ap.add_argument("--set", action="append", default=[], metavar="REPLICATE_NAME=VALUE",
+                    help="a replicator setting other than its default (repeatable); the results "
+                         "get a section of their own")
     args = ap.parse_args(argv)
+    args.settings = dict(_setting(ap, text) for text in args.set)
     sc = SCENARIOS[args.scenario]
     argv_shown = argv if argv is not None else sys.argv[1:]
-    res = ScenarioResult(sc.name, "python -m benchmarks.run " + shlex.join(argv_shown),
+    name = " ".join([sc.name, *(f"{k}={v}" for k, v in sorted(args.settings.items()))])
+    res = ScenarioResult(name, "python -m benchmarks.run " + shlex.join(argv_shown),
                          sc.description, machine=machine_info())
     runner = {"backlog": run_backlog, "latency": run_latency, "memory": run_memory}[sc.kind]
     created: list[str] = []

@@ -10,8 +10,10 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import psycopg
@@ -58,11 +60,14 @@ def default_shards() -> int:
     return int(Settings.model_fields["shards"].default)
 
 
-def make_run(prefix: str, bootstrap: str, dsn: str, workdir: Path, wl: Workload) -> Run:
+def make_run(prefix: str, bootstrap: str, dsn: str, workdir: Path, wl: Workload,
+             settings: Mapping[str, str] = MappingProxyType({})) -> Run:
+    """A replicator at default settings, except `settings` (REPLICATE_* variables)."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = default_replicator_env()
     if wl.spec.registry_url:
         env["REPLICATE_SCHEMA_REGISTRY_URL"] = wl.spec.registry_url
+    env.update(settings)
     return Run(bootstrap, dsn, state_dir=workdir / "state", prefix=prefix,
                shards=default_shards(), extra_env=env)
 
@@ -100,12 +105,13 @@ def first_log_time(path: Path, marker: str, stamp: re.Pattern[str]) -> float:
 
 
 def run_replicator(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir: Path,
-                   total_bytes: int) -> SystemResult:
+                   total_bytes: int,
+                   settings: Mapping[str, str] = MappingProxyType({})) -> SystemResult:
     res = SystemResult("replicator", messages=wl.message_count, bytes=total_bytes,
                        timing="its log line `source: first messages fetched` → every shard's "
                               "offset of every partition committed in cdc.offsets (polled every "
                               "0.1 s); incl. start-up: from process start")
-    run = make_run(prefix, bootstrap, dsn, workdir, wl)
+    run = make_run(prefix, bootstrap, dsn, workdir, wl, settings)
     t0 = time.time()
     run.start()
     sampler = RssSampler(run.running[0].pid).start()
