@@ -183,6 +183,11 @@ def save(result: ScenarioResult, path: Path = RESULTS_JSON, md: Path = RESULTS_M
     md.write_text(render(results))
 
 
+def file_stem(scenario: str) -> str:
+    """A file name for a scenario's outputs (names with --set settings contain spaces and =)."""
+    return re.sub(r"[^\w.-]+", "_", scenario)
+
+
 def plot(result: ScenarioResult, out_dir: Path = RESULTS_DIR) -> str | None:
     """PNG of throughput per system (and latency percentiles / memory when measured);
     returns its path relative to benchmarks/, or None without matplotlib."""
@@ -238,7 +243,7 @@ def plot(result: ScenarioResult, out_dir: Path = RESULTS_DIR) -> str | None:
             ax.set_title(f"{result.scenario}: profile")
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / (re.sub(r"[^\w.-]+", "_", result.scenario) + ".png")
+    path = out_dir / (file_stem(result.scenario) + ".png")
     fig.savefig(path, dpi=90)
     plt.close(fig)
     try:

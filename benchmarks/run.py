@@ -155,7 +155,9 @@ def run_backlog(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> 
         res.systems.append(r)
     if sc.profile and not args.no_profile:
         log("profiling stages in-process")
-        cp_out = report.RESULTS_DIR / f"profile_{sc.name}.txt"
+        # a run that does not update RESULTS.md leaves its profile with its other output
+        cp_out = (work / "profile.txt" if args.no_write
+                  else report.RESULTS_DIR / f"profile_{report.file_stem(res.scenario)}.txt")
         from benchmarks.profile_stages import profile
 
         try:
@@ -174,7 +176,7 @@ def run_backlog(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> 
                      "Postgres transaction with decoding (a second thread, sharing the GIL) and "
                      "adds the Kafka source and bytewax.")
         line += (f" Top functions by own time (cProfile, a second pass): "
-                 f"`benchmarks/results/{cp_out.name}`.")
+                 f"`{cp_out.relative_to(ROOT)}`.")
         res.profile_note = line
     return [prefix] + wl.topics
 
