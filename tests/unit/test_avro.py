@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
-from operators.avro import AvroFrames, AvroProblem, connect_schema
+from operators.avro import AvroFrames, AvroProblem, UnknownSchema, connect_schema
 
 ROW = {
     "type": "record", "name": "Value", "namespace": "srv.inventory.customers",
@@ -69,3 +71,31 @@ def test_a_header_cut_short_is_malformed() -> None:
     with pytest.raises(AvroProblem) as problem:
         AvroFrames(None, "key").split(b"\x00\x00\x01")
     assert problem.value.error_type == "malformed_avro"
+
+
+def test_a_schema_the_registry_does_not_have_is_unknown_schema_id() -> None:
+    def fetch(ident: int | str) -> str:
+        raise UnknownSchema(f"no schema {ident}")
+
+    with pytest.raises(AvroProblem) as problem:
+        AvroFrames(fetch, "value").split(b"\x00\x00\x00\x00\x2a\x02")
+    assert problem.value.error_type == "unknown_schema_id" and "42" in str(problem.value)
+
+
+def test_a_schema_that_is_not_avro_is_bad_schema() -> None:
+    with pytest.raises(AvroProblem) as problem:
+        AvroFrames(lambda ident: '{"type": "no-such-type"}', "value").split(b"\x00\x00\x00\x00\x01")
+    assert problem.value.error_type == "bad_schema"
+
+
+def test_a_guid_framed_message_asks_for_its_guid_and_is_read() -> None:
+    asked: list[int | str] = []
+
+    def fetch(ident: int | str) -> str:
+        asked.append(ident)
+        return '{"type": "record", "name": "K", "fields": [{"name": "id", "type": "long"}]}'
+
+    guid = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    schema, header, payload = AvroFrames(fetch, "key").split(b"\x01" + guid.bytes + b"\x54")
+    assert asked == [str(guid)] and header == b"\x01" + guid.bytes
+    assert payload == {"id": 42} and schema["fields"][0]["type"] == "int64"
