@@ -131,9 +131,10 @@ def _connect(schema: Any, named: dict[str, dict[str, Any]], namespace: str) -> d
         if schema in _PRIMITIVES:
             return {"type": _CONNECT_TYPES[schema], "optional": optional}
         full = schema if "." in schema else f"{namespace}.{schema}".lstrip(".")
-        if full not in named and schema not in named:
+        defined = named.get(full) or named.get(schema)
+        if defined is None:
             raise ValueError(f"type {schema!r} is not defined before its use")
-        return {**named.get(full, named.get(schema, {})), "optional": optional}
+        return {**defined, "optional": optional}
     if not isinstance(schema, dict):
         raise ValueError(f"schema {schema!r} is neither a name, a union nor an object")
     avro_type = schema.get("type")

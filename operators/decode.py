@@ -68,22 +68,27 @@ class _Reject(Exception):
 
 
 class _Envelopes:
-    """Splits Connect JSON envelopes (`{"schema": ..., "payload": ...}`) of keys or values.
+    """Splits the keys or the values of messages into (schema, schema id, payload): Avro frames
+    through `AvroFrames`, Connect JSON envelopes (`{"schema": ..., "payload": ...}`) here.
 
     With `schemas.enable` the schema is most of the message and the same in every message of a
     topic, so once a schema's exact bytes are known, later messages that start with them only
     parse their payload.
     """
 
-    def __init__(self, what: str, error_type: str, objects_only: bool) -> None:
+    def __init__(self, what: str, error_type: str, objects_only: bool,
+                 fetch_schema: SchemaFetcher | None) -> None:
         self._what = what
         self._error_type = error_type
         self._objects_only = objects_only  # else a non-object document is its own payload
         self._prefixes: dict[str, list[tuple[bytes, Any]]] = {}
+        self._avro = AvroFrames(fetch_schema, what)
 
     def split(self, topic: str, raw: bytes) -> tuple[Any, bytes, Any]:
-        """(schema or None, bytes identifying that schema, payload); a document without an
+        """(schema or None, bytes identifying that schema, payload); a JSON document without an
         envelope is its own payload."""
+        if is_framed(raw):
+            return self._avro.split(raw)
         for prefix, schema in self._prefixes.get(topic, ()):
             if raw.startswith(prefix) and raw.endswith(b"}"):
                 try:
@@ -119,10 +124,8 @@ class Decoder:
         self._catalog = catalog
         self._topic_tables: dict[str, TableName] = {}
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
-        self._values = _Envelopes("value", "malformed_json", objects_only=True)
-        self._keys = _Envelopes("key", "malformed_key", objects_only=False)
-        self._avro_values = AvroFrames(fetch_schema, "value")
-        self._avro_keys = AvroFrames(fetch_schema, "key")
+        self._values = _Envelopes("value", "malformed_json", True, fetch_schema)
+        self._keys = _Envelopes("key", "malformed_key", False, fetch_schema)
         self._plain: dict[TableName, tuple[dict[str, str], dict[str, Converter]]] = {}
 
     def decode(self, msg: RawMessage) -> Decoded | None:
@@ -142,10 +145,7 @@ class Decoder:
             )
 
     def _decode(self, msg: RawMessage) -> Decoded | None:
-        binary = is_framed(msg.value)
-        value_schema, schema_id, payload = (
-            self._avro_values.split(msg.value) if binary
-            else self._values.split(msg.topic, msg.value))
+        value_schema, schema_id, payload = self._values.split(msg.topic, msg.value)
         if payload is None:  # an envelope with a null payload
             return None
         if not isinstance(payload, dict):
@@ -188,7 +188,7 @@ class Decoder:
             key, values = self._convert_plain(table, key_payload, row)
             schema = None
         else:
-            shape = self._shape(table, value_schema, schema_id, key_names, binary)
+            shape = self._shape(table, value_schema, schema_id, key_names, is_framed(msg.value))
             key, values = _convert(shape, key_payload, row)
             schema = shape.schema
         if None in key:
@@ -240,8 +240,7 @@ class Decoder:
         """Key column → JSON value, from the Kafka key, else the primary key of the row image."""
         if raw_key is None:
             return self._key_from_image(image, table)
-        _, _, doc = (self._avro_keys.split(raw_key) if is_framed(raw_key)
-                     else self._keys.split(topic, raw_key))
+        _, _, doc = self._keys.split(topic, raw_key)
         if not isinstance(doc, dict) or not doc:
             raise _Reject(
                 "missing_key", f"Kafka key payload is {_kind(doc)}, not a non-empty struct"
