@@ -7,10 +7,16 @@ into one. Each shard still has its own commit sequence, offsets and undo record,
 reassignment stay per shard.
 
 A commit is due when the worker holds `REPLICATE_BATCH_SIZE` units, when its oldest unit is
-`REPLICATE_BATCH_MS` old, when only progress markers have waited `MARKER_ONLY_FLUSH_S`, or at
-epoch close. A due commit waits while the previous transaction is still running, so the worker
-decodes on instead of blocking, up to `BACKLOG_BATCHES` batches: when Postgres is the slower side,
-batches grow and each transaction carries more rows.
+`REPLICATE_BATCH_MS` old, or at epoch close. Progress markers alone (offsets that moved past
+messages with nothing to apply) wait `MARKER_ONLY_FLUSH_S`, so a topic of heartbeats costs one
+small transaction per few seconds; but within `MARKER_ONLY_FLUSH_S` of a commit that carried
+units they are the end of a burst or backlog (each partition's last position arrives with its
+next marker), and commit after `REPLICATE_BATCH_MS` like units: a restart then replays nothing
+of it, and lag reads zero promptly.
+
+A due commit waits while the previous transaction is still running, so the worker decodes on
+instead of blocking, up to `BACKLOG_BATCHES` batches: when Postgres is the slower side, batches
+grow and each transaction carries more rows.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class Committer:
         self._shards: list[Shard] = []
         self._units = 0
         self._since: float | None = None  # oldest pending unit or marker
+        self._units_committed_at = float("-inf")  # when a commit last carried units
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-commit")
         self._in_flight: tuple[list[Work], list[ShardBatch], Future[None], float] | None = None
 
@@ -65,11 +72,11 @@ class Committer:
     def commit_if_due(self) -> None:
         if self._since is None:
             return
-        age = time.monotonic() - self._since
+        now = time.monotonic()
         batch_size = self._settings.batch_size
-        due = (self._units >= batch_size
-               or (self._units and age >= self._settings.batch_ms / 1000)
-               or age >= MARKER_ONLY_FLUSH_S)
+        data_recent = self._units or now - self._units_committed_at < MARKER_ONLY_FLUSH_S
+        wait_s = self._settings.batch_ms / 1000 if data_recent else MARKER_ONLY_FLUSH_S
+        due = self._units >= batch_size or now - self._since >= wait_s
         busy = self._in_flight is not None and not self._in_flight[2].done()
         if due and not (busy and self._units < BACKLOG_BATCHES * batch_size):
             self.commit_all()
@@ -84,6 +91,8 @@ class Committer:
         self.settle()
         work = [(shard, *shard.pending.take()) for shard in self._shards
                 if shard.pending.since is not None]
+        if self._units:
+            self._units_committed_at = time.monotonic()
         self._units, self._since = 0, None
         plain = [w for w in work if w[1] or w[2]]
         if any(type(u) is TruncateEvent for w in plain for u in w[1]):

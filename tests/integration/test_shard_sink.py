@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 
 import psycopg
@@ -12,6 +13,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from benchmarks.replicator_run import drop_flows
+from operators import committer
 from operators.events import (
     ChangeEvent,
     Column,
@@ -156,6 +158,56 @@ def test_refused_row_goes_to_dlq_and_the_rest_lands(settings):
                            'ORDER BY "offset"', (settings.flow_id,)).fetchall()
     assert [(o, t) for o, t, _ in dlq] == [(6, "write_refused"), (99, "malformed_json")]
     assert "smallint" in dlq[0][2]
+
+
+def _offset_reaches(settings: Settings, expected: int, wait_s: float) -> bool:
+    """Does the shard's committed offset of partition 0 reach `expected` within `wait_s`
+    (commits run on the committer's background thread)?"""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with psycopg.connect(settings.pg_dsn) as conn:
+            row = conn.execute("SELECT next_offset FROM cdc.offsets WHERE flow_id = %s",
+                               (settings.flow_id,)).fetchone()
+        if row and row[0] >= expected:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def test_markers_after_a_burst_commit_promptly_then_idle_ones_wait(pg_dsn, tmp_path,
+                                                                   monkeypatch):
+    """The offsets that close a burst (markers past messages with nothing to apply) commit after
+    batch_ms; markers alone long after the last units wait MARKER_ONLY_FLUSH_S."""
+    flush_s = 2.0
+    monkeypatch.setattr(committer, "MARKER_ONLY_FLUSH_S", flush_s)
+    name = f"sink{uuid.uuid4().hex[:10]}"
+    settings = Settings(topics=TOPIC, pg_dsn=pg_dsn, state_dir=tmp_path, flow_id=name,
+                        target_schema=name, shards=1, batch_ms=100)
+    things = Things(name)
+    shard = ShardPartition(settings, 0)
+    pause = settings.batch_ms / 1000 + 0.05
+    try:
+        shard.write_batch([[things.event(1, 10), ProgressMarker(TOPIC, 0, 2)]])
+        time.sleep(pause)
+        shard.write_batch([])  # the unit is batch_ms old: its commit starts
+        assert _offset_reaches(settings, 2, wait_s=10)
+        for end in (50, 60):  # e.g. tombstones after the burst, then another partition's end
+            shard.write_batch([[ProgressMarker(TOPIC, 0, end)]])
+            time.sleep(pause)
+            shard.write_batch([])
+            assert _offset_reaches(settings, end, wait_s=10), "the burst's tail was held back"
+        time.sleep(flush_s)  # the burst is over
+        shard.write_batch([[ProgressMarker(TOPIC, 0, 80)]])  # e.g. heartbeats
+        time.sleep(pause)
+        shard.write_batch([])
+        assert not _offset_reaches(settings, 80, wait_s=flush_s / 2), "markers alone went early"
+        time.sleep(flush_s / 2)
+        shard.write_batch([])  # the markers are MARKER_ONLY_FLUSH_S old
+        assert _offset_reaches(settings, 80, wait_s=10)
+    finally:
+        shard.close()
+        drop_flows(pg_dsn, name)
 
 
 def test_state_one_commit_ahead_is_rolled_back(settings):
