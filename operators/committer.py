@@ -74,7 +74,7 @@ class Committer:
             return
         now = time.monotonic()
         batch_size = self._settings.batch_size
-        data_recent = self._units or now - self._units_committed_at < MARKER_ONLY_FLUSH_S
+        data_recent = self._units > 0 or now - self._units_committed_at < MARKER_ONLY_FLUSH_S
         wait_s = self._settings.batch_ms / 1000 if data_recent else MARKER_ONLY_FLUSH_S
         due = self._units >= batch_size or now - self._since >= wait_s
         busy = self._in_flight is not None and not self._in_flight[2].done()
