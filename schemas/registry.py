@@ -35,15 +35,21 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _client(url: str) -> SchemaRegistryClient:
+    """Without the client's own retries (3, with up to 7 s of silent backoff): `retrying` logs
+    every failed attempt, so an outage shows in the log at once."""
+    return SchemaRegistryClient({"url": url, "max.retries": 0})
+
+
 def registry_subjects(url: str, retry_max_s: float) -> list[str]:
     """The registry's subjects: proves it answers (retried while it is unreachable)."""
-    client = SchemaRegistryClient({"url": url})
+    client = _client(url)
     return retrying(f"schema registry {url}: list subjects", client.get_subjects,
                     cap_s=retry_max_s, transient=_transient)
 
 
 def registry_fetcher(url: str, retry_max_s: float) -> SchemaFetcher:
-    client = SchemaRegistryClient({"url": url})
+    client = _client(url)
 
     def fetch(ident: int | str) -> str:
         def get() -> str:
