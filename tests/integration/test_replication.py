@@ -120,11 +120,12 @@ def test_postgres_outages_are_retried_without_losing_events(run):
         workload = run.make_workload(seed=41, events=60_000, keys=10_000, partitions=2,
                                      tables=("customers", "orders"))
         run.start()
+        run.wait_for_log("source: first messages fetched")  # cut while events are in flight
         for _ in range(2):
-            time.sleep(2.5)
             proxy.outage()
             time.sleep(3)
             proxy.restore()
+            time.sleep(1)
         run.wait_caught_up(workload)
         assert run.stop() == [0]
         assert_matches_oracle(run, workload)
