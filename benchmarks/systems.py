@@ -157,14 +157,20 @@ def compare_tables(dsn: str, wl: Workload, schema: str, table_name) -> RowDiff:
 # --------------------------------------------------------------------------- ceiling
 
 
-def predecode(wl: Workload, schema: str) -> list[Any]:
-    """ChangeEvents of every message, decoded by the replicator's own decoder (untimed)."""
+def _workload_decoder(wl: Workload, schema: str) -> Any:
+    """The replicator's own decoder for `wl`'s messages (Avro schemas from its registry)."""
     from operators.decode import Decoder
-    from operators.events import RawMessage
     from schemas.registry import registry_fetcher
 
     fetch = registry_fetcher(wl.spec.registry_url, 5) if wl.spec.registry_url else None
-    decoder = Decoder(schema, {}, None, fetch)
+    return Decoder(schema, {}, None, fetch)
+
+
+def predecode(wl: Workload, schema: str) -> list[Any]:
+    """ChangeEvents of every message, decoded by the replicator's own decoder (untimed)."""
+    from operators.events import RawMessage
+
+    decoder = _workload_decoder(wl, schema)
     out = []
     for topic, partition, offset, key, value in wl.iter_messages():
         ev = decoder.decode(RawMessage(topic, partition, offset, key, value))
@@ -284,12 +290,9 @@ def create_plain_tables(dsn: str, wl: Workload, schema: str, database_schema_eve
 
 
 def first_event_per_table(wl: Workload, schema: str) -> list[Any]:
-    from operators.decode import Decoder
     from operators.events import RawMessage
-    from schemas.registry import registry_fetcher
 
-    fetch = registry_fetcher(wl.spec.registry_url, 5) if wl.spec.registry_url else None
-    decoder = Decoder(schema, {}, None, fetch)
+    decoder = _workload_decoder(wl, schema)
     out, seen = [], set()
     for topic, partition, offset, key, value in wl.iter_messages():
         if topic in seen or value is None:

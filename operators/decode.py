@@ -188,7 +188,7 @@ class Decoder:
             key, values = self._convert_plain(table, key_payload, row)
             schema = None
         else:
-            shape = self._shape(table, value_schema, schema_id, key_names, is_framed(msg.value))
+            shape = self._shape(table, value_schema, schema_id, key_names)
             key, values = _convert(shape, key_payload, row)
             schema = shape.schema
         if None in key:
@@ -262,14 +262,16 @@ class Decoder:
     # --- with schema ----------------------------------------------------------------------
 
     def _shape(self, table: TableName, value_schema: Any, schema_id: bytes,
-               key_names: tuple[str, ...], binary: bool) -> _Shape:
+               key_names: tuple[str, ...]) -> _Shape:
+        """`schema_id` is an Avro frame header for Avro values (whose bytes columns hold bytes,
+        not base64 text), so whether they are binary is told once, when the shape is built."""
         cache_key = (table, schema_id, key_names)
         shape = self._shapes.get(cache_key)
         if shape is None:
             if len(self._shapes) >= _MAX_CACHED_SHAPES:
                 self._shapes.clear()
             shape = self._shapes[cache_key] = _build_shape(table, value_schema, key_names,
-                                                           binary)
+                                                           is_framed(schema_id))
         return shape
 
     # --- without schema -------------------------------------------------------------------
