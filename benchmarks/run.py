@@ -141,6 +141,8 @@ def run_backlog(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> 
                                            total_bytes, args.settings)
             elif name == "ceiling":
                 r = systems.run_ceiling(wl, prefix, args.dsn, total_bytes)
+            elif name == "kafka-read":
+                r = systems.run_kafka_read(wl, prefix, args.bootstrap, total_bytes, work)
             elif name == "naive":
                 r = systems.run_naive(wl, prefix, args.bootstrap, args.dsn, total_bytes, work)
             elif name == "jdbc":
@@ -338,7 +340,8 @@ def _setting(ap: argparse.ArgumentParser, text: str) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
-    ap.add_argument("--systems", help="comma-separated subset (replicator,ceiling,naive,jdbc)")
+    ap.add_argument("--systems",
+                    help="comma-separated subset (replicator,kafka-read,ceiling,naive,jdbc)")
     ap.add_argument("--events", type=int, help="override the scenario's true-change count")
     ap.add_argument("--memory-keys", help="memory scenario: comma-separated key counts")
     ap.add_argument("--jdbc-tasks", type=int, default=1)

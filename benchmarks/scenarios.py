@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-ALL_SYSTEMS = ("replicator", "ceiling", "naive", "jdbc")
+ALL_SYSTEMS = ("replicator", "kafka-read", "ceiling", "naive", "jdbc")
 
 
 @dataclass(frozen=True)
@@ -44,19 +44,19 @@ SCENARIOS: dict[str, Scenario] = {
             "schemas. `naive` and `jdbc` are not run: the hand-written loop reads JSON only, and "
             "Kafka Connect needs Confluent's AvroConverter, which is not on Maven Central.",
             "backlog", {**REFERENCE_SPEC, "encoding": "avro"},
-            systems=("replicator", "ceiling"),
+            systems=("replicator", "kafka-read", "ceiling"),
         ),
         Scenario(
             "smoke",
             "Tiny backlog for CI: the reference shape with 3k changes and 500 keys.",
             "backlog", {**REFERENCE_SPEC, "events": 3_000, "keys": 500},
-            systems=("replicator", "ceiling", "naive"),
+            systems=("replicator", "kafka-read", "ceiling", "naive"),
         ),
         Scenario(
             "smoke-avro",
             "Tiny Avro backlog for CI: the smoke shape in the Confluent wire format.",
             "backlog", {**REFERENCE_SPEC, "events": 3_000, "keys": 500, "encoding": "avro"},
-            systems=("replicator", "ceiling"),
+            systems=("replicator", "kafka-read", "ceiling"),
         ),
         Scenario(
             "latency",

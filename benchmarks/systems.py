@@ -304,6 +304,31 @@ def first_event_per_table(wl: Workload, schema: str) -> list[Any]:
     return out
 
 
+def _run_baseline_script(module: str, args: list[str], workdir: Path, wl: Workload
+                         ) -> tuple[dict[str, Any], float, float | None]:
+    """Run `python -m module args` (a baseline that prints one JSON line of timings last) under
+    an RSS sampler; (its timings, seconds from its start to its exit, peak RSS MB)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    name = module.rpartition(".")[2]
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "wb") as log:
+        t0 = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=log)
+        sampler = RssSampler(proc.pid).start()
+        try:
+            out, _ = proc.communicate(timeout=_deadline(wl) - time.monotonic())
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"{name} timed out; see {log_path}") from None
+        finally:
+            peak = sampler.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} exited with {proc.returncode}; see {log_path}")
+    return json.loads(out.decode().strip().splitlines()[-1]), time.monotonic() - t0, peak
+
+
 def run_naive(wl: Workload, prefix: str, bootstrap: str, dsn: str, total_bytes: int,
               workdir: Path) -> SystemResult:
     schema = f"{prefix}_naive"
@@ -312,38 +337,38 @@ def run_naive(wl: Workload, prefix: str, bootstrap: str, dsn: str, total_bytes: 
                               "partition end (after its last Postgres commit), timed inside the "
                               "process; incl. start-up: from process start")
     create_plain_tables(dsn, wl, schema, first_event_per_table(wl, schema))
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = open(workdir / "naive.log", "wb")  # noqa: SIM115
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.naive", "--bootstrap", bootstrap, "--dsn", dsn,
-         "--schema", schema, "--group", f"{prefix}-naive", "--topics", ",".join(wl.topics)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=log)
-    sampler = RssSampler(proc.pid).start()
-    out = b""
-    try:
-        out, _ = proc.communicate(timeout=_deadline(wl) - time.monotonic())
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        res.error = "naive consumer timed out"
-    t_end = time.monotonic()
-    peak = sampler.peak_mb
-    sampler.stop()
-    log.close()
-    if res.error is None and proc.returncode != 0:
-        res.error = f"naive consumer exited with {proc.returncode}; see {workdir / 'naive.log'}"
-    if res.error:
-        return res
-    stats = json.loads(out.decode().strip().splitlines()[-1])
+    stats, res.seconds_with_startup, res.peak_rss_mb = _run_baseline_script(
+        "benchmarks.naive", ["--bootstrap", bootstrap, "--dsn", dsn, "--schema", schema,
+                             "--group", f"{prefix}-naive", "--topics", ",".join(wl.topics)],
+        workdir, wl)
     diff = compare_tables(dsn, wl, schema, lambda t: t)
     res.rows_differ = diff.total
     res.exactly_matches_oracle = diff.total == 0
     res.correctness = diff.describe()
     res.seconds = stats.get("seconds_from_first_message")
-    res.seconds_with_startup = t_end - t0
-    res.peak_rss_mb = peak
     res.note = (f"{stats.get('batches', 0)} poll batches; executemany upsert/delete, commit per "
-                "batch, then a synchronous Kafka offset commit")
+                "batch, then a synchronous Kafka offset commit; librdkafka's default fetch "
+                "settings")
+    return res
+
+
+def run_kafka_read(wl: Workload, prefix: str, bootstrap: str, total_bytes: int,
+                   workdir: Path) -> SystemResult:
+    res = SystemResult("kafka-read", messages=wl.message_count, bytes=total_bytes,
+                       timing="its first consumed message → consumer position at every "
+                              "partition end, timed inside the process; incl. start-up: from "
+                              "process start")
+    stats, res.seconds_with_startup, res.peak_rss_mb = _run_baseline_script(
+        "benchmarks.kafka_read", ["--bootstrap", bootstrap, "--group", f"{prefix}-kafka-read",
+                                  "--topics", ",".join(wl.topics)], workdir, wl)
+    if (stats["messages"], stats["bytes"]) != (wl.message_count, total_bytes):
+        raise RuntimeError(f"read {stats['messages']:,} messages of {stats['bytes']:,} bytes, "
+                           f"produced {wl.message_count:,} of {total_bytes:,}")
+    res.correctness = f"read every message ({wl.message_count:,}, {total_bytes / 1e6:,.1f} MB)"
+    res.seconds = stats["seconds_from_first_message"]
+    res.note = (f"the replicator's librdkafka fetch settings, no processing; "
+                f"{stats['cpu_seconds'] * 1e6 / wl.message_count:.1f} µs of process CPU "
+                "per message")
     return res
 
 

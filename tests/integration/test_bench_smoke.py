@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(("scenario", "systems"), [
-    ("smoke", ("replicator", "ceiling", "naive")),
-    ("smoke-avro", ("replicator", "ceiling")),
+    ("smoke", ("replicator", "kafka-read", "ceiling", "naive")),
+    ("smoke-avro", ("replicator", "kafka-read", "ceiling")),
 ])
 def test_smoke_scenario_checks_correctness_and_reports(kafka_bootstrap, pg_dsn, schema_registry_url,
                                                        scenario, systems):
@@ -27,5 +27,6 @@ def test_smoke_scenario_checks_correctness_and_reports(kafka_bootstrap, pg_dsn, 
     assert "matches oracle" in output, output[-3000:]
     for system in systems:
         assert f"| {system} |" in output, f"no figures for {system}:\n{output[-3000:]}"
+    assert "read every message" in output, output[-3000:]  # kafka-read counted them all
     assert "profile failed" not in output, output[-3000:]
     assert "| decode: Decoder.decode |" in output, "no per-stage profile"

@@ -1,0 +1,72 @@
+"""The worker consumer's fetch settings against the real broker, on a compressed backlog many
+times its prefetch queue (as a Debezium backlog with schemas is: its batches compress ~15:1)."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from operators.kafka_source import FETCH_TUNING, WorkerConsumer
+from operators.settings import Settings
+
+pytestmark = pytest.mark.integration
+MESSAGE_BYTES = 4096
+PARTITIONS = 12
+# 192 MB in all, 12 times the prefetch queue
+PER_PARTITION = FETCH_TUNING["queued.max.messages.kbytes"] * 1024 // MESSAGE_BYTES
+STALL_S = 0.5  # librdkafka's own default backoff after a full queue is 1 s; ours is 10 ms
+
+
+@pytest.fixture(scope="module")
+def backlog(kafka_bootstrap: str) -> Iterator[str]:
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    topic = f"prefetch-{uuid.uuid4().hex[:12]}"
+    admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS)])[topic].result(timeout=30)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 20,
+                         "compression.type": "lz4", "batch.size": 1_000_000})
+    for _ in range(PER_PARTITION):
+        # ~15:1 under lz4, like Debezium JSON with schemas: a constant schema, a random row
+        value = (os.urandom(128).hex().encode() + b"s" * MESSAGE_BYTES)[:MESSAGE_BYTES]
+        for partition in range(PARTITIONS):
+            producer.produce(topic, value, partition=partition)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+    yield topic
+    admin.delete_topics([topic])[topic].result(timeout=30)
+
+
+def test_a_backlog_beyond_the_prefetch_queue_is_read_without_stalls(kafka_bootstrap, backlog):
+    """Once the prefetch queue is full, librdkafka waits `fetch.queue.backoff.ms` before it
+    fetches that partition again. At its default that was a 1 s pause each time the worker
+    caught up with the queue."""
+    consumer = WorkerConsumer(Settings(topics=backlog, kafka_bootstrap=kafka_bootstrap,
+                                       flow_id="prefetch-test"))
+    offsets: dict[int, list[int]] = {}
+    for partition in range(PARTITIONS):
+        consumer.add(backlog, partition, 0)
+        offsets[partition] = []
+    longest_gap = 0.0
+    last = time.monotonic()
+    deadline = last + 60
+    while sum(map(len, offsets.values())) < PER_PARTITION * PARTITIONS:
+        assert time.monotonic() < deadline, "backlog not read in 60 s"
+        for partition, read in offsets.items():
+            taken = consumer.take(backlog, partition)
+            now = time.monotonic()
+            if taken:
+                longest_gap = max(longest_gap, now - last)
+                last = now
+                read += [m.offset for m in taken]
+    for partition in offsets:
+        consumer.remove(backlog, partition)  # the last one closes the consumer
+
+    assert all(read == list(range(PER_PARTITION)) for read in offsets.values()), \
+        "every message once, in order"
+    assert longest_gap < STALL_S, f"the consumer stalled {longest_gap:.2f} s between fetches"
+
