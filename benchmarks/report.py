@@ -223,7 +223,8 @@ def plot(result: ScenarioResult, out_dir: Path = RESULTS_DIR) -> str | None:
             values = [s.events_per_s for s in systems]
             bars = ax.bar(names, values, color=["#2b6cb0" if n == "replicator" else "#a0aec0"
                                                 for n in names])
-            ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values])
+            ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
+            ax.tick_params(axis="x", labelrotation=30)
             ax.set_ylabel("events/s (backlog)")
             ax.set_title(f"{result.scenario}: throughput")
         elif panel == "latency":
