@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from operators.kafka_source import FETCH_TUNING, WorkerConsumer
 from operators.settings import Settings
@@ -18,17 +15,13 @@ from operators.settings import Settings
 pytestmark = pytest.mark.integration
 MESSAGE_BYTES = 4096
 PARTITIONS = 12
-# 192 MB in all, 12 times the prefetch queue
+# each partition holds as many bytes as the whole prefetch queue
 PER_PARTITION = FETCH_TUNING["queued.max.messages.kbytes"] * 1024 // MESSAGE_BYTES
 STALL_S = 0.5  # librdkafka's own default backoff after a full queue is 1 s; ours is 10 ms
 
 
-@pytest.fixture(scope="module")
-def backlog(kafka_bootstrap: str) -> Iterator[str]:
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    topic = f"prefetch-{uuid.uuid4().hex[:12]}"
-    admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS)])[topic].result(timeout=30)
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 20,
+def _produce_backlog(bootstrap: str, topic: str) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
                          "compression.type": "lz4", "batch.size": 1_000_000})
     for _ in range(PER_PARTITION):
         # ~15:1 under lz4, like Debezium JSON with schemas: a constant schema, a random row
@@ -37,14 +30,14 @@ def backlog(kafka_bootstrap: str) -> Iterator[str]:
             producer.produce(topic, value, partition=partition)
         producer.poll(0)
     assert producer.flush(30) == 0
-    yield topic
-    admin.delete_topics([topic])[topic].result(timeout=30)
 
 
-def test_a_backlog_beyond_the_prefetch_queue_is_read_without_stalls(kafka_bootstrap, backlog):
+def test_a_backlog_beyond_the_prefetch_queue_is_read_without_stalls(kafka_bootstrap, make_topic):
     """Once the prefetch queue is full, librdkafka waits `fetch.queue.backoff.ms` before it
     fetches that partition again. At its default that was a 1 s pause each time the worker
     caught up with the queue."""
+    backlog = make_topic("prefetch", partitions=PARTITIONS)
+    _produce_backlog(kafka_bootstrap, backlog)
     consumer = WorkerConsumer(Settings(topics=backlog, kafka_bootstrap=kafka_bootstrap,
                                        flow_id="prefetch-test"))
     offsets: dict[int, list[int]] = {}
