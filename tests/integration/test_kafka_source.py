@@ -63,3 +63,26 @@ def test_a_backlog_beyond_the_prefetch_queue_is_read_without_stalls(kafka_bootst
         "every message once, in order"
     assert longest_gap < STALL_S, f"the consumer stalled {longest_gap:.2f} s between fetches"
 
+
+
+def test_a_message_larger_than_a_partition_fetch_still_arrives(kafka_bootstrap, make_topic):
+    """Fetches ask for at most `max.partition.fetch.bytes` per partition; a bigger message (a
+    wide row, a large document) must still come through whole, not stall the partition."""
+    limit = FETCH_TUNING["max.partition.fetch.bytes"]
+    topic = make_topic("large", config={"max.message.bytes": str(16 * limit)})
+    big = os.urandom(8 * limit)  # random: compression cannot bring it under the limit
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 16 * limit})
+    for value in (b"before", big, b"after"):
+        producer.produce(topic, value, partition=0)
+    assert producer.flush(30) == 0
+
+    consumer = WorkerConsumer(Settings(topics=topic, kafka_bootstrap=kafka_bootstrap,
+                                       flow_id="large-message-test"))
+    consumer.add(topic, 0, 0)
+    values: list[bytes | None] = []
+    deadline = time.monotonic() + 30
+    while len(values) < 3 and time.monotonic() < deadline:
+        values += [m.value for m in consumer.take(topic, 0)]
+    consumer.remove(topic, 0)
+
+    assert values == [b"before", big, b"after"]
