@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -75,6 +76,18 @@ def parse_part_name(name: str) -> tuple[str, int]:
     return topic, int(partition)
 
 
+def worker_consumer_config(settings: Settings, environ: dict[str, str] | None = None
+                           ) -> dict[str, Any]:
+    """`FETCH_TUNING` unless a `REPLICATE_KAFKA_*` setting says otherwise; never overridable:
+    what exactly-once rests on (offsets live in Postgres; only committed transactions are read)."""
+    return FETCH_TUNING | kafka_client_config(settings, environ) | {
+        "group.id": f"cdc-replicator.{settings.flow_id}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+    }
+
+
 class WorkerConsumer:
     """One Kafka consumer for every partition a worker reads.
 
@@ -85,12 +98,7 @@ class WorkerConsumer:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._consumer = Consumer(kafka_client_config(settings) | {
-            "group.id": f"cdc-replicator.{settings.flow_id}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "isolation.level": "read_committed",
-        } | FETCH_TUNING)
+        self._consumer = Consumer(worker_consumer_config(settings))
         self._buffers: dict[tuple[str, int], list[RawMessage]] = {}
         self._paused: set[tuple[str, int]] = set()
         self._fetched_any = False

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from operators.kafka_source import FETCH_TUNING, worker_consumer_config
 from operators.settings import (
     DEV_PG_DSN,
     ConfigError,
@@ -102,3 +103,21 @@ def test_flow_exits_2_with_one_line(monkeypatch):
     assert done.stderr.strip().splitlines() == [
         "replicate: REPLICATE_SHARDS='many': Input should be a valid integer, unable to parse "
         "string as an integer"]
+
+
+def test_worker_consumer_takes_fetch_tuning_unless_overridden_but_never_its_guarantees(
+        monkeypatch):
+    monkeypatch.setenv("REPLICATE_TOPICS", "t")
+    monkeypatch.setenv("REPLICATE_FLOW_ID", "f")
+    settings = load_settings()
+    default = worker_consumer_config(settings, {})
+    assert {k: default[k] for k in FETCH_TUNING} == FETCH_TUNING
+    environ = {"REPLICATE_KAFKA_MAX_PARTITION_FETCH_BYTES": "1048576",
+               "REPLICATE_KAFKA_ISOLATION_LEVEL": "read_uncommitted",
+               "REPLICATE_KAFKA_ENABLE_AUTO_COMMIT": "true",
+               "REPLICATE_KAFKA_GROUP_ID": "other"}
+    config = worker_consumer_config(settings, environ)
+    assert config["max.partition.fetch.bytes"] == "1048576"  # the operator's choice wins
+    assert config["fetch.queue.backoff.ms"] == FETCH_TUNING["fetch.queue.backoff.ms"]
+    assert (config["isolation.level"], config["enable.auto.commit"], config["group.id"]) == (
+        "read_committed", False, "cdc-replicator.f")  # exactly-once rests on these
