@@ -21,6 +21,13 @@ from operators.kafka_source import FETCH_TUNING
 POLL_BATCH = 10_000
 
 
+def partition_ends(consumer: Consumer, topics: list[str]) -> dict[tuple[str, int], int]:
+    """(topic, partition) → its end offset now: where a baseline consumer is done."""
+    meta = consumer.list_topics(timeout=30)
+    return {(t, p): consumer.get_watermark_offsets(TopicPartition(t, p), timeout=30)[1]
+            for t in topics for p in meta.topics[t].partitions}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bootstrap", default="127.0.0.1:9092")
@@ -31,9 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     consumer = Consumer({"bootstrap.servers": a.bootstrap, "group.id": a.group,
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
                          "isolation.level": "read_committed"} | FETCH_TUNING)
-    meta = consumer.list_topics(timeout=30)
-    ends = {(t, p): consumer.get_watermark_offsets(TopicPartition(t, p), timeout=30)[1]
-            for t in topics for p in meta.topics[t].partitions}
+    ends = partition_ends(consumer, topics)
     consumer.subscribe(topics)
     position = dict.fromkeys(ends, 0)
     messages = payload_bytes = 0

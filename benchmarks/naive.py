@@ -19,8 +19,10 @@ from decimal import Decimal
 
 import orjson
 import psycopg
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 from psycopg import sql
+
+from benchmarks.kafka_read import partition_ends
 
 EPOCH = datetime(1970, 1, 1)
 
@@ -68,11 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     topics = a.topics.split(",")
     consumer = Consumer({"bootstrap.servers": a.bootstrap, "group.id": a.group,
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    ends: dict[tuple[str, int], int] = {}
-    meta = consumer.list_topics(timeout=30)
-    for t in topics:
-        for p in meta.topics[t].partitions:
-            ends[(t, p)] = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=30)[1]
+    ends = partition_ends(consumer, topics)
     consumer.subscribe(topics)
     conn = psycopg.connect(a.dsn)
     conv_cache: dict[str, dict] = {}
