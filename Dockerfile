@@ -1,4 +1,13 @@
 # Replicator image: `docker compose build replicator` (see docker-compose.yml).
+
+# The native decoder (native/, Rust) is built into a wheel in a throw-away stage.
+FROM python:3.11-slim AS native
+RUN apt-get update && apt-get install -y --no-install-recommends curl gcc libc6-dev \
+    && curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal \
+    && pip install --no-cache-dir "maturin>=1.5,<2"
+COPY native /src/native
+RUN PATH="/root/.cargo/bin:$PATH" maturin build --release -m /src/native/Cargo.toml -o /wheels
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -12,7 +21,8 @@ COPY flows ./flows
 COPY operators ./operators
 COPY schemas ./schemas
 COPY benchmarks ./benchmarks
-RUN pip install . \
+COPY --from=native /wheels /wheels
+RUN pip install /wheels/*.whl . \
     && useradd --system --uid 10001 --home-dir /var/lib/replicator replicator \
     && mkdir -p /var/lib/replicator/state \
     && chown -R replicator /var/lib/replicator

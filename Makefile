@@ -10,9 +10,12 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-# Re-installs only when pyproject.toml changes (or the venv is new).
-$(STAMP): pyproject.toml
+# Re-installs only when pyproject.toml or the native decoder changes (or the venv is new).
+# The native decoder (native/, Rust) is built by maturin with the machine's cargo.
+$(STAMP): pyproject.toml native/pyproject.toml native/Cargo.toml native/src/lib.rs
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@command -v cargo >/dev/null || { echo "make: cargo (Rust) is needed to build native/; see README" >&2; exit 1; }
+	$(PY) -m pip install -q ./native
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 

@@ -32,6 +32,7 @@ from operators.events import (
     TableSchema,
     TruncateEvent,
 )
+from operators.native_decode import FastPath, NativeShape
 from operators.versions import version_for_source
 from schemas.catalog import TableCatalog, coerce_for_column
 from schemas.debezium_types import Converter, field_type
@@ -57,6 +58,7 @@ class _Shape(NamedTuple):
     schema: TableSchema
     columns: tuple[tuple[str, Converter, Any], ...]  # name, converter, TOAST placeholder|None
     key_converters: tuple[Converter, ...]
+    native: NativeShape
 
 
 class _Reject(Exception):
@@ -117,8 +119,9 @@ class Decoder:
 
     def __init__(
         self, target_schema: str, table_map: dict[str, str], catalog: TableCatalog | None,
-        fetch_schema: SchemaFetcher | None = None,
+        fetch_schema: SchemaFetcher | None = None, native: bool = True,
     ) -> None:
+        """`native`: try the native fast path (`operators/native_decode.py`) first."""
         self._target_schema = target_schema
         self._overrides = {topic: self._parse_target(t) for topic, t in table_map.items()}
         self._catalog = catalog
@@ -127,6 +130,7 @@ class Decoder:
         self._values = _Envelopes("value", "malformed_json", True, fetch_schema)
         self._keys = _Envelopes("key", "malformed_key", False, fetch_schema)
         self._plain: dict[TableName, tuple[dict[str, str], dict[str, Converter]]] = {}
+        self._fast = FastPath() if native else None
 
     def decode(self, msg: RawMessage) -> Decoded | None:
         topic = msg.topic
@@ -134,6 +138,10 @@ class Decoder:
             return None
         if topic.endswith(".transaction"):
             return None
+        if self._fast is not None:
+            event = self._fast.decode(msg)
+            if event is not None:
+                return event
         try:
             return self._decode(msg)
         except (_Reject, AvroProblem) as exc:
@@ -181,9 +189,10 @@ class Decoder:
             raise _Reject("malformed_envelope", f"'{image_field}' is a {_kind(image)}")
         if op != "d" and image is None:
             raise _Reject("missing_after", f"op {op!r} has no 'after' row image")
-        key_payload = self._key_payload(msg.topic, msg.key, image, table)
+        key_payload, key_id = self._key_payload(msg.topic, msg.key, image, table)
         key_names = tuple(key_payload)
         row = image if op != "d" else None
+        shape = None
         if value_schema is None:
             key, values = self._convert_plain(table, key_payload, row)
             schema = None
@@ -194,6 +203,8 @@ class Decoder:
         if None in key:
             missing = [n for n, v in zip(key_names, key, strict=True) if v is None]
             raise _Reject("missing_key", f"key column(s) {missing} are null")
+        if shape is not None and self._fast is not None:
+            self._fast.learn(msg, schema_id, key_id, shape.native)
         op_kind = Op.DELETE if op == "d" else Op.UPSERT
         return ChangeEvent(
             table,
@@ -236,16 +247,17 @@ class Decoder:
 
     def _key_payload(
         self, topic: str, raw_key: bytes | None, image: dict[str, Any] | None, table: TableName
-    ) -> dict[str, Any]:
-        """Key column → JSON value, from the Kafka key, else the primary key of the row image."""
+    ) -> tuple[dict[str, Any], bytes]:
+        """Key column → JSON value, from the Kafka key, else the primary key of the row image;
+        and the bytes identifying the key's schema (empty without a Kafka key)."""
         if raw_key is None:
-            return self._key_from_image(image, table)
-        _, _, doc = self._keys.split(topic, raw_key)
+            return self._key_from_image(image, table), b""
+        _, key_id, doc = self._keys.split(topic, raw_key)
         if not isinstance(doc, dict) or not doc:
             raise _Reject(
                 "missing_key", f"Kafka key payload is {_kind(doc)}, not a non-empty struct"
             )
-        return doc
+        return doc, key_id
 
     def _key_from_image(self, image: dict[str, Any] | None, table: TableName) -> dict[str, Any]:
         pk = self._catalog.primary_key(table) if self._catalog is not None else ()
@@ -352,6 +364,7 @@ def _build_shape(table: TableName, value_schema: Any, key_names: tuple[str, ...]
     row = _row_schema(value_schema)
     columns = []
     converters: dict[str, Converter] = {}
+    natives: dict[str, Any] = {}
     for field in row:
         if not isinstance(field, dict) or not isinstance(field.get("field"), str):
             raise _Reject("bad_schema", f"row schema field {field!r} has no name")
@@ -362,6 +375,7 @@ def _build_shape(table: TableName, value_schema: Any, key_names: tuple[str, ...]
             raise _Reject("bad_schema", f"column {name!r}: {exc}") from None
         columns.append((name, ft, _toast_placeholder(field, binary)))
         converters[name] = ft.convert
+        natives[name] = ft.native or ft.convert
     missing = [n for n in key_names if n not in converters]
     if missing:
         raise _Reject("bad_schema", f"key column(s) {missing} are not in the row schema")
@@ -372,6 +386,9 @@ def _build_shape(table: TableName, value_schema: Any, key_names: tuple[str, ...]
         schema,
         tuple((name, ft.convert, toast) for name, ft, toast in columns),
         tuple(converters[n] for n in key_names),
+        NativeShape(schema,
+                    tuple((n, natives[n]) for n in key_names),
+                    tuple((name, natives[name], toast) for name, _, toast in columns)),
     )
 
 

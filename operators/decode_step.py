@@ -25,7 +25,8 @@ class DecodeStep:
         catalog = TableCatalog(lambda: connect(settings.pg_dsn))
         fetch = (registry_fetcher(settings.schema_registry_url, settings.retry_max_s)
                  if settings.schema_registry_url else None)
-        self._decoder = Decoder(settings.target_schema, settings.table_map, catalog, fetch)
+        self._decoder = Decoder(settings.target_schema, settings.table_map, catalog, fetch,
+                                native=settings.native_decode)
         self._shards = settings.shards
         self._names = [shard_part_name(k) for k in range(settings.shards)]
 

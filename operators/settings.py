@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = Field(
         None, description="Confluent-compatible schema registry for Avro keys and values")
     retry_max_s: float = Field(30.0, gt=0, description="cap of the retry backoff")
+    native_decode: bool = Field(
+        True, description="try the native decoder first (operators/native_decode.py)")
 
     @classmethod
     def settings_customise_sources(

@@ -39,6 +39,8 @@ Converter = Callable[[Any], Any]
 class FieldType(NamedTuple):
     pg_type: str
     convert: Converter
+    native: tuple[str, int] | None = None
+    """The native decoder's twin of `convert` (`native/src/lib.rs`, `Kind`), if it has one."""
 
 
 PG_INFINITY = 9223372036825200000
@@ -134,16 +136,19 @@ def _array_type(elem: FieldType) -> FieldType:
     return FieldType(elem.pg_type + "[]", convert)
 
 
+_INT32 = FieldType("integer", _int_range(32), ("int", 32))
+_TEXT = FieldType("text", to_str, ("str", 0))
+
 _PLAIN: dict[str, FieldType] = {
-    "boolean": FieldType("boolean", to_bool),
-    "int8": FieldType("smallint", _int_range(8)),
-    "int16": FieldType("smallint", _int_range(16)),
-    "int32": FieldType("integer", _int_range(32)),
-    "int64": FieldType("bigint", _int_range(64)),
-    "float32": FieldType("real", to_float),
-    "float64": FieldType("double precision", to_float),
-    "string": FieldType("text", to_str),
-    "bytes": FieldType("bytea", decode_base64),
+    "boolean": FieldType("boolean", to_bool, ("bool", 0)),
+    "int8": FieldType("smallint", _int_range(8), ("int", 8)),
+    "int16": FieldType("smallint", _int_range(16), ("int", 16)),
+    "int32": _INT32,
+    "int64": FieldType("bigint", _int_range(64), ("int", 64)),
+    "float32": FieldType("real", to_float, ("float", 0)),
+    "float64": FieldType("double precision", to_float, ("float", 0)),
+    "string": _TEXT,
+    "bytes": FieldType("bytea", decode_base64, ("bytes", 0)),
     "map": FieldType("jsonb", _passthrough),
     "struct": FieldType("jsonb", _passthrough),
 }
@@ -261,7 +266,7 @@ def _decimal_type(parameters: dict[str, str]) -> FieldType:
     scale = int(parameters.get("scale", 0))
     precision = parameters.get("connect.decimal.precision")
     pg_type = f"numeric({int(precision)},{scale})" if precision else "numeric"
-    return FieldType(pg_type, lambda v: decode_decimal(v, scale))
+    return FieldType(pg_type, lambda v: decode_decimal(v, scale), ("decimal", scale))
 
 
 def _bits_type(parameters: dict[str, str]) -> FieldType:
@@ -288,25 +293,36 @@ def _wkb(v: Any) -> bytes:
     return decode_base64(v.get("wkb"))
 
 
-def _fixed(pg_type: str, convert: Converter) -> Callable[[dict[str, str]], FieldType]:
-    ft = FieldType(pg_type, convert)
+def _fixed(pg_type: str, convert: Converter,
+           native: tuple[str, int] | None = None) -> Callable[[dict[str, str]], FieldType]:
+    ft = FieldType(pg_type, convert, native)
     return lambda _parameters: ft
 
 
+def _same(ft: FieldType) -> Callable[[dict[str, str]], FieldType]:
+    return lambda _parameters: ft
+
+
+# Units of the native time kinds: µs per unit, negative for units per µs.
+_MS, _US, _NS = 1000, 1, -1000
+
+
 _NAMED: dict[str, Callable[[dict[str, str]], FieldType]] = {
-    "io.debezium.time.Date": _fixed("date", days_to_date),
-    "org.apache.kafka.connect.data.Date": _fixed("date", days_to_date),
-    "io.debezium.time.Time": _fixed("time", _time(1000, 1)),
-    "org.apache.kafka.connect.data.Time": _fixed("time", _time(1000, 1)),
-    "io.debezium.time.MicroTime": _fixed("time", _time(1, 1)),
-    "io.debezium.time.NanoTime": _fixed("time", _time(1, 1000)),
-    "io.debezium.time.Timestamp": _fixed("timestamp", _timestamp(1000, 1)),
-    "org.apache.kafka.connect.data.Timestamp": _fixed("timestamp", _timestamp(1000, 1)),
-    "io.debezium.time.MicroTimestamp": _fixed("timestamp", _timestamp(1, 1)),
-    "io.debezium.time.NanoTimestamp": _fixed("timestamp", _timestamp(1, 1000)),
+    "io.debezium.time.Date": _fixed("date", days_to_date, ("date", 0)),
+    "org.apache.kafka.connect.data.Date": _fixed("date", days_to_date, ("date", 0)),
+    "io.debezium.time.Time": _fixed("time", _time(1000, 1), ("time", _MS)),
+    "org.apache.kafka.connect.data.Time": _fixed("time", _time(1000, 1), ("time", _MS)),
+    "io.debezium.time.MicroTime": _fixed("time", _time(1, 1), ("time", _US)),
+    "io.debezium.time.NanoTime": _fixed("time", _time(1, 1000), ("time", _NS)),
+    "io.debezium.time.Timestamp": _fixed("timestamp", _timestamp(1000, 1), ("timestamp", _MS)),
+    "org.apache.kafka.connect.data.Timestamp": _fixed("timestamp", _timestamp(1000, 1),
+                                                      ("timestamp", _MS)),
+    "io.debezium.time.MicroTimestamp": _fixed("timestamp", _timestamp(1, 1), ("timestamp", _US)),
+    "io.debezium.time.NanoTimestamp": _fixed("timestamp", _timestamp(1, 1000),
+                                             ("timestamp", _NS)),
     "io.debezium.time.ZonedTimestamp": _fixed("timestamptz", parse_timestamptz),
     "io.debezium.time.ZonedTime": _fixed("timetz", parse_timetz),
-    "io.debezium.time.Year": _fixed("integer", _int_range(32)),
+    "io.debezium.time.Year": _same(_INT32),
     "io.debezium.time.MicroDuration": _fixed("interval", lambda v: timedelta(microseconds=v)),
     "io.debezium.time.Interval": _fixed("interval", parse_iso_interval),
     "org.apache.kafka.connect.data.Decimal": _decimal_type,
@@ -314,8 +330,8 @@ _NAMED: dict[str, Callable[[dict[str, str]], FieldType]] = {
     "io.debezium.data.VariableScaleDecimal": _fixed("numeric", decode_variable_decimal),
     "io.debezium.data.Uuid": _fixed("uuid", _uuid),
     "io.debezium.data.Json": _fixed("jsonb", _json),
-    "io.debezium.data.Xml": _fixed("xml", to_str),
-    "io.debezium.data.Enum": _fixed("text", to_str),
+    "io.debezium.data.Xml": _fixed("xml", to_str, ("str", 0)),
+    "io.debezium.data.Enum": _same(_TEXT),
     "io.debezium.data.EnumSet": _fixed("text[]", _enum_set),
     "io.debezium.data.geometry.Geometry": _fixed("bytea", _wkb),
     "io.debezium.data.geometry.Geography": _fixed("bytea", _wkb),

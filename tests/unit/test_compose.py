@@ -67,6 +67,7 @@ def test_prometheus_scrapes_the_replicator_metrics_port(compose):
 def test_dockerfile_runs_the_replicate_flow():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in dockerfile
+    assert "COPY native " in dockerfile and "maturin build" in dockerfile  # as `make install`
     assert 'CMD ["python", "-m", "bytewax.run", "flows.replicate"]' in dockerfile
 
 
