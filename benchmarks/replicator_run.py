@@ -49,17 +49,18 @@ class Run:
     shards: int = 16
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: int = 1
+    flow_suffix: str = ""  # a second deployment on the same topics: its own flow and schema
     log_path: Path | None = None
     running: list[subprocess.Popen] = field(default_factory=list)
     topics: list[str] = field(default_factory=list)
 
     @property
     def flow_id(self) -> str:
-        return self.prefix
+        return self.prefix + self.flow_suffix
 
     @property
     def schema(self) -> str:
-        return self.prefix
+        return self.prefix + self.flow_suffix
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATE_")}

@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
 RESULTS_JSON = RESULTS_DIR / "results.json"
 RESULTS_MD = HERE / "RESULTS.md"
-SYSTEM_ORDER = ("replicator", "kafka-read", "ceiling", "naive", "jdbc")
+SYSTEM_ORDER = ("replicator", "replicator-py", "kafka-read", "ceiling", "naive", "jdbc")
 SCENARIO_ORDER = ("reference", "latency", "memory", "smoke")
 
 
@@ -66,7 +66,7 @@ def render_scenario(res: ScenarioResult) -> str:
     if res.systems:
         rep = res.system("replicator")
         ceiling, jdbc = res.system("ceiling"), res.system("jdbc")
-        kafka = res.system("kafka-read")
+        kafka, python_only = res.system("kafka-read"), res.system("replicator-py")
         lines += [
             "| system | messages | seconds | events/s | MB/s | events/s incl. start-up "
             "| peak RSS MB | vs kafka-read | vs ceiling | vs jdbc | correctness |",
@@ -92,7 +92,9 @@ def render_scenario(res: ScenarioResult) -> str:
                 f"(target ≥ {TARGET_VS_CEILING}); replicator / jdbc = "
                 f"{_ratio_cell(ratio(rep, jdbc), TARGET_VS_JDBC)} (target ≥ {TARGET_VS_JDBC})"
                 + (f"; replicator / kafka-read = {_ratio_cell(ratio(rep, kafka))} (the share "
-                   "of what Kafka delivers to a consumer that does nothing)." if kafka else "."))
+                   "of what Kafka delivers to a consumer that does nothing)" if kafka else "")
+                + (f"; replicator / replicator-py = {_ratio_cell(ratio(rep, python_only))} (the "
+                   "native decoder's gain)" if python_only else "") + ".")
             lines.append("")
         timings = [f"- `{s.system}`: {s.timing}" + (f"; {s.note}" if s.note else "")
                    for s in _sorted_systems(res.systems) if s.timing or s.note]
@@ -157,7 +159,9 @@ def render(results: Mapping[str, ScenarioResult]) -> str:
         "",
         "Written by `python -m benchmarks.run` (do not edit by hand: the next run rewrites it). "
         "Each section is the latest run of that scenario. Systems: `replicator` = "
-        "`python -m bytewax.run flows.replicate` (one process, default settings); `ceiling` = "
+        "`python -m bytewax.run flows.replicate` (one process, default settings); "
+        "`replicator-py` = the same with `REPLICATE_NATIVE_DECODE=false` (the Python decoder "
+        "only, as before session 5), on the same topics with its own flow; `ceiling` = "
         "pre-decoded events applied straight to Postgres (staged COPY + one version-guarded "
         "upsert per batch, no Kafka, no decode); `kafka-read` = a confluent-kafka consumer with "
         "the replicator's fetch settings that reads every message and does nothing with it (how "

@@ -136,9 +136,9 @@ def run_backlog(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> 
     for name in wanted:
         log(f"running {name}")
         try:
-            if name == "replicator":
+            if name in ("replicator", "replicator-py"):
                 r = systems.run_replicator(wl, prefix, args.bootstrap, args.dsn, work,
-                                           total_bytes, args.settings)
+                                           total_bytes, args.settings, name)
             elif name == "ceiling":
                 r = systems.run_ceiling(wl, prefix, args.dsn, total_bytes)
             elif name == "kafka-read":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-ALL_SYSTEMS = ("replicator", "kafka-read", "ceiling", "naive", "jdbc")
+ALL_SYSTEMS = ("replicator", "replicator-py", "kafka-read", "ceiling", "naive", "jdbc")
 
 
 @dataclass(frozen=True)

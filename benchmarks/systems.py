@@ -61,15 +61,15 @@ def default_shards() -> int:
 
 
 def make_run(prefix: str, bootstrap: str, dsn: str, workdir: Path, wl: Workload,
-             settings: Mapping[str, str] = MappingProxyType({})) -> Run:
+             settings: Mapping[str, str] = MappingProxyType({}), flow_suffix: str = "") -> Run:
     """A replicator at default settings, except `settings` (REPLICATE_* variables)."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = default_replicator_env()
     if wl.spec.registry_url:
         env["REPLICATE_SCHEMA_REGISTRY_URL"] = wl.spec.registry_url
     env.update(settings)
-    return Run(bootstrap, dsn, state_dir=workdir / "state", prefix=prefix,
-               shards=default_shards(), extra_env=env)
+    return Run(bootstrap, dsn, state_dir=workdir / f"state{flow_suffix}", prefix=prefix,
+               shards=default_shards(), extra_env=env, flow_suffix=flow_suffix)
 
 
 def wait_replicator(run: Run, wl: Workload, dsn: str, poll_s: float = 0.1) -> float:
@@ -104,14 +104,21 @@ def first_log_time(path: Path, marker: str, stamp: re.Pattern[str]) -> float:
     raise RuntimeError(f"no {marker!r} line in {path}")
 
 
+PYTHON_DECODER = {"REPLICATE_NATIVE_DECODE": "false"}  # the `replicator-py` system
+
+
 def run_replicator(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir: Path,
-                   total_bytes: int,
-                   settings: Mapping[str, str] = MappingProxyType({})) -> SystemResult:
-    res = SystemResult("replicator", messages=wl.message_count, bytes=total_bytes,
+                   total_bytes: int, settings: Mapping[str, str] = MappingProxyType({}),
+                   name: str = "replicator") -> SystemResult:
+    """`replicator`, or `replicator-py`: the same with the Python decoder only, its own flow."""
+    suffix = ""
+    if name == "replicator-py":
+        settings, suffix = {**settings, **PYTHON_DECODER}, "_py"
+    res = SystemResult(name, messages=wl.message_count, bytes=total_bytes,
                        timing="its log line `source: first messages fetched` → every shard's "
                               "offset of every partition committed in cdc.offsets (polled every "
                               "0.1 s); incl. start-up: from process start")
-    run = make_run(prefix, bootstrap, dsn, workdir, wl, settings)
+    run = make_run(prefix, bootstrap, dsn, workdir, wl, settings, suffix)
     t0 = time.time()
     run.start()
     sampler = RssSampler(run.running[0].pid).start()
@@ -137,7 +144,8 @@ def run_replicator(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir:
     res.seconds = t_end - t_first
     res.seconds_with_startup = t_end - t0
     res.peak_rss_mb = peak
-    res.note = f"{run.shards} shards, batch_ms/marker_ms at defaults"
+    res.note = f"{run.shards} shards, batch_ms/marker_ms at defaults" + (
+        "; the Python decoder only (REPLICATE_NATIVE_DECODE=false)" if suffix else "")
     return res
 
 

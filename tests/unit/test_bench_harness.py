@@ -71,6 +71,7 @@ def _result() -> ScenarioResult:
         SystemResult("ceiling", messages=1000, bytes=2_000_000, seconds=0.5),
         SystemResult("naive", messages=1000, error="timed out"),
         SystemResult("kafka-read", messages=1000, bytes=2_000_000, seconds=0.8),
+        SystemResult("replicator-py", messages=1000, bytes=2_000_000, seconds=1.25),
     ]
     return res
 
@@ -88,16 +89,17 @@ def test_ratios_and_failed_systems():
 def test_rendered_table_orders_systems_and_marks_targets():
     text = report.render_scenario(_result())
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert [r.split("|")[1].strip() for r in rows[1:]] == ["replicator", "kafka-read", "ceiling",
-                                                           "naive", "jdbc"]
+    assert [r.split("|")[1].strip() for r in rows[1:]] == [
+        "replicator", "replicator-py", "kafka-read", "ceiling", "naive", "jdbc"]
     rep_row = [cell.strip() for cell in rows[1].split("|")]
     assert rep_row[4] == "1,000"  # events/s
     assert rep_row[8:11] == ["0.80×", "0.50×", "4.00×"]  # vs kafka-read, ceiling, jdbc
-    assert "**failed**: timed out" in rows[4]
+    assert "**failed**: timed out" in rows[5]
     # 0.5 is below the 0.6 ceiling target, 4.0 above the jdbc target of 2
     assert "replicator / ceiling = 0.50× ❌" in text
     assert "replicator / jdbc = 4.00× ✅" in text
     assert "replicator / kafka-read = 0.80×" in text
+    assert "replicator / replicator-py = 1.25×" in text
     assert "`python -m benchmarks.run --scenario reference`" in text
     assert "2 CPUs, 23.5 GB RAM" in text and "abc1234" in text
 
@@ -137,7 +139,8 @@ def test_scenario_parameters():
             ref.spec["deletes_pct"]) == (2.0, 2.0, 5.0)
     assert ref.spec["schemas_enable"] is True
     assert 250_000 <= ref.spec["events"] <= 400_000
-    assert set(ref.systems) == {"replicator", "kafka-read", "ceiling", "naive", "jdbc"}
+    assert set(ref.systems) == {"replicator", "replicator-py", "kafka-read", "ceiling", "naive",
+                                "jdbc"}
     # smoke: same shape, tiny, no JVM, so it stays well under a minute
     assert smoke.spec["events"] <= 5_000 and "jdbc" not in smoke.systems
     assert {k: v for k, v in smoke.spec.items() if k not in ("events", "keys")} == \
