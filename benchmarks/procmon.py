@@ -1,8 +1,11 @@
-"""Resident memory of a process tree, sampled from /proc (Linux only)."""
+"""Resident memory and CPU time of a process tree, sampled from /proc (Linux only)."""
 
 from __future__ import annotations
 
+import bisect
+import os
 import threading
+import time
 from pathlib import Path
 
 
@@ -42,6 +45,15 @@ def hwm_kb(pid: int) -> int:
     return _status_kb(pid, "VmHWM")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (all its threads) so far; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class RssSampler:
     """Samples the tree RSS of `pid` every `interval_s` in a thread; `peak_mb` is the maximum of
     the samples and of the root's VmHWM read at `stop()`."""
@@ -51,6 +63,7 @@ class RssSampler:
         self.interval_s = interval_s
         self.peak_kb = 0
         self.samples: list[int] = []
+        self.cpu: list[tuple[float, float]] = []  # (wall time, CPU seconds of the root)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -68,6 +81,16 @@ class RssSampler:
         if kb:
             self.samples.append(kb)
             self.peak_kb = max(self.peak_kb, kb, hwm_kb(self.pid))
+            self.cpu.append((time.time(), cpu_seconds(self.pid)))
+
+    def cpu_between(self, start: float, end: float) -> float | None:
+        """The root's CPU seconds between two wall times, read off the samples (within one
+        sampling interval at each end); None without samples around the span."""
+        times = [t for t, _ in self.cpu]
+        first, last = bisect.bisect_left(times, start), bisect.bisect_right(times, end) - 1
+        if first >= len(times) or last < 0 or first >= last:
+            return None
+        return self.cpu[last][1] - self.cpu[first][1]
 
     def stop(self) -> float:
         """Stop sampling (call while the process is still alive); returns the peak in MB."""

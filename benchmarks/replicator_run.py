@@ -81,7 +81,7 @@ class Run:
     def start(self) -> None:
         """Start the replicator: one process, or a bytewax cluster of `processes` processes."""
         assert not self.alive(), "already running"
-        self.log_path = self.state_dir.parent / f"{self.prefix}.log"
+        self.log_path = self.state_dir.parent / f"{self.flow_id}.log"
         command = [sys.executable, "-m", "bytewax.run", "flows.replicate"]
         addresses = ";".join(f"127.0.0.1:{port}" for port in free_ports(self.processes))
         self.running = []

@@ -146,6 +146,9 @@ def run_replicator(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir:
     res.peak_rss_mb = peak
     res.note = f"{run.shards} shards, batch_ms/marker_ms at defaults" + (
         "; the Python decoder only (REPLICATE_NATIVE_DECODE=false)" if suffix else "")
+    cpu = sampler.cpu_between(t_first, t_end)
+    if cpu:
+        res.note += f"; {cpu / wl.message_count * 1e6:.1f} µs of process CPU per message"
     return res
 
 

@@ -65,7 +65,9 @@ class ChangeEvent:
     is absent from `values` is unchanged (e.g. Debezium's TOAST placeholder): keep the stored value.
     `version` is a byte string that compares (as bytes, and as Postgres `bytea`) in the source's
     per-key order; see `operators.versions`. `row_id` identifies the row across tables (the
-    shard's state key, `operators.keys.state_key`).
+    shard's state key, `operators.keys.state_key`; computed here unless the native decoder gave
+    it). `copy_row`, from the native decoder for an upsert with every column of its schema, is
+    the writer's stage row for exactly `values` (`operators/pg_writer.py`).
     """
 
     table: TableName
@@ -78,11 +80,13 @@ class ChangeEvent:
     topic: str
     partition: int
     offset: int
-    row_id: bytes = field(init=False, repr=False, compare=False)
+    row_id: bytes = field(default=b"", repr=False, compare=False)
+    copy_row: bytes | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Computed once here: the decode step routes by it and the shard keys its state by it.
-        self.row_id = state_key(self.table, self.key)
+        if not self.row_id:
+            self.row_id = state_key(self.table, self.key)
 
 
 @dataclass(slots=True)

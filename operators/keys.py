@@ -30,9 +30,14 @@ def key_json(key: tuple[Any, ...]) -> bytes:
     return orjson.dumps(key, default=_default)
 
 
+def state_key_prefix(table: TableName) -> str:
+    """What every state key of `table` starts with."""
+    return f"{table.schema}.{table.name}\x00"
+
+
 def state_key(table: TableName, key: tuple[Any, ...]) -> bytes:
     """Bytes that identify one row of one table in a shard's state store."""
-    return f"{table.schema}.{table.name}".encode() + b"\x00" + key_json(key)
+    return state_key_prefix(table).encode() + key_json(key)
 
 
 def key_json_of(state_key_bytes: bytes) -> bytes:

@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from operators.events import ChangeEvent, Op, RawMessage, TableSchema
+from operators.keys import state_key_prefix
+from operators.pg_writer import stage_columns
 from operators.settings import ConfigError
 
 try:
@@ -60,11 +62,11 @@ class FastPath:
         for plan in plans:
             parts = plan.plan.decode(msg.value, msg.key)
             if parts is not None:
-                deleted, version, key, values = parts
+                deleted, version, key, values, row_id, copy_row = parts
                 schema = plan.schema
                 return ChangeEvent(schema.table, schema.key, key,
                                    Op.DELETE if deleted else Op.UPSERT, version, values, schema,
-                                   msg.topic, msg.partition, msg.offset)
+                                   msg.topic, msg.partition, msg.offset, row_id or b"", copy_row)
         return None
 
     def learn(self, msg: RawMessage, value_prefix: bytes, key_prefix: bytes,
@@ -79,6 +81,9 @@ class FastPath:
         if any(p.value_prefix == value_prefix and p.key_prefix == key_prefix
                and p.schema is shape.schema for p in plans):
             return
-        plan = FastPlan(value_prefix, key_prefix, list(shape.key), list(shape.columns))
+        schema = shape.schema
+        plan = FastPlan(value_prefix, key_prefix, state_key_prefix(schema.table),
+                        list(shape.key), list(shape.columns),
+                        list(stage_columns(schema.key, tuple(c.name for c in schema.columns))))
         plans.insert(0, _TopicPlan(plan, value_prefix, key_prefix, shape.schema))
         del plans[_MAX_PLANS_PER_TOPIC:]

@@ -72,6 +72,11 @@ class _Plan:
     json_at: tuple[int, ...]
 
 
+def stage_columns(key_columns: tuple[str, ...], present: tuple[str, ...]) -> tuple[str, ...]:
+    """The stage's columns for rows with `present` columns: the key's, then the rest sorted."""
+    return (*key_columns, *sorted(c for c in present if c not in key_columns))
+
+
 def _values_getter(columns: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     if len(columns) == 1:
         only = columns[0]
@@ -137,17 +142,21 @@ class PgShardWriter:
             present = () if kind is _Kind.HARD_DELETE else tuple(write.values or ())
             columns = canonical.get((key, present))
             if columns is None:
-                rest = sorted(c for c in present if c not in key)
-                columns = canonical[(key, present)] = (*key, *rest)
+                columns = canonical[(key, present)] = stage_columns(key, present)
             groups[(table, kind, columns)].append(write)
         return groups
 
     def _apply(self, plan: _Plan, writes: list[RowWrite]) -> None:
-        """COPY the group's rows into its stage, then run its statements."""
+        """COPY the group's rows into its stage, then run its statements. A row the native
+        decoder formatted (`ChangeEvent.copy_row`: every column, in stage order) goes as is
+        when the write's values are that event's own and no column needs `Jsonb`."""
         values_of, json_at = plan.values_of, plan.json_at
         with self._conn.cursor().copy(plan.copy) as copy:
             for write in writes:
                 event, values = write.event, write.values
+                if values is event.values and event.copy_row is not None and not json_at:
+                    copy.write(event.copy_row)
+                    continue
                 if values is None:  # a delete without an image: its columns are the key's
                     row = event.key
                 else:

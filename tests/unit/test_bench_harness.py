@@ -152,3 +152,26 @@ def test_scenario_parameters():
     assert memory.spec["key_dist"] == "sequential" and memory.events_per_key >= 1
     avro = SCENARIOS["reference-avro"]
     assert avro.spec == {**ref.spec, "encoding": "avro"}
+
+
+def test_sampler_reads_the_cpu_a_process_spent_between_two_times():
+    import os
+    import time
+
+    from benchmarks.procmon import RssSampler
+
+    sampler = RssSampler(os.getpid(), interval_s=0.02).start()
+    time.sleep(0.1)
+    busy_from = time.time()
+    spin_until = time.time() + 0.4
+    while time.time() < spin_until:  # busy: this thread burns CPU
+        pass
+    busy_to = time.time()
+    time.sleep(0.3)  # idle
+    idle_to = time.time()
+    sampler.stop()
+    busy = sampler.cpu_between(busy_from, busy_to)
+    idle = sampler.cpu_between(busy_to + 0.05, idle_to)
+    assert busy is not None and 0.2 <= busy <= 0.6
+    assert idle is not None and idle < 0.1
+    assert sampler.cpu_between(idle_to + 10, idle_to + 20) is None

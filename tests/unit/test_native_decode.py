@@ -38,6 +38,7 @@ FIELDS = [
     ds.field("t_ns", "int64", name="io.debezium.time.NanoTime"),
     ds.decimal_field("amount", 2, 12),
     ds.decimal_field("big", 0),
+    ds.decimal_field("tiny", 9),  # str() in scientific notation for small values
     ds.field("year", "int32", name="io.debezium.time.Year"),
     ds.field("color", "string", name="io.debezium.data.Enum"),
     # no native twin: the plan calls the Python converter
@@ -70,7 +71,7 @@ def valid_row() -> dict[str, Any]:
         "f64": -2.25e-300, "name": "Zoë \"quoted\"\\\n\t", "raw": b64(b"\x00\xff"),
         "day": 19884, "ts_ms": 1529507596945, "ts_us": -1, "ts_ns": 1529507596945104123,
         "t_ms": 86_399_999, "t_us": 0, "t_ns": 3_600_000_000_001, "amount": b64(b"\x04\xd2"),
-        "big": b64(b"\xff" * 16), "year": 2024, "color": "red",
+        "big": b64(b"\xff" * 16), "tiny": b64(b"\x01"), "year": 2024, "color": "red",
         "ref": "6f9619ff-8b86-d011-b42d-00c04fc964ff", "at": "2024-06-10T08:30:00.1234567Z",
         "doc": '{"a": [1, 2]}', "tags": ["a", None],
     }
@@ -235,6 +236,7 @@ _VALID: dict[str, st.SearchStrategy[Any]] = {
     "t_ms": st.integers(-2, 86_400_001), "t_us": st.integers(-2, 86_400_000_001),
     "t_ns": st.integers(-2, 86_400_000_000_001),
     "amount": st.binary(max_size=16).map(b64), "big": st.binary(max_size=16).map(b64),
+    "tiny": st.binary(max_size=3).map(b64),
     "year": st.integers(-(1 << 32), 1 << 32), "color": st.text(max_size=5),
     "ref": st.uuids().map(str), "at": st.datetimes().map(lambda d: d.isoformat() + "Z"),
     "doc": st.just('{"k": 1}'), "tags": st.lists(st.one_of(st.none(), st.text(max_size=3))),

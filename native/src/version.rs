@@ -1,0 +1,82 @@
+//! The version bytes of `operators/versions.py` from a Debezium `source` block (Postgres and
+//! SQL Server connectors); anything else is declined.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::json::json_int;
+
+const INT64_BIAS: i128 = 1 << 63;
+
+#[derive(Deserialize)]
+pub struct Source<'a> {
+    #[serde(borrow, default)]
+    connector: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    lsn: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    commit_lsn: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    change_lsn: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    event_serial_no: Option<&'a RawValue>,
+}
+
+impl Source<'_> {
+    /// None: not a source block this module encodes (Python decides, e.g. `bad_version`).
+    pub fn version(&self) -> Option<Vec<u8>> {
+        match self.connector.as_deref()? {
+            "postgresql" => {
+                let lsn: u64 = self.lsn?.get().parse().ok()?;
+                let mut version = vec![0x01];
+                version.extend_from_slice(&lsn.to_be_bytes());
+                Some(version)
+            }
+            "sqlserver" => {
+                let mut version = vec![0x02];
+                for lsn in [&self.commit_lsn, &self.change_lsn] {
+                    match lsn {
+                        None => version.push(0x00),
+                        Some(text) => {
+                            version.push(0x01);
+                            version.extend_from_slice(&sqlserver_lsn(text)?);
+                        }
+                    }
+                }
+                match self.event_serial_no.map(RawValue::get) {
+                    None | Some("null") => version.push(0x00),
+                    Some(text) => {
+                        let serial = json_int(text)?;
+                        if serial >= INT64_BIAS {
+                            return None;
+                        }
+                        version.push(0x01);
+                        version.extend_from_slice(&((serial + INT64_BIAS) as u64).to_be_bytes());
+                    }
+                }
+                Some(version)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `00000027:00000758:0005` → its 10 bytes.
+fn sqlserver_lsn(text: &str) -> Option<Vec<u8>> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let widths_ok = parts.len() == 3 && parts.iter().zip([8, 8, 4]).all(|(p, w)| p.len() == w);
+    if !widths_ok
+        || !parts
+            .iter()
+            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return None;
+    }
+    let digits = parts.concat();
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).ok())
+        .collect()
+}
