@@ -151,11 +151,12 @@ class PgShardWriter:
         decoder formatted (`ChangeEvent.copy_row`: every column, in stage order) goes as is
         when the write's values are that event's own and no column needs `Jsonb`."""
         values_of, json_at = plan.values_of, plan.json_at
+        formatted: list[bytes] = []  # sent at once: each `copy.write` is a libpq call
         with self._conn.cursor().copy(plan.copy) as copy:
             for write in writes:
                 event, values = write.event, write.values
                 if values is event.values and event.copy_row is not None and not json_at:
-                    copy.write(event.copy_row)
+                    formatted.append(event.copy_row)
                     continue
                 if values is None:  # a delete without an image: its columns are the key's
                     row = event.key
@@ -169,6 +170,8 @@ class PgShardWriter:
                     row = tuple(Jsonb(v) if i in json_at and v is not None else v
                                 for i, v in enumerate(row))
                 copy.write_row((*row, _key_text(event), write.version))
+            if formatted:
+                copy.write(b"".join(formatted))
         for statement in plan.statements:
             self._conn.execute(statement)
 
