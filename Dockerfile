@@ -1,12 +1,12 @@
 # Replicator image: `docker compose build replicator` (see docker-compose.yml).
 
-# The native decoder (native/, Rust) is built into a wheel in a throw-away stage.
-FROM python:3.11-slim AS native
-RUN apt-get update && apt-get install -y --no-install-recommends curl gcc libc6-dev \
-    && curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal \
-    && pip install --no-cache-dir "maturin>=1.5,<2"
+# The native decoder (native/, Rust) is built into a wheel in a throw-away stage: Debian
+# bookworm's Python is 3.11, the runtime image's version.
+FROM rust:1-slim-bookworm AS native
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
+    && python3 -m venv /opt/maturin && /opt/maturin/bin/pip install "maturin>=1.5,<2"
 COPY native /src/native
-RUN PATH="/root/.cargo/bin:$PATH" maturin build --release -m /src/native/Cargo.toml -o /wheels
+RUN /opt/maturin/bin/maturin build --release -i python3 -m /src/native/Cargo.toml -o /wheels
 
 FROM python:3.11-slim
 

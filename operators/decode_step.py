@@ -31,14 +31,16 @@ class DecodeStep:
         self._names = [shard_part_name(k) for k in range(settings.shards)]
 
     def __call__(self, items: list[SourceItem]) -> list[tuple[str, list[ShardItem]]]:
-        shards, decode = self._shards, self._decoder.decode
+        shards = self._shards
         per_shard: list[list[ShardItem]] = [[] for _ in range(shards)]
+        results = iter(self._decoder.decode_many(
+            [item for item in items if type(item) is not ProgressMarker]))
         for item in items:
             if type(item) is ProgressMarker:
                 for routed in per_shard:
                     routed.append(item)
                 continue
-            decoded = decode(item)
+            decoded = next(results)
             kind = type(decoded)
             if kind is ChangeEvent:
                 per_shard[shard_of(decoded.row_id, shards)].append(decoded)

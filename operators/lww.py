@@ -102,9 +102,10 @@ def decide_batch(
         previous = decision.writes.get(skey)
         if deleted:  # keeps the batch's last image: a soft delete leaves it in the row
             values = previous.values if previous is not None else None
-        elif previous is not None and previous.op is Op.UPSERT:
+        elif (previous is not None and previous.op is Op.UPSERT
+              and not (previous.values or {}).keys() <= (event.values or {}).keys()):
             values = {**(previous.values or {}), **(event.values or {})}
-        else:  # shared with the event, never modified
+        else:  # shared with the event, never modified (the writer may then use its COPY row)
             values = event.values
         decision.writes[skey] = RowWrite(event, event.op, event.version, values)
     return decision

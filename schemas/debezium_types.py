@@ -303,23 +303,26 @@ def _same(ft: FieldType) -> Callable[[dict[str, str]], FieldType]:
     return lambda _parameters: ft
 
 
-# Units of the native time kinds: µs per unit, negative for units per µs.
-_MS, _US, _NS = 1000, 1, -1000
+def _clock_type(pg_type: str, build: Callable[[int, int], Converter], multiply: int,
+                divide: int) -> Callable[[dict[str, str]], FieldType]:
+    """A time or timestamp counted in units of `multiply / divide` µs. The native twin is the
+    kind named like the Postgres type (`time`, `timestamp`), with µs per unit, or minus the
+    units per µs."""
+    unit = multiply if divide == 1 else -divide
+    return _fixed(pg_type, build(multiply, divide), (pg_type, unit))
 
 
 _NAMED: dict[str, Callable[[dict[str, str]], FieldType]] = {
     "io.debezium.time.Date": _fixed("date", days_to_date, ("date", 0)),
     "org.apache.kafka.connect.data.Date": _fixed("date", days_to_date, ("date", 0)),
-    "io.debezium.time.Time": _fixed("time", _time(1000, 1), ("time", _MS)),
-    "org.apache.kafka.connect.data.Time": _fixed("time", _time(1000, 1), ("time", _MS)),
-    "io.debezium.time.MicroTime": _fixed("time", _time(1, 1), ("time", _US)),
-    "io.debezium.time.NanoTime": _fixed("time", _time(1, 1000), ("time", _NS)),
-    "io.debezium.time.Timestamp": _fixed("timestamp", _timestamp(1000, 1), ("timestamp", _MS)),
-    "org.apache.kafka.connect.data.Timestamp": _fixed("timestamp", _timestamp(1000, 1),
-                                                      ("timestamp", _MS)),
-    "io.debezium.time.MicroTimestamp": _fixed("timestamp", _timestamp(1, 1), ("timestamp", _US)),
-    "io.debezium.time.NanoTimestamp": _fixed("timestamp", _timestamp(1, 1000),
-                                             ("timestamp", _NS)),
+    "io.debezium.time.Time": _clock_type("time", _time, 1000, 1),
+    "org.apache.kafka.connect.data.Time": _clock_type("time", _time, 1000, 1),
+    "io.debezium.time.MicroTime": _clock_type("time", _time, 1, 1),
+    "io.debezium.time.NanoTime": _clock_type("time", _time, 1, 1000),
+    "io.debezium.time.Timestamp": _clock_type("timestamp", _timestamp, 1000, 1),
+    "org.apache.kafka.connect.data.Timestamp": _clock_type("timestamp", _timestamp, 1000, 1),
+    "io.debezium.time.MicroTimestamp": _clock_type("timestamp", _timestamp, 1, 1),
+    "io.debezium.time.NanoTimestamp": _clock_type("timestamp", _timestamp, 1, 1000),
     "io.debezium.time.ZonedTimestamp": _fixed("timestamptz", parse_timestamptz),
     "io.debezium.time.ZonedTime": _fixed("timetz", parse_timetz),
     "io.debezium.time.Year": _same(_INT32),

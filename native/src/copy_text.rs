@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use crate::values::Val;
 
-/// Appends one field; false if the value has no native text form: a Python converter's result,
+/// Appends one field; false if the value has no native text form: one for a Python converter,
 /// or text with a NUL, which psycopg refuses itself (so the writer's error stays the same).
 pub fn write_field(out: &mut String, value: &Val) -> bool {
     match value {
@@ -30,7 +30,7 @@ pub fn write_field(out: &mut String, value: &Val) -> bool {
         }
         Val::Time(t) => write_clock(out, t.hour, t.minute, t.second, t.micro),
         Val::Decimal { unscaled, scale } => python_decimal_str(out, *unscaled, *scale),
-        Val::Python(_) => return false,
+        Val::Deferred(_) => return false,
     }
     true
 }

@@ -20,6 +20,8 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyTuple};
 
+use serde_json::value::RawValue;
+
 use crate::copy_text::{escape_copy, key_json, write_bytea, write_field};
 use crate::json::{json_str, payload_after, Members, Payload};
 use crate::values::{call_converter, Kind, Val};
@@ -122,11 +124,25 @@ impl FastPlan {
         value: &[u8],
         key: &[u8],
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        match self.decode_message(py, value, key) {
-            Ok(parts) => Ok(Some(parts)),
-            Err(Fail::Decline) => Ok(None),
-            Err(Fail::Py(err)) => Err(err),
+        Ok(self.decode_all(py, &[(value, key)])?.pop().flatten())
+    }
+
+    /// `decode` of each (value, key), read in parallel with the GIL released.
+    fn decode_many<'py>(
+        &self,
+        py: Python<'py>,
+        values: Vec<Bound<'py, PyBytes>>,
+        keys: Vec<Bound<'py, PyBytes>>,
+    ) -> PyResult<Vec<Option<Bound<'py, PyTuple>>>> {
+        if values.len() != keys.len() {
+            return Err(PyValueError::new_err("values and keys differ in length"));
         }
+        let messages: Vec<(&[u8], &[u8])> = values
+            .iter()
+            .zip(&keys)
+            .map(|(v, k)| (v.as_bytes(), k.as_bytes()))
+            .collect();
+        self.decode_all(py, &messages)
     }
 }
 
@@ -151,145 +167,149 @@ fn column(name: String, spec: &Bound<'_, PyAny>, toast: Bound<'_, PyAny>) -> PyR
     })
 }
 
-impl FastPlan {
-    fn decode_message<'py>(
-        &self,
-        py: Python<'py>,
-        value: &[u8],
-        key: &[u8],
-    ) -> Result<Bound<'py, PyTuple>, Fail> {
-        let payload_text = payload_after(value, &self.value_prefix).ok_or(Fail::Decline)?;
-        let payload: Payload = serde_json::from_str(payload_text).map_err(|_| Fail::Decline)?;
-        if payload.ddl || payload.table_changes {
-            return Err(Fail::Decline);
-        }
-        let is_delete = match payload.op.as_deref() {
-            Some("c" | "u" | "r") => false,
-            Some("d") => true,
-            _ => return Err(Fail::Decline),
-        };
-        let version = payload
-            .source
-            .as_ref()
-            .and_then(|s| s.version())
-            .ok_or(Fail::Decline)?;
-        if !is_delete && payload.after.is_none() {
-            return Err(Fail::Decline); // an insert or update without its row image
-        }
-        let key_text = payload_after(key, &self.key_prefix).ok_or(Fail::Decline)?;
-        let key_doc: Members = serde_json::from_str(key_text).map_err(|_| Fail::Decline)?;
-        let key_values = self.key_values(py, &key_doc)?;
-        let json_loads = self.json_loads.bind(py);
-        let decimal = self.decimal.bind(py);
-        let key_tuple = PyTuple::new(
-            py,
-            key_values
-                .iter()
-                .map(|v| v.to_py(py, decimal))
-                .collect::<Result<Vec<_>, Fail>>()?,
-        )?;
-        let key_json = key_json(&key_values);
-        let state_key = key_json
-            .as_ref()
-            .map(|json| format!("{}{json}", self.state_prefix));
-        let (values, copy_row) = match (&payload.after, is_delete) {
-            (Some(row), false) => {
-                let (dict, row_values) = self.row_values(py, row, json_loads, decimal)?;
-                let copy_row = match (&key_json, row_values) {
-                    (Some(json), Some(row_values)) => self.copy_row(&row_values, json, &version),
-                    _ => None,
-                };
-                (dict.into_any(), copy_row)
-            }
-            _ => (py.None().into_bound(py), None),
-        };
-        let parts: [Bound<'py, PyAny>; 6] = [
-            PyBool::new(py, is_delete).to_owned().into_any(),
-            PyBytes::new(py, &version).into_any(),
-            key_tuple.into_any(),
-            values,
-            optional_bytes(py, state_key.as_deref().map(str::as_bytes)),
-            optional_bytes(py, copy_row.as_deref()),
-        ];
-        Ok(PyTuple::new(py, parts)?)
-    }
+/// A message read without the interpreter: everything it decodes to.
+struct Parsed<'a> {
+    is_delete: bool,
+    version: Vec<u8>,
+    key: Vec<Val<'a>>,
+    /// An upsert's values per column: None where the image leaves the column as it is (absent,
+    /// or Debezium's TOAST placeholder).
+    row: Option<Vec<Option<Val<'a>>>>,
+    state_key: Option<String>,
+    copy_row: Option<Vec<u8>>,
+}
 
-    fn key_values<'a, 'py>(
+/// Batches smaller than this are read by the calling thread alone.
+const PARALLEL_MIN: usize = 256;
+const MAX_READERS: usize = 4;
+
+impl FastPlan {
+    /// Reads messages with the GIL released, on up to `MAX_READERS` threads; then makes their
+    /// Python objects. None per message this plan declines.
+    fn decode_all<'py>(
         &self,
         py: Python<'py>,
-        doc: &Members<'a>,
-    ) -> Result<Vec<Val<'a, 'py>>, Fail> {
-        if doc.0.len() != self.key_names.len() {
-            return Err(Fail::Decline);
-        }
-        let json_loads = self.json_loads.bind(py);
-        doc.0
-            .iter()
-            .zip(self.key_names.iter().zip(&self.key_kinds))
-            .map(|((name, raw), (wanted, kind))| {
-                if name != wanted || raw.get() == "null" {
-                    return Err(Fail::Decline); // other key columns, or a null key: Python decides
-                }
-                kind.read(py, raw, json_loads)
+        messages: &[(&[u8], &[u8])],
+    ) -> PyResult<Vec<Option<Bound<'py, PyTuple>>>> {
+        let parsed = py.allow_threads(|| self.parse_all(messages));
+        parsed
+            .into_iter()
+            .map(|parsed| match parsed.map(|p| self.build(py, p)) {
+                None | Some(Err(Fail::Decline)) => Ok(None),
+                Some(Ok(parts)) => Ok(Some(parts)),
+                Some(Err(Fail::Py(err))) => Err(err),
             })
             .collect()
     }
 
-    /// The values dict, and every column's value when the image has them all (else None).
-    #[allow(clippy::type_complexity)]
-    fn row_values<'a, 'py>(
-        &self,
-        py: Python<'py>,
-        row: &Members<'a>,
-        json_loads: &Bound<'py, PyAny>,
-        decimal: &Bound<'py, PyAny>,
-    ) -> Result<(Bound<'py, PyDict>, Option<Vec<Val<'a, 'py>>>), Fail> {
-        let dict = PyDict::new(py);
-        let mut all: Option<Vec<Val>> = Some(Vec::with_capacity(self.columns.len()));
-        for column in &self.columns {
-            let value = match row.get(&column.name) {
-                None => None, // absent: the column keeps what it has
-                Some(raw) if raw.get() == "null" => Some(Val::Null),
-                Some(raw) => {
-                    let toasted = match (&column.toast_text, &column.toast_object) {
-                        (Some(toast), _) => {
-                            raw.get().starts_with('"')
-                                && json_str(raw).ok_or(Fail::Decline)? == toast.as_str()
-                        }
-                        (None, Some(toast)) => json_loads.call1((raw.get(),))?.eq(toast.bind(py))?,
-                        (None, None) => false,
-                    };
-                    if toasted {
-                        None
-                    } else if let (Some(_), Kind::Python(convert)) =
-                        (&column.toast_object, &column.kind)
-                    {
-                        let loaded = json_loads.call1((raw.get(),))?;
-                        Some(Val::Python(call_converter(py, convert, loaded)?))
-                    } else {
-                        Some(column.kind.read(py, raw, json_loads)?)
-                    }
-                }
-            };
-            match value {
-                Some(value) => {
-                    dict.set_item(&column.name, value.to_py(py, decimal)?)?;
-                    if let Some(all) = all.as_mut() {
-                        all.push(value);
-                    }
-                }
-                None => all = None,
-            }
+    fn parse_all<'a>(&self, messages: &[(&'a [u8], &'a [u8])]) -> Vec<Option<Parsed<'a>>> {
+        let readers = if messages.len() < PARALLEL_MIN {
+            1
+        } else {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_READERS)
+        };
+        let parse_part = |part: &[(&'a [u8], &'a [u8])]| {
+            part.iter()
+                .map(|(value, key)| self.parse(value, key))
+                .collect::<Vec<_>>()
+        };
+        if readers <= 1 {
+            return parse_part(messages);
         }
-        Ok((dict, all))
+        let mut parts = messages.chunks(messages.len().div_ceil(readers));
+        let first = parts.next().unwrap_or_default();
+        std::thread::scope(|scope| {
+            let others: Vec<_> = parts
+                .map(|part| scope.spawn(move || parse_part(part)))
+                .collect();
+            let mut all = parse_part(first);
+            for other in others {
+                all.extend(other.join().expect("a reader thread panicked"));
+            }
+            all
+        })
     }
 
-    /// The stage row: columns in copy order, the key's JSON, the version.
-    fn copy_row(&self, values: &[Val], key_json: &str, version: &[u8]) -> Option<Vec<u8>> {
+    /// Phase one, without Python: None when the plan declines the message.
+    fn parse<'a>(&self, value: &'a [u8], key: &'a [u8]) -> Option<Parsed<'a>> {
+        let payload: Payload =
+            serde_json::from_str(payload_after(value, &self.value_prefix)?).ok()?;
+        if payload.ddl || payload.table_changes {
+            return None;
+        }
+        let is_delete = match payload.op.as_deref()? {
+            "c" | "u" | "r" => false,
+            "d" => true,
+            _ => return None,
+        };
+        let version = payload.source.as_ref()?.version()?;
+        let key_doc: Members = serde_json::from_str(payload_after(key, &self.key_prefix)?).ok()?;
+        if key_doc.0.len() != self.key_names.len() {
+            return None;
+        }
+        let key = key_doc
+            .0
+            .iter()
+            .zip(self.key_names.iter().zip(&self.key_kinds))
+            .map(|((name, raw), (wanted, kind))| {
+                // other key columns, or a null key: Python decides
+                if name != wanted || raw.get() == "null" {
+                    None
+                } else {
+                    kind.read(raw)
+                }
+            })
+            .collect::<Option<Vec<Val>>>()?;
+        let key_json = key_json(&key);
+        let state_key = key_json
+            .as_ref()
+            .map(|json| format!("{}{json}", self.state_prefix));
+        let row = match (is_delete, &payload.after) {
+            (true, _) => None,
+            (false, None) => return None, // an insert or update without its row image
+            (false, Some(image)) => Some(self.row(image)?),
+        };
+        let copy_row = match (&row, &key_json) {
+            (Some(row), Some(json)) => self.copy_row(row, json, &version),
+            _ => None,
+        };
+        Some(Parsed {
+            is_delete,
+            version,
+            key,
+            row,
+            state_key,
+            copy_row,
+        })
+    }
+
+    fn row<'a>(&self, image: &Members<'a>) -> Option<Vec<Option<Val<'a>>>> {
+        self.columns
+            .iter()
+            .map(|column| match image.get(&column.name) {
+                None => Some(None), // absent: the column keeps what it has
+                Some(raw) if raw.get() == "null" => Some(Some(Val::Null)),
+                Some(raw) => {
+                    if let Some(toast) = &column.toast_text {
+                        if raw.get().starts_with('"') && json_str(raw)? == toast.as_str() {
+                            return Some(None);
+                        }
+                    }
+                    column.kind.read(raw).map(Some)
+                }
+            })
+            .collect()
+    }
+
+    /// The stage row: columns in copy order, the key's JSON, the version; None unless every
+    /// column has a value with a native text form.
+    fn copy_row(&self, row: &[Option<Val>], key_json: &str, version: &[u8]) -> Option<Vec<u8>> {
         let order = self.copy_order.as_ref()?;
         let mut out = String::with_capacity(256);
         for &index in order {
-            if !write_field(&mut out, &values[index]) {
+            if !write_field(&mut out, row[index].as_ref()?) {
                 return None;
             }
             out.push('\t');
@@ -299,6 +319,66 @@ impl FastPlan {
         write_bytea(&mut out, version);
         out.push('\n');
         Some(out.into_bytes())
+    }
+
+    /// Phase two, with the GIL: the Python objects (and the values for Python converters).
+    fn build<'py>(&self, py: Python<'py>, parsed: Parsed) -> Result<Bound<'py, PyTuple>, Fail> {
+        let decimal = self.decimal.bind(py);
+        let key = parsed
+            .key
+            .iter()
+            .zip(&self.key_kinds)
+            .map(|(value, kind)| match (value, kind) {
+                (Val::Deferred(raw), Kind::Python(convert)) => {
+                    self.convert_deferred(py, convert, raw)
+                }
+                _ => value.to_py(py, decimal),
+            })
+            .collect::<Result<Vec<_>, Fail>>()?;
+        let values = match &parsed.row {
+            None => py.None().into_bound(py),
+            Some(row) => {
+                let dict = PyDict::new(py);
+                for (column, value) in self.columns.iter().zip(row) {
+                    let converted = match (value, &column.kind) {
+                        (None, _) => continue,
+                        (Some(Val::Deferred(raw)), Kind::Python(convert)) => {
+                            if let Some(toast) = &column.toast_object {
+                                let loaded = self.json_loads.bind(py).call1((raw.get(),))?;
+                                if loaded.eq(toast.bind(py))? {
+                                    continue; // unchanged TOAST value
+                                }
+                                call_converter(py, convert, loaded)?
+                            } else {
+                                self.convert_deferred(py, convert, raw)?
+                            }
+                        }
+                        (Some(value), _) => value.to_py(py, decimal)?,
+                    };
+                    dict.set_item(&column.name, converted)?;
+                }
+                dict.into_any()
+            }
+        };
+        let parts: [Bound<'py, PyAny>; 6] = [
+            PyBool::new(py, parsed.is_delete).to_owned().into_any(),
+            PyBytes::new(py, &parsed.version).into_any(),
+            PyTuple::new(py, key)?.into_any(),
+            values,
+            optional_bytes(py, parsed.state_key.as_deref().map(str::as_bytes)),
+            optional_bytes(py, parsed.copy_row.as_deref()),
+        ];
+        Ok(PyTuple::new(py, parts)?)
+    }
+
+    fn convert_deferred<'py>(
+        &self,
+        py: Python<'py>,
+        convert: &PyObject,
+        raw: &RawValue,
+    ) -> Result<Bound<'py, PyAny>, Fail> {
+        let loaded = self.json_loads.bind(py).call1((raw.get(),))?;
+        call_converter(py, convert, loaded)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Column kinds — the native twins of the converters in `schemas/debezium_types.py` — and the
-//! values they read from JSON, which become Python objects and `COPY` text.
+//! values they read from JSON, which become Python objects and `COPY` text. Reading needs no
+//! interpreter (it runs with the GIL released); only making Python objects does.
 
 use std::borrow::Cow;
 
@@ -94,54 +95,47 @@ impl Kind {
         })
     }
 
-    /// The value of one non-null JSON value, or a decline where the converter would raise.
-    pub fn read<'a, 'py>(
-        &self,
-        py: Python<'py>,
-        raw: &'a RawValue,
-        json_loads: &Bound<'py, PyAny>,
-    ) -> Result<Val<'a, 'py>, Fail> {
+    /// The value of one non-null JSON value; None where the converter would raise. A kind with
+    /// a Python converter defers the value to it (`Val::Deferred`).
+    pub fn read<'a>(&self, raw: &'a RawValue) -> Option<Val<'a>> {
         let text = raw.get();
         let value = match self {
             Kind::Int { bits } => {
-                let v = json_int(text).ok_or(Fail::Decline)?;
+                let v = json_int(text)?;
                 let half = 1i128 << (bits - 1);
                 if !(-half..half).contains(&v) {
-                    return Err(Fail::Decline);
+                    return None;
                 }
                 Val::Int(v as i64)
             }
             Kind::Bool => match text {
                 "true" => Val::Bool(true),
                 "false" => Val::Bool(false),
-                _ => return Err(Fail::Decline),
+                _ => return None,
             },
-            Kind::Float => Val::Float(json_float(text).ok_or(Fail::Decline)?),
-            Kind::Str => Val::Str(json_str(raw).ok_or(Fail::Decline)?),
+            Kind::Float => Val::Float(json_float(text)?),
+            Kind::Str => Val::Str(json_str(raw)?),
             Kind::Bytes => Val::Bytes(base64_of(raw)?),
-            Kind::Date => Val::Date(
-                date_from_days(json_int(text).ok_or(Fail::Decline)?).ok_or(Fail::Decline)?,
-            ),
+            Kind::Date => Val::Date(date_from_days(json_int(text)?)?),
             Kind::Timestamp { multiply, divide } => {
-                let (date, time) = match json_int(text).ok_or(Fail::Decline)? {
+                let (date, time) = match json_int(text)? {
                     PG_INFINITY => DATETIME_MAX,
                     PG_NEG_INFINITY => DATETIME_MIN,
-                    v => datetime_from_micros((v * multiply).div_euclid(*divide))
-                        .ok_or(Fail::Decline)?,
+                    v => datetime_from_micros((v * multiply).div_euclid(*divide))?,
                 };
                 Val::DateTime(date, time)
             }
             Kind::Time { multiply, divide } => {
-                let micros = (json_int(text).ok_or(Fail::Decline)? * multiply).div_euclid(*divide);
+                let micros = (json_int(text)? * multiply).div_euclid(*divide);
                 if !(0..DAY_US).contains(&micros) {
-                    return Err(Fail::Decline);
+                    return None;
                 }
                 Val::Time(clock(micros))
             }
             Kind::Decimal { scale } => {
                 let bytes = base64_of(raw)?;
                 if bytes.len() > 16 {
-                    return Err(Fail::Decline); // wider than 128 bits: Python's Decimal does it
+                    return None; // wider than 128 bits: Python's Decimal does it
                 }
                 let fill = if bytes.first().is_some_and(|b| b & 0x80 != 0) {
                     0xff
@@ -155,17 +149,14 @@ impl Kind {
                     scale: *scale,
                 }
             }
-            Kind::Python(convert) => {
-                let loaded = json_loads.call1((text,))?;
-                Val::Python(call_converter(py, convert, loaded)?)
-            }
+            Kind::Python(_) => Val::Deferred(raw),
         };
-        Ok(value)
+        Some(value)
     }
 }
 
-/// A column value as read; `Python` is a converter's result.
-pub enum Val<'a, 'py> {
+/// A column value as read.
+pub enum Val<'a> {
     Null,
     Int(i64),
     Bool(bool),
@@ -175,13 +166,18 @@ pub enum Val<'a, 'py> {
     Date(Date),
     DateTime(Date, Clock),
     Time(Clock),
-    Decimal { unscaled: i128, scale: i64 },
-    Python(Bound<'py, PyAny>),
+    Decimal {
+        unscaled: i128,
+        scale: i64,
+    },
+    /// For the column's Python converter, which needs the interpreter.
+    Deferred(&'a RawValue),
 }
 
-impl<'py> Val<'_, 'py> {
-    /// The Python object the column's converter returns for this value.
-    pub fn to_py(
+impl Val<'_> {
+    /// The Python object the column's converter returns for this value; a deferred value is
+    /// converted by `Column::convert_deferred` instead.
+    pub fn to_py<'py>(
         &self,
         py: Python<'py>,
         decimal: &Bound<'py, PyAny>,
@@ -207,7 +203,7 @@ impl<'py> Val<'_, 'py> {
             Val::Decimal { unscaled, scale } => {
                 decimal.call1((format!("{unscaled}E{}", -scale),))?
             }
-            Val::Python(obj) => obj.clone(),
+            Val::Deferred(_) => return Err(Fail::Decline),
         })
     }
 }
@@ -216,10 +212,8 @@ fn declined<E>(_: E) -> Fail {
     Fail::Decline
 }
 
-fn base64_of(raw: &RawValue) -> Result<Vec<u8>, Fail> {
-    BASE64
-        .decode(json_str(raw).ok_or(Fail::Decline)?.as_bytes())
-        .map_err(declined)
+fn base64_of(raw: &RawValue) -> Option<Vec<u8>> {
+    BASE64.decode(json_str(raw)?.as_bytes()).ok()
 }
 
 /// A Python converter's result; the conversion errors it may raise mean "let Python decide".

@@ -56,6 +56,16 @@ def test_batch_merges_partial_images_and_fences_deletes():
     assert decision.applied == 3
 
 
+def test_a_later_image_with_every_earlier_column_is_used_as_is():
+    """No merge when nothing of the earlier image would survive it: the write shares the
+    event's own values (so the writer can send the event's native COPY row)."""
+    full = event(1, 2, a=2, b=2)
+    decision = decide_batch([event(1, 1, a=1, b=1), full, event(2, 1, a=1), event(2, 2, b=2)],
+                            {state_key(T, (1,)): None, state_key(T, (2,)): None}, {})
+    assert decision.writes[state_key(T, (1,))].values is full.values
+    assert decision.writes[state_key(T, (2,))].values == {"id": 2, "a": 1, "b": 2}  # merged
+
+
 # -- property: any interleaving of duplicates, reorderings and deletes converges -------------
 
 changes = st.lists(  # per key: the true change history, as (op is delete, value)

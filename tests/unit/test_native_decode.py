@@ -293,3 +293,14 @@ def test_valid_changes_take_the_fast_path(row: dict, id_: int, op: str) -> None:
         assert strict(native) == strict(expected)
     else:
         assert native is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(messages(), min_size=1, max_size=8), st.integers(1, 60))
+def test_a_batch_decodes_as_its_messages_one_by_one(sample: list[RawMessage],
+                                                    repeat: int) -> None:
+    """`decode_many` reads large batches on several threads; the results keep their order."""
+    batch = [msg._replace(offset=n) for n, msg in enumerate(sample * repeat)]
+    python = Decoder("public", {}, None, native=False)
+    expected = [strict(python.decode(msg)) for msg in batch]
+    assert [strict(got) for got in taught().decode_many(batch)] == expected
