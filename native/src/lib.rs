@@ -286,18 +286,34 @@ impl FastPlan {
     }
 
     fn row<'a>(&self, image: &Members<'a>) -> Option<Vec<Option<Val<'a>>>> {
+        // Debezium writes an image's members in schema order: then the i-th member is the i-th
+        // column (and no name repeats), without a search per column.
+        let aligned = image.0.len() == self.columns.len()
+            && image
+                .0
+                .iter()
+                .zip(&self.columns)
+                .all(|((name, _), column)| name == &column.name);
         self.columns
             .iter()
-            .map(|column| match image.get(&column.name) {
-                None => Some(None), // absent: the column keeps what it has
-                Some(raw) if raw.get() == "null" => Some(Some(Val::Null)),
-                Some(raw) => {
-                    if let Some(toast) = &column.toast_text {
-                        if raw.get().starts_with('"') && json_str(raw)? == toast.as_str() {
-                            return Some(None);
+            .enumerate()
+            .map(|(index, column)| {
+                let raw = if aligned {
+                    Some(image.0[index].1)
+                } else {
+                    image.get(&column.name)
+                };
+                match raw {
+                    None => Some(None), // absent: the column keeps what it has
+                    Some(raw) if raw.get() == "null" => Some(Some(Val::Null)),
+                    Some(raw) => {
+                        if let Some(toast) = &column.toast_text {
+                            if raw.get().starts_with('"') && json_str(raw)? == toast.as_str() {
+                                return Some(None); // unchanged TOAST value
+                            }
                         }
+                        column.kind.read(raw).map(Some)
                     }
-                    column.kind.read(raw).map(Some)
                 }
             })
             .collect()

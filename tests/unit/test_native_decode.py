@@ -183,6 +183,9 @@ def test_values_the_fast_path_does_not_take_are_left_to_python(change: dict) -> 
     *(RawMessage(TOPIC, 0, 0, pg_message().key,
                  pg_message().value.replace(b'"lsn":100', b'"lsn":' + lsn))
       for lsn in (b"1e2", b"100.0", b"18446744073709551616", b"-0")),
+    *(RawMessage(TOPIC, 0, 0, pg_message().key, pg_message().value.replace(old, new))
+      for old, new in ((b'"flag":true', b'"flag":true,"name":"first"'),  # a repeated column:
+                       (b'"tags":', b'"name":"last","tags":'))),  # the last one counts
     message(orjson.loads(sqlserver_payload("u", commit="0000027:00000758:00050")), {"id": 1},
             SQLSERVER_SCHEMA),
     message(orjson.loads(sqlserver_payload("u", change="zz000027:00000758:0005")), {"id": 1},
