@@ -155,23 +155,27 @@ def test_scenario_parameters():
 
 
 def test_sampler_reads_the_cpu_a_process_spent_between_two_times():
-    import os
+    """A child busy for 0.6 s, then idle: the CPU read off the samples follows it. (A child, not
+    a thread here: a spinning thread would starve the sampler of the interpreter lock.)"""
+    import subprocess
+    import sys
     import time
 
     from benchmarks.procmon import RssSampler
 
-    sampler = RssSampler(os.getpid(), interval_s=0.02).start()
-    time.sleep(0.1)
-    busy_from = time.time()
-    spin_until = time.time() + 0.4
-    while time.time() < spin_until:  # busy: this thread burns CPU
-        pass
-    busy_to = time.time()
-    time.sleep(0.3)  # idle
-    idle_to = time.time()
-    sampler.stop()
-    busy = sampler.cpu_between(busy_from, busy_to)
-    idle = sampler.cpu_between(busy_to + 0.05, idle_to)
+    script = ("import time\nprint('go', flush=True)\nend = time.time() + 0.6\n"
+              "while time.time() < end:\n    pass\ntime.sleep(0.8)\n")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        sampler = RssSampler(child.pid, interval_s=0.02).start()
+        assert child.stdout.readline().strip() == "go"
+        go = time.time()
+        time.sleep(1.2)
+        sampler.stop()
+    finally:
+        child.wait(timeout=10)
+    busy = sampler.cpu_between(go + 0.1, go + 0.5)
+    idle = sampler.cpu_between(go + 0.8, go + 1.15)
     assert busy is not None and 0.2 <= busy <= 0.6
     assert idle is not None and idle < 0.1
-    assert sampler.cpu_between(idle_to + 10, idle_to + 20) is None
+    assert sampler.cpu_between(go + 10, go + 20) is None
