@@ -1,7 +1,9 @@
 //! Postgres `COPY ... FROM STDIN` text rows, written the way psycopg writes the Python values
 //! (`TextFormatter.write_row` with the text dumpers), and the key's JSON the way
-//! `operators/keys.key_json` (orjson) writes it. Byte for byte, so a row costs the same whether
-//! Python or this module formats it (`tests/integration/test_native_copy.py` compares both).
+//! `operators/keys.key_json` (orjson) writes it. Byte for byte, but for a float whose shortest
+//! digits tie (Python rounds the last digit to even, Rust's formatter up; both read back as the
+//! same number). The key's JSON is exact: it is part of the state key
+//! (`tests/integration/test_native_copy.py` and `tests/unit/test_native_decode.py` compare).
 
 use std::fmt::Write;
 
