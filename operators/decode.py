@@ -32,10 +32,10 @@ from operators.events import (
     TableSchema,
     TruncateEvent,
 )
-from operators.native_decode import FastPath, NativeShape
+from operators.native_decode import FastPath, NativeShape, native_kind
 from operators.versions import version_for_source
 from schemas.catalog import TableCatalog, coerce_for_column
-from schemas.debezium_types import Converter, field_type
+from schemas.debezium_types import Converter, FieldType, field_type
 
 Decoded = ChangeEvent | TruncateEvent | DlqRecord
 
@@ -133,15 +133,28 @@ class Decoder:
         self._fast = FastPath() if native else None
 
     def decode(self, msg: RawMessage) -> Decoded | None:
+        if self._fast is not None:
+            event = self._fast.decode(msg)
+            if event is not None:
+                return event
+        return self._decode_reference(msg)
+
+    def decode_many(self, messages: list[RawMessage]) -> list[Decoded | None]:
+        """`decode` of each message; the native fast path reads them a topic at a time, and
+        what it declines is decoded here."""
+        if self._fast is None:
+            return [self._decode_reference(msg) for msg in messages]
+        fast = self._fast.decode_many(messages)
+        return [self._decode_reference(msg) if event is None else event
+                for msg, event in zip(messages, fast, strict=True)]
+
+    def _decode_reference(self, msg: RawMessage) -> Decoded | None:
+        """The Python decoder, which never raises for bad input."""
         topic = msg.topic
         if msg.value is None or topic.startswith("__debezium-heartbeat"):
             return None
         if topic.endswith(".transaction"):
             return None
-        if self._fast is not None:
-            event = self._fast.decode(msg)
-            if event is not None:
-                return event
         try:
             return self._decode(msg)
         except (_Reject, AvroProblem) as exc:
@@ -151,14 +164,6 @@ class Decoder:
             return DlqRecord(
                 msg.topic, msg.partition, msg.offset, msg.key, msg.value, exc.error_type, error
             )
-
-    def decode_many(self, messages: list[RawMessage]) -> list[Decoded | None]:
-        """`decode` of each message; the native fast path reads them a topic at a time."""
-        if self._fast is None:
-            return [self.decode(msg) for msg in messages]
-        fast = self._fast.decode_many(messages)
-        return [self.decode(msg) if event is None else event
-                for msg, event in zip(messages, fast, strict=True)]
 
     def _decode(self, msg: RawMessage) -> Decoded | None:
         value_schema, schema_id, payload = self._values.split(msg.topic, msg.value)
@@ -371,8 +376,7 @@ def _build_shape(table: TableName, value_schema: Any, key_names: tuple[str, ...]
     """`binary`: bytes values arrive as bytes (Avro), not as base64 text (JSON)."""
     row = _row_schema(value_schema)
     columns = []
-    converters: dict[str, Converter] = {}
-    natives: dict[str, Any] = {}
+    types: dict[str, FieldType] = {}
     for field in row:
         if not isinstance(field, dict) or not isinstance(field.get("field"), str):
             raise _Reject("bad_schema", f"row schema field {field!r} has no name")
@@ -382,9 +386,8 @@ def _build_shape(table: TableName, value_schema: Any, key_names: tuple[str, ...]
         except (ValueError, TypeError) as exc:
             raise _Reject("bad_schema", f"column {name!r}: {exc}") from None
         columns.append((name, ft, _toast_placeholder(field, binary)))
-        converters[name] = ft.convert
-        natives[name] = ft.native or ft.convert
-    missing = [n for n in key_names if n not in converters]
+        types[name] = ft
+    missing = [n for n in key_names if n not in types]
     if missing:
         raise _Reject("bad_schema", f"key column(s) {missing} are not in the row schema")
     schema = TableSchema(
@@ -393,10 +396,10 @@ def _build_shape(table: TableName, value_schema: Any, key_names: tuple[str, ...]
     return _Shape(
         schema,
         tuple((name, ft.convert, toast) for name, ft, toast in columns),
-        tuple(converters[n] for n in key_names),
+        tuple(types[n].convert for n in key_names),
         NativeShape(schema,
-                    tuple((n, natives[n]) for n in key_names),
-                    tuple((name, natives[name], toast) for name, _, toast in columns)),
+                    tuple((n, native_kind(types[n])) for n in key_names),
+                    tuple((name, native_kind(ft), toast) for name, ft, toast in columns)),
     )
 
 

@@ -21,6 +21,7 @@ from operators.events import ChangeEvent, Op, RawMessage, TableSchema
 from operators.keys import state_key_prefix
 from operators.pg_writer import stage_columns
 from operators.settings import ConfigError
+from schemas.debezium_types import FieldType
 
 try:
     from cdc_native import FastPlan
@@ -29,6 +30,11 @@ except ImportError:  # not built: FastPath() says how to build it or turn it off
 
 _ENVELOPE_HEAD = b'{"schema":'
 _MAX_PLANS_PER_TOPIC = 4  # topics whose messages alternate schema versions keep each plan
+
+
+def native_kind(ft: FieldType) -> Any:
+    """A column's kind for a plan: its converter's native twin, or the converter itself."""
+    return ft.native or ft.convert
 
 
 class NativeShape(NamedTuple):
@@ -62,28 +68,23 @@ class FastPath:
         plans = self._plans.get(msg.topic)
         if plans is None or msg.key is None or msg.value is None:
             return None
-        for plan in plans:
-            parts = plan.plan.decode(msg.value, msg.key)
-            if parts is not None:
-                return _event(plan.schema, msg, parts)
-        return None
+        return _decode_by(plans, msg)
 
     def decode_many(self, messages: list[RawMessage]) -> list[ChangeEvent | None]:
-        """`decode` of each message by its topic's newest plan (the native module reads a
-        topic's messages at once, in parallel, without the interpreter lock); None where it
-        declines."""
+        """`decode` of each message: its topic's newest plan reads the topic's messages at once,
+        in parallel, without the interpreter lock; the older plans try what it declines."""
         events: list[ChangeEvent | None] = [None] * len(messages)
         by_topic: dict[str, list[int]] = {}
         for index, msg in enumerate(messages):
             if msg.topic in self._plans and msg.key is not None and msg.value is not None:
                 by_topic.setdefault(msg.topic, []).append(index)
         for topic, indexes in by_topic.items():
-            plan = self._plans[topic][0]
-            decoded = plan.plan.decode_many([messages[i].value for i in indexes],
-                                            [messages[i].key for i in indexes])
+            newest, *older = self._plans[topic]
+            decoded = newest.plan.decode_many([messages[i].value for i in indexes],
+                                              [messages[i].key for i in indexes])
             for index, parts in zip(indexes, decoded, strict=True):
-                if parts is not None:
-                    events[index] = _event(plan.schema, messages[index], parts)
+                events[index] = (_event(newest.schema, messages[index], parts)
+                                 if parts is not None else _decode_by(older, messages[index]))
         return events
 
     def learn(self, msg: RawMessage, value_prefix: bytes, key_prefix: bytes,
@@ -104,6 +105,15 @@ class FastPath:
                         list(stage_columns(schema.key, tuple(c.name for c in schema.columns))))
         plans.insert(0, _TopicPlan(plan, value_prefix, key_prefix, shape.schema))
         del plans[_MAX_PLANS_PER_TOPIC:]
+
+
+def _decode_by(plans: list[_TopicPlan], msg: RawMessage) -> ChangeEvent | None:
+    """The event of the first plan that decodes `msg`, or None."""
+    for plan in plans:
+        parts = plan.plan.decode(msg.value, msg.key)
+        if parts is not None:
+            return _event(plan.schema, msg, parts)
+    return None
 
 
 def _event(schema: TableSchema, msg: RawMessage, parts: tuple) -> ChangeEvent:

@@ -293,14 +293,13 @@ def _wkb(v: Any) -> bytes:
     return decode_base64(v.get("wkb"))
 
 
-def _fixed(pg_type: str, convert: Converter,
-           native: tuple[str, int] | None = None) -> Callable[[dict[str, str]], FieldType]:
-    ft = FieldType(pg_type, convert, native)
-    return lambda _parameters: ft
-
-
 def _same(ft: FieldType) -> Callable[[dict[str, str]], FieldType]:
     return lambda _parameters: ft
+
+
+def _fixed(pg_type: str, convert: Converter,
+           native: tuple[str, int] | None = None) -> Callable[[dict[str, str]], FieldType]:
+    return _same(FieldType(pg_type, convert, native))
 
 
 def _clock_type(pg_type: str, build: Callable[[int, int], Converter], multiply: int,

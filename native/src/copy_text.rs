@@ -19,12 +19,7 @@ pub fn write_field(out: &mut String, value: &Val) -> bool {
         Val::Bool(v) => out.push(if *v { 't' } else { 'f' }),
         Val::Float(v) => python_float_repr(out, *v),
         Val::Str(v) => escape_copy(out, v),
-        Val::Bytes(v) => {
-            out.push_str("\\\\x"); // bytea hex input, its backslash escaped for COPY
-            for b in v.iter() {
-                write!(out, "{b:02x}").unwrap();
-            }
-        }
+        Val::Bytes(v) => write_bytea(out, v),
         Val::Date(d) => write!(out, "{:04}-{:02}-{:02}", d.year, d.month, d.day).unwrap(),
         Val::DateTime(d, t) => {
             write!(out, "{:04}-{:02}-{:02} ", d.year, d.month, d.day).unwrap();
@@ -37,9 +32,12 @@ pub fn write_field(out: &mut String, value: &Val) -> bool {
     true
 }
 
-/// Appends the bytes of a `bytea` field.
+/// Appends a `bytea` field: hex input, its backslash escaped for COPY.
 pub fn write_bytea(out: &mut String, bytes: &[u8]) {
-    write_field(out, &Val::Bytes(bytes.to_vec()));
+    out.push_str("\\\\x");
+    for b in bytes {
+        write!(out, "{b:02x}").unwrap();
+    }
 }
 
 /// COPY text escaping of one field's text, as psycopg does it.

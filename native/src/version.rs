@@ -64,19 +64,17 @@ impl Source<'_> {
 }
 
 /// `00000027:00000758:0005` → its 10 bytes.
-fn sqlserver_lsn(text: &str) -> Option<Vec<u8>> {
-    let parts: Vec<&str> = text.split(':').collect();
-    let widths_ok = parts.len() == 3 && parts.iter().zip([8, 8, 4]).all(|(p, w)| p.len() == w);
-    if !widths_ok
-        || !parts
-            .iter()
-            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
+fn sqlserver_lsn(text: &str) -> Option<[u8; 10]> {
+    let raw = text.as_bytes();
+    if raw.len() != 22 || raw[8] != b':' || raw[17] != b':' {
         return None;
     }
-    let digits = parts.concat();
-    (0..digits.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).ok())
-        .collect()
+    let mut digits = raw[..8].iter().chain(&raw[9..17]).chain(&raw[18..]);
+    let mut lsn = [0u8; 10];
+    for byte in lsn.iter_mut() {
+        let high = (*digits.next()? as char).to_digit(16)?;
+        let low = (*digits.next()? as char).to_digit(16)?;
+        *byte = (high * 16 + low) as u8;
+    }
+    Some(lsn)
 }
