@@ -29,6 +29,7 @@ import psycopg
 
 from operators import metrics
 from operators.events import TruncateEvent
+from operators.native_shard import expand
 from operators.pg_session import PgSession, flow_key, thread_session
 from operators.pg_writer import ShardBatch
 from operators.retry import is_transient, retrying
@@ -159,6 +160,7 @@ class Committer:
                     self._commit([one])
                 return
             shard, units, markers = work[0]
+            units = expand(units)  # a run's events are isolated one by one too
             if len(units) > 1:
                 half = len(units) // 2
                 self._commit([(shard, units[:half], {})])

@@ -32,7 +32,7 @@ from operators.events import (
     TableSchema,
     TruncateEvent,
 )
-from operators.native_decode import FastPath, NativeShape, native_kind
+from operators.native_decode import FastPath, NativeShape, Run, native_kind
 from operators.versions import version_for_source
 from schemas.catalog import TableCatalog, coerce_for_column
 from schemas.debezium_types import Converter, FieldType, field_type
@@ -139,14 +139,14 @@ class Decoder:
                 return event
         return self._decode_reference(msg)
 
-    def decode_many(self, messages: list[RawMessage]) -> list[Decoded | None]:
-        """`decode` of each message; the native fast path reads them a topic at a time, and
-        what it declines is decoded here."""
+    def decode_runs(self, messages: list[RawMessage], shards: int,
+                    ) -> tuple[list[tuple[int, Decoded | None]], list[list[Run]]]:
+        """`(position, decode's answer)` of each message, in order, but for the plain change
+        events the native fast path keeps as runs, per shard (`FastPath.decode_runs`)."""
         if self._fast is None:
-            return [self._decode_reference(msg) for msg in messages]
-        fast = self._fast.decode_many(messages)
-        return [self._decode_reference(msg) if event is None else event
-                for msg, event in zip(messages, fast, strict=True)]
+            return ([(i, self._decode_reference(msg)) for i, msg in enumerate(messages)],
+                    [[] for _ in range(shards)])
+        return self._fast.decode_runs(messages, shards, self._decode_reference)
 
     def _decode_reference(self, msg: RawMessage) -> Decoded | None:
         """The Python decoder, which never raises for bad input."""

@@ -4,15 +4,22 @@ Runs on the worker that read the messages (no redistribution), so all events of 
 reach each shard in offset order. Change events go to the shard of their (table, key); a DLQ
 record to a shard chosen by its Kafka position; progress markers and truncates to every shard.
 Each shard's items of one batch travel as one list: bytewax routes (and, in a cluster, sends)
-a few dozen values per batch instead of one per message.
+a few dozen values per batch instead of one per message. The native decoder's plain events travel
+as runs (`operators/native_decode.py`), after the shard's other items of the batch: LWW orders
+events by key and version, and DLQ records and markers have no order among events; a shard that
+also gets a Python change event or a truncate from the batch gets the runs' events instead, each
+in its place.
 """
 
 from __future__ import annotations
+
+from operator import itemgetter
 
 from operators.decode import Decoder
 from operators.events import ChangeEvent, DlqRecord, ProgressMarker, ShardItem
 from operators.kafka_source import SourceItem
 from operators.keys import shard_of, shard_of_position
+from operators.native_decode import run_events
 from operators.pg_session import connect
 from operators.settings import Settings
 from operators.shard_sink import shard_part_name
@@ -32,23 +39,33 @@ class DecodeStep:
 
     def __call__(self, items: list[SourceItem]) -> list[tuple[str, list[ShardItem]]]:
         shards = self._shards
-        per_shard: list[list[ShardItem]] = [[] for _ in range(shards)]
-        results = iter(self._decoder.decode_many(
-            [item for item in items if type(item) is not ProgressMarker]))
-        for item in items:
-            if type(item) is ProgressMarker:
-                for routed in per_shard:
-                    routed.append(item)
-                continue
-            decoded = next(results)
-            kind = type(decoded)
+        messages = [item for item in items if type(item) is not ProgressMarker]
+        decoded, runs = self._decoder.decode_runs(messages, shards)
+        routed: list[list[tuple[int, ShardItem]]] = [[] for _ in range(shards)]
+        ordered: set[int] = set()  # shards with a Python event or truncate among their runs
+        for position, item in decoded:
+            kind = type(item)
             if kind is ChangeEvent:
-                per_shard[shard_of(decoded.row_id, shards)].append(decoded)
+                shard = shard_of(item.row_id, shards)
+                routed[shard].append((position, item))
+                ordered.add(shard)
             elif kind is DlqRecord:
-                shard = shard_of_position(decoded.topic, decoded.partition, decoded.offset, shards)
-                per_shard[shard].append(decoded)
-            elif decoded is not None:  # a truncate: every shard holds rows of the table
-                for routed in per_shard:
-                    routed.append(decoded)
-        return [(name, routed) for name, routed in zip(self._names, per_shard, strict=True)
-                if routed]
+                shard = shard_of_position(item.topic, item.partition, item.offset, shards)
+                routed[shard].append((position, item))
+            elif item is not None:  # a truncate: every shard holds rows of the table
+                for shard, pairs in enumerate(routed):
+                    pairs.append((position, item))
+                    ordered.add(shard)
+        markers = [item for item in items if type(item) is ProgressMarker]
+        out = []
+        for shard, (pairs, shard_runs) in enumerate(zip(routed, runs, strict=True)):
+            if shard in ordered and shard_runs:  # a run's events keep their place among them
+                pairs = sorted(pairs + [pair for run in shard_runs for pair in run_events(run)],
+                               key=itemgetter(0))
+                shard_runs = []
+            shard_items: list[ShardItem] = [item for _, item in pairs]
+            shard_items += shard_runs
+            shard_items += markers
+            if shard_items:
+                out.append((self._names[shard], shard_items))
+        return out

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple
 
-from operators.events import ChangeEvent, Op
+from operators.events import ChangeEvent, Op, TableName
 
 
 class KeyState(NamedTuple):
@@ -57,7 +57,14 @@ class RowWrite:
 
 @dataclass(slots=True)
 class StaleEvent:
-    event: ChangeEvent
+    """An event that lost to the key's applied version or its table's truncate: its audit row."""
+
+    topic: str
+    partition: int
+    offset: int
+    table: TableName
+    row_id: bytes
+    version: bytes
     applied_version: bytes
     reason: str
 
@@ -94,7 +101,9 @@ def decide_batch(
         if outcome is Outcome.STALE:
             above_floor = state is not None and state.version > (floor or b"")
             applied = state.version if above_floor else floor  # type: ignore[union-attr]
-            decision.stale.append(StaleEvent(event, applied or b"", reason))
+            decision.stale.append(StaleEvent(event.topic, event.partition, event.offset,
+                                             event.table, skey, event.version, applied or b"",
+                                             reason))
             continue
         decision.applied += 1
         deleted = event.op is Op.DELETE

@@ -11,10 +11,17 @@ cannot read. Avro and schemaless JSON are not planned (the Python decoder handle
 
 A planned event also carries its state key (`row_id`, for integer and string keys) and, for an
 upsert with every column, its stage row for the writer (`copy_row`).
+
+`decode_runs` goes one step further for a batch: a plain event (a state key, and a delete or an
+upsert whose every column has a native `COPY` text) stays a native record, and a batch's records
+of one topic and shard travel as one `Run` to the shard, which decides and stages them natively
+(`operators/native_shard.py`). `run_events` makes a run's change events when Python needs them.
 """
 
 from __future__ import annotations
 
+import copyreg
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from operators.events import ChangeEvent, Op, RawMessage, TableSchema
@@ -24,9 +31,9 @@ from operators.settings import ConfigError
 from schemas.debezium_types import FieldType
 
 try:
-    from cdc_native import FastPlan
+    from cdc_native import FastPlan, NativeBatch, Run
 except ImportError:  # not built: FastPath() says how to build it or turn it off
-    FastPlan = None
+    FastPlan = NativeBatch = Run = None
 
 _ENVELOPE_HEAD = b'{"schema":'
 _MAX_PLANS_PER_TOPIC = 4  # topics whose messages alternate schema versions keep each plan
@@ -70,22 +77,47 @@ class FastPath:
             return None
         return _decode_by(plans, msg)
 
-    def decode_many(self, messages: list[RawMessage]) -> list[ChangeEvent | None]:
-        """`decode` of each message: its topic's newest plan reads the topic's messages at once,
-        in parallel, without the interpreter lock; the older plans try what it declines."""
-        events: list[ChangeEvent | None] = [None] * len(messages)
+    def decode_runs(self, messages: list[RawMessage], shards: int,
+                    reference: Callable[[RawMessage], Any]) -> tuple[list[tuple[int, Any]],
+                                                                     list[list[Run]]]:
+        """The runs of each shard, and `(position, decoded)` of every other message in order.
+
+        Each topic's newest plan reads the topic's messages at once, in parallel, without the
+        interpreter lock; the older plans, then `reference` (the Python decoder), decode what it
+        declines, in turn. A topic without a plan yet has its messages decoded by `reference`
+        until one of them teaches it a plan, so even a batch's first messages of a topic mostly
+        run native.
+        """
+        others: list[tuple[int, Any]] = []
         by_topic: dict[str, list[int]] = {}
+        plans = self._plans
         for index, msg in enumerate(messages):
-            if msg.topic in self._plans and msg.key is not None and msg.value is not None:
+            if msg.topic in plans and msg.key is not None and msg.value is not None:
                 by_topic.setdefault(msg.topic, []).append(index)
+            else:
+                others.append((index, reference(msg)))
+        runs: list[list[Run]] = [[] for _ in range(shards)]
         for topic, indexes in by_topic.items():
-            newest, *older = self._plans[topic]
-            decoded = newest.plan.decode_many([messages[i].value for i in indexes],
-                                              [messages[i].key for i in indexes])
-            for index, parts in zip(indexes, decoded, strict=True):
-                events[index] = (_event(newest.schema, messages[index], parts)
-                                 if parts is not None else _decode_by(older, messages[index]))
-        return events
+            for plan in plans[topic]:  # what a plan declines, the next one tries
+                chosen = [messages[i] for i in indexes]
+                topic_runs, rest = plan.plan.decode_runs(
+                    topic, [m.value for m in chosen], [m.key for m in chosen], indexes,
+                    [m.partition for m in chosen], [m.offset for m in chosen], shards)
+                for shard_runs, run in zip(runs, topic_runs, strict=True):
+                    if run is not None:
+                        shard_runs.append(run)
+                indexes = []
+                for index, parts in rest:
+                    if parts is None:
+                        indexes.append(index)
+                    else:
+                        others.append((index, _event(plan.schema, messages[index], parts)))
+                if not indexes:
+                    break
+            others += [(index, reference(messages[index])) for index in indexes]
+        if by_topic:
+            others.sort(key=_position)
+        return others, runs
 
     def learn(self, msg: RawMessage, value_prefix: bytes, key_prefix: bytes,
               shape: NativeShape) -> None:
@@ -102,7 +134,8 @@ class FastPath:
         schema = shape.schema
         plan = FastPlan(value_prefix, key_prefix, state_key_prefix(schema.table),
                         list(shape.key), list(shape.columns),
-                        list(stage_columns(schema.key, tuple(c.name for c in schema.columns))))
+                        list(stage_columns(schema.key, tuple(c.name for c in schema.columns))),
+                        schema)
         plans.insert(0, _TopicPlan(plan, value_prefix, key_prefix, shape.schema))
         del plans[_MAX_PLANS_PER_TOPIC:]
 
@@ -116,8 +149,37 @@ def _decode_by(plans: list[_TopicPlan], msg: RawMessage) -> ChangeEvent | None:
     return None
 
 
+class RunEvents(list):
+    """A run's change events: what a run becomes when bytewax sends it to another process
+    (it pickles what it sends, and a run refers to its process's plan)."""
+
+
+def _pickled_run(run: Run) -> tuple[type[RunEvents], tuple[list[ChangeEvent]]]:
+    return RunEvents, ([event for _, event in run_events(run)],)
+
+
+if Run is not None:
+    copyreg.pickle(Run, _pickled_run)
+
+
+def _position(pair: tuple[int, Any]) -> int:
+    return pair[0]
+
+
+def run_events(run: Run) -> list[tuple[int, ChangeEvent]]:
+    """`(position in its decode batch, change event)` of each record of `run`."""
+    schema, topic = run.schema, run.topic
+    return [(position, _change_event(schema, topic, partition, offset, parts))
+            for position, partition, offset, parts in run.events()]
+
+
 def _event(schema: TableSchema, msg: RawMessage, parts: tuple) -> ChangeEvent:
+    return _change_event(schema, msg.topic, msg.partition, msg.offset, parts)
+
+
+def _change_event(schema: TableSchema, topic: str, partition: int, offset: int,
+                  parts: tuple) -> ChangeEvent:
     deleted, version, key, values, row_id, copy_row = parts
     return ChangeEvent(schema.table, schema.key, key, Op.DELETE if deleted else Op.UPSERT,
-                       version, values, schema, msg.topic, msg.partition, msg.offset,
-                       row_id or b"", copy_row)
+                       version, values, schema, topic, partition, offset, row_id or b"",
+                       copy_row)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, IntEnum
 from operator import itemgetter
 from typing import Any
 
@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from operators.events import ChangeEvent, DlqRecord, Op, TruncateEvent
+from operators.events import ChangeEvent, DlqRecord, Op, TableSchema, TruncateEvent
 from operators.keys import key_json_of
 from operators.lww import RowWrite, StaleEvent
 from operators.settings import DeleteMode
@@ -33,6 +33,24 @@ from operators.versions import describe_version
 KEY_COLUMN = "_cdc_key"
 
 
+class StagedKind(IntEnum):
+    """What the native shard step's stage rows are (the codes of `native/src/run.rs`)."""
+
+    UPSERT = 0  # every column of the image
+    DELETE = 1  # the key columns
+    DELETE_WITH_IMAGE = 2  # a soft delete keeping the batch's earlier image: every column
+
+
+@dataclass(frozen=True, slots=True)
+class StagedRows:
+    """Stage rows formatted by the native shard step: one table schema's rows of one kind."""
+
+    table: TargetTable
+    schema: TableSchema
+    kind: StagedKind
+    rows: bytes
+
+
 @dataclass(slots=True)
 class ShardBatch:
     """Everything one shard commits at once (several shards' batches share a transaction)."""
@@ -40,6 +58,7 @@ class ShardBatch:
     shard: int
     seq: int
     writes: list[tuple[TargetTable, RowWrite]] = field(default_factory=list)
+    staged: list[StagedRows] = field(default_factory=list)
     stale: list[StaleEvent] = field(default_factory=list)
     dlq: list[DlqRecord] = field(default_factory=list)
     truncates: list[tuple[TargetTable | None, TruncateEvent]] = field(default_factory=list)
@@ -77,6 +96,12 @@ def stage_columns(key_columns: tuple[str, ...], present: tuple[str, ...]) -> tup
     return (*key_columns, *sorted(c for c in present if c not in key_columns))
 
 
+def json_columns(table: TargetTable, columns: tuple[str, ...]) -> tuple[int, ...]:
+    """Positions of `columns` whose target column is JSON: their values are written as `Jsonb`,
+    so their stage rows cannot be formatted natively."""
+    return tuple(i for i, c in enumerate(columns) if table.columns.get(c) in ("jsonb", "json"))
+
+
 def _values_getter(columns: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     if len(columns) == 1:
         only = columns[0]
@@ -99,9 +124,14 @@ class PgShardWriter:
             for batch in batches:
                 for table, truncate in batch.truncates:
                     self._truncate(table, truncate)
-            writes = [w for batch in batches for w in batch.writes]
-            for (table, kind, columns), group in self._groups(writes).items():
-                self._apply(self._plan(table, kind, columns), group)
+            groups = self._groups([w for batch in batches for w in batch.writes])
+            staged: dict[tuple[TargetTable, _Kind, tuple[str, ...]], list[bytes]] = (
+                defaultdict(list))
+            for batch in batches:
+                for rows in batch.staged:
+                    staged[self._staged_group(rows)].append(rows.rows)
+            for group in dict.fromkeys([*groups, *staged]):
+                self._apply(self._plan(*group), groups.get(group, []), staged.get(group, []))
             self._stale([s for batch in batches for s in batch.stale])
             self._dlq([r for batch in batches for r in batch.dlq])
             shards: list[int] = []
@@ -146,12 +176,20 @@ class PgShardWriter:
             groups[(table, kind, columns)].append(write)
         return groups
 
-    def _apply(self, plan: _Plan, writes: list[RowWrite]) -> None:
+    def _staged_group(self, rows: StagedRows) -> tuple[TargetTable, _Kind, tuple[str, ...]]:
+        key = rows.schema.key
+        if rows.kind is StagedKind.DELETE:
+            return rows.table, _Kind.SOFT_DELETE if self._soft else _Kind.HARD_DELETE, key
+        kind = _Kind.UPSERT if rows.kind is StagedKind.UPSERT else _Kind.SOFT_DELETE
+        return rows.table, kind, stage_columns(key, tuple(c.name for c in rows.schema.columns))
+
+    def _apply(self, plan: _Plan, writes: list[RowWrite], staged: list[bytes]) -> None:
         """COPY the group's rows into its stage, then run its statements. A row the native
         decoder formatted (`ChangeEvent.copy_row`: every column, in stage order) goes as is
-        when the write's values are that event's own and no column needs `Jsonb`."""
+        when the write's values are that event's own and no column needs `Jsonb`; `staged`
+        rows, formatted by the native shard step, go as they are."""
         values_of, json_at = plan.values_of, plan.json_at
-        formatted: list[bytes] = []  # sent at once: each `copy.write` is a libpq call
+        formatted = staged[:]  # sent at once: each `copy.write` is a libpq call
         with self._conn.cursor().copy(plan.copy) as copy:
             for write in writes:
                 event, values = write.event, write.values
@@ -192,8 +230,7 @@ class PgShardWriter:
                           if kind is _Kind.HARD_DELETE
                           else (self._upsert_sql(table, columns, stage,
                                                  deleted=kind is _Kind.SOFT_DELETE),))
-            json_at = tuple(i for i, c in enumerate(columns)
-                            if table.columns.get(c) in ("jsonb", "json"))
+            json_at = json_columns(table, columns)
             plan = self._plans[cache_key] = _Plan(copy, statements, _values_getter(columns),
                                                   json_at)
         return plan
@@ -284,9 +321,8 @@ class PgShardWriter:
                                       version, applied_version, reason) FROM STDIN"""
         ) as copy:
             for s in stale:
-                e = s.event
-                copy.write_row((self._flow_id, e.topic, e.partition, e.offset, str(e.table),
-                                _key_text(e), describe_version(e.version),
+                copy.write_row((self._flow_id, s.topic, s.partition, s.offset, str(s.table),
+                                key_json_of(s.row_id).decode(), describe_version(s.version),
                                 describe_version(s.applied_version), s.reason))
 
     def _dlq(self, records: list[DlqRecord]) -> None:

@@ -18,6 +18,8 @@ import psycopg
 from operators.events import ChangeEvent, DlqRecord, ProgressMarker, ShardItem, TruncateEvent
 from operators.keys import key_json
 from operators.lww import decide_batch
+from operators.native_decode import Run, RunEvents
+from operators.native_shard import decide_runs, expand
 from operators.offsets import shard_offsets, shard_seq
 from operators.pg_writer import ShardBatch
 from operators.rebuild import committed_floors, committed_states
@@ -27,7 +29,7 @@ from operators.target_tables import TableProblem, TargetTable, TargetTables
 
 log = logging.getLogger(__name__)
 Position = tuple[str, int]
-Unit = ChangeEvent | DlqRecord | TruncateEvent
+Unit = ChangeEvent | DlqRecord | TruncateEvent | Run
 
 
 @dataclass(slots=True)
@@ -48,10 +50,28 @@ def offsets_of(units: list[Unit], markers: dict[Position, int]) -> dict[Position
     """The next offset per partition once `units` and `markers` are committed."""
     offsets = dict(markers)
     for unit in units:
+        if type(unit) is Run:
+            for pos, offset in unit.next_offsets().items():
+                if offset > offsets.get(pos, -1):
+                    offsets[pos] = offset
+            continue
         pos = (unit.topic, unit.partition)
         if unit.offset + 1 > offsets.get(pos, -1):
             offsets[pos] = unit.offset + 1
     return offsets
+
+
+def uncommitted(units: list[Unit], committed: dict[Position, int]) -> list[Unit]:
+    """`units` but what is below the committed offset of its partition."""
+    kept: list[Unit] = []
+    for unit in units:
+        if type(unit) is Run:
+            run = unit.since(committed)
+            if run is not None:
+                kept.append(run)
+        elif unit.offset >= committed.get((unit.topic, unit.partition), 0):
+            kept.append(unit)
+    return kept
 
 
 class Shard:
@@ -65,64 +85,82 @@ class Shard:
         self._committed: dict[Position, int] = {}
         self._floors: dict[str, bytes] = {}
 
-    def accept(self, items: list[ShardItem]) -> int:
-        """Buffer `items`, dropping what this shard already committed; returns units added."""
+    def accept(self, items: list[ShardItem | Run]) -> int:
+        """Buffer `items`, dropping what this shard already committed; returns events added."""
         pending, committed = self.pending, self._committed
-        added = 0
+        units: list[Unit] = []
         for item in items:
-            if type(item) is ProgressMarker:
-                pos = (item.topic, item.partition)
-                if item.next_offset <= max(committed.get(pos, 0), pending.markers.get(pos, 0)):
-                    continue
-                pending.markers[pos] = item.next_offset
-            elif item.offset >= committed.get((item.topic, item.partition), 0):
-                pending.units.append(item)
-                added += 1
-            else:
+            if type(item) is RunEvents:  # a run from another process
+                units += item
                 continue
+            if type(item) is not ProgressMarker:
+                units.append(item)
+                continue
+            pos = (item.topic, item.partition)
+            if item.next_offset > max(committed.get(pos, 0), pending.markers.get(pos, 0)):
+                pending.markers[pos] = item.next_offset
+                if pending.since is None:
+                    pending.since = time.monotonic()
+        units = uncommitted(units, committed)
+        if units:
+            pending.units += units
             if pending.since is None:
                 pending.since = time.monotonic()
-        return added
+        return sum(len(u) if type(u) is Run else 1 for u in units)
 
     def prepare(self, units: list[Unit], markers: dict[Position, int], conn: psycopg.Connection,
                 tables: TargetTables) -> ShardBatch:
         """LWW-decide `units` and write the outcome to RocksDB as the next commit."""
         if not self.in_step:
             self.bring_in_step(conn)
-        committed = self._committed
-        units = [u for u in units if u.offset >= committed.get((u.topic, u.partition), 0)]
+        units = uncommitted(units, self._committed)
         batch = ShardBatch(shard=self.number, seq=self._store.seq + 1,
                            offsets=offsets_of(units, markers))
-        events: list[ChangeEvent] = []
-        table_of: dict[int, TargetTable] = {}
         floors: dict[str, bytes] = {}
         for unit in units:
             kind = type(unit)
-            if kind is ChangeEvent:
-                try:
-                    table_of[id(unit)] = tables.for_event(unit)
-                except TableProblem as problem:
-                    batch.dlq.append(dlq_for(unit, problem.error_type, str(problem)))
-                    continue
-                events.append(unit)
-            elif kind is DlqRecord:
+            if kind is DlqRecord:
                 batch.dlq.append(unit)
-            else:
+            elif kind is TruncateEvent:
                 batch.truncates.append((tables.lookup(unit.table), unit))
                 name = str(unit.table)
                 if unit.version > max(self._floors.get(name, b""), floors.get(name, b"")):
                     floors[name] = unit.version
-        keys = list(dict.fromkeys(e.row_id for e in events))
+        runs = [u for u in units if type(u) is Run]
+        native = None
+        if runs and not any(type(u) is ChangeEvent for u in units):
+            native = decide_runs(runs, self._store, tables, {**self._floors, **floors})
+        self.in_step = False  # until Postgres confirms this seq
+        if native is None:
+            self._decide_events([u for u in expand(units) if type(u) is ChangeEvent], batch,
+                                tables, floors)
+        else:
+            batch.staged, batch.stale = native.staged, native.stale
+            batch.applied, batch.duplicates = native.applied, native.duplicates
+            self._store.commit_encoded(batch.seq, native.states, native.replaced, floors)
+        batch.floors = floors
+        return batch
+
+    def _decide_events(self, events: list[ChangeEvent], batch: ShardBatch, tables: TargetTables,
+                       floors: dict[str, bytes]) -> None:
+        """The Python path of `prepare`: `events` decided by `decide_batch`."""
+        table_of: dict[int, TargetTable] = {}
+        decided: list[ChangeEvent] = []
+        for event in events:
+            try:
+                table_of[id(event)] = tables.for_event(event)
+            except TableProblem as problem:
+                batch.dlq.append(dlq_for(event, problem.error_type, str(problem)))
+                continue
+            decided.append(event)
+        keys = list(dict.fromkeys(e.row_id for e in decided))
         states = dict(zip(keys, self._store.get_many(keys), strict=True))
-        decision = decide_batch(events, states, {**self._floors, **floors})
+        decision = decide_batch(decided, states, {**self._floors, **floors})
         batch.writes = [(table_of[id(w.event)], w) for w in decision.writes.values()]
         batch.stale = decision.stale
         batch.duplicates = decision.duplicates
         batch.applied = decision.applied
-        self.in_step = False  # until Postgres confirms this seq
         self._store.commit(batch.seq, decision.new_states, floors, states)
-        batch.floors = floors
-        return batch
 
     def confirm(self, batch: ShardBatch) -> None:
         """Postgres committed `batch`."""

@@ -85,7 +85,11 @@ class ShardStateStore:
         return int(raw) if raw is not None else 0
 
     def get_many(self, keys: list[bytes]) -> list[KeyState | None]:
-        return [None if raw is None else decode_state(raw) for raw in self._db[keys]]
+        return [None if raw is None else decode_state(raw) for raw in self.get_encoded(keys)]
+
+    def get_encoded(self, keys: list[bytes]) -> list[bytes | None]:
+        """The states of `keys` as stored (`encode_state`), None for unknown keys."""
+        return self._db[keys]
 
     def floors(self) -> dict[str, bytes]:
         """Truncate floor per table ("schema.table" → version)."""
@@ -101,13 +105,21 @@ class ShardStateStore:
         """Write `states` and `floors` as commit `seq`, with an undo record of what they replace.
         `replaced` holds the state each key of `states` had before (as read by `get_many`), which
         spares reading them again."""
+        self.commit_encoded(
+            seq, [(key, encode_state(state)) for key, state in states.items()],
+            [(key, None if (old := replaced[key]) is None else encode_state(old))
+             for key in states], floors)
+
+    def commit_encoded(self, seq: int, states: list[tuple[bytes, bytes]],
+                       replaced: list[tuple[bytes, bytes | None]],
+                       floors: dict[str, bytes]) -> None:
+        """`commit` with states encoded: `(key, state)` pairs, and `(key, previous state or
+        None)` for each of them."""
         floor_keys = [_FLOOR_PREFIX + table.encode() for table in floors]
-        undo_entries = [(key, None if (old := replaced[key]) is None else encode_state(old))
-                        for key in states]
-        undo_entries += zip(floor_keys, self._db[floor_keys], strict=True)
+        undo_entries = [*replaced, *zip(floor_keys, self._db[floor_keys], strict=True)]
         batch = rocksdict.WriteBatch(raw_mode=True)
-        for key, state in states.items():
-            batch.put(key, encode_state(state))
+        for key, state in states:
+            batch.put(key, state)
         for key, version in zip(floor_keys, floors.values(), strict=True):
             batch.put(key, version)
         batch.put(_UNDO, pickle.dumps((self.seq, undo_entries), protocol=pickle.HIGHEST_PROTOCOL))

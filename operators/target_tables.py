@@ -66,12 +66,21 @@ class TargetTables:
         self._by_schema: dict[int, tuple[TableSchema, TargetTable]] = {}
         self._by_name: dict[TableName, TargetTable] = {}
 
+    @property
+    def delete_mode(self) -> DeleteMode:
+        return self._delete_mode
+
+    def known(self, schema: TableSchema) -> TargetTable | None:
+        """The table an event of `schema` already resolved to, if any (no DDL, no query)."""
+        hit = self._by_schema.get(id(schema))
+        return hit[1] if hit is not None and hit[0] is schema else None
+
     def for_event(self, event: ChangeEvent) -> TargetTable:
         if event.schema is None:
             return self._existing(event)
-        hit = self._by_schema.get(id(event.schema))
-        if hit is not None and hit[0] is event.schema:
-            return hit[1]
+        table = self.known(event.schema)
+        if table is not None:
+            return table
         table = self._ensure(event)
         self._by_schema[id(event.schema)] = (event.schema, table)
         return table

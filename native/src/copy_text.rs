@@ -40,6 +40,16 @@ pub fn write_bytea(out: &mut String, bytes: &[u8]) {
     }
 }
 
+/// A stage row: the columns' text (`fields`, each followed by a tab), the key's JSON and the
+/// version, as the writer's `COPY` into its stage takes them.
+pub fn write_stage_row(out: &mut String, fields: &str, key_json: &str, version: &[u8]) {
+    out.push_str(fields);
+    escape_copy(out, key_json);
+    out.push('\t');
+    write_bytea(out, version);
+    out.push('\n');
+}
+
 /// COPY text escaping of one field's text, as psycopg does it.
 pub fn escape_copy(out: &mut String, text: &str) {
     for c in text.chars() {

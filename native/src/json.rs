@@ -16,8 +16,9 @@ pub struct Payload<'a> {
     #[allow(dead_code)]
     #[serde(borrow, default)]
     pub before: Option<Members<'a>>,
+    /// Kept as JSON: a record of a run keeps it to make its values later.
     #[serde(borrow, default)]
-    pub after: Option<Members<'a>>,
+    pub after: Option<&'a RawValue>,
     #[serde(borrow, default)]
     pub source: Option<Source<'a>>,
     #[serde(borrow, default)]

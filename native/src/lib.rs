@@ -13,17 +13,19 @@
 mod calendar;
 mod copy_text;
 mod json;
+mod run;
 mod values;
 mod version;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyString, PyTuple};
 
 use serde_json::value::RawValue;
 
-use crate::copy_text::{escape_copy, key_json, write_bytea, write_field};
+use crate::copy_text::{key_json, write_field, write_stage_row};
 use crate::json::{json_str, payload_after, Members, Payload};
+use crate::run::{NativeBatch, Record, Run};
 use crate::values::{call_converter, Kind, Val};
 
 /// Why a message was not decoded here: hand it to Python (`Decline`), or a real error.
@@ -54,7 +56,7 @@ struct Column {
 }
 
 #[pyclass(frozen, module = "cdc_native")]
-struct FastPlan {
+pub(crate) struct FastPlan {
     value_prefix: Vec<u8>,
     key_prefix: Vec<u8>,
     state_prefix: String,
@@ -65,6 +67,8 @@ struct FastPlan {
     copy_order: Option<Vec<usize>>,
     decimal: PyObject,
     json_loads: PyObject,
+    /// The Python decoder's `TableSchema` this plan was learned from (opaque here).
+    schema: PyObject,
 }
 
 #[pymethods]
@@ -72,8 +76,9 @@ impl FastPlan {
     /// `key` and `columns` hold `(name, kind)` and `(name, kind, toast placeholder or None)`;
     /// a kind is `(native kind name, parameter)` or a Python converter. `state_prefix` starts
     /// every state key of the table; `copy_order` names the columns in the order of the
-    /// writer's stage for a complete row.
+    /// writer's stage for a complete row. `schema` is kept for the events of its runs.
     #[new]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         value_prefix: Vec<u8>,
@@ -82,6 +87,7 @@ impl FastPlan {
         key: Vec<(String, Bound<'_, PyAny>)>,
         columns: Vec<(String, Bound<'_, PyAny>, Bound<'_, PyAny>)>,
         copy_order: Vec<String>,
+        schema: PyObject,
     ) -> PyResult<Self> {
         let mut key_names = Vec::with_capacity(key.len());
         let mut key_kinds = Vec::with_capacity(key.len());
@@ -112,6 +118,7 @@ impl FastPlan {
             copy_order,
             decimal: py.import("decimal")?.getattr("Decimal")?.unbind(),
             json_loads: py.import("orjson")?.getattr("loads")?.unbind(),
+            schema,
         })
     }
 
@@ -124,7 +131,7 @@ impl FastPlan {
         value: &[u8],
         key: &[u8],
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        Ok(self.decode_all(py, &[(value, key)])?.pop().flatten())
+        self.parts(py, self.parse(value, key))
     }
 
     /// `decode` of each (value, key), read in parallel with the GIL released.
@@ -134,16 +141,73 @@ impl FastPlan {
         values: Vec<Bound<'py, PyBytes>>,
         keys: Vec<Bound<'py, PyBytes>>,
     ) -> PyResult<Vec<Option<Bound<'py, PyTuple>>>> {
-        if values.len() != keys.len() {
-            return Err(PyValueError::new_err("values and keys differ in length"));
-        }
-        let messages: Vec<(&[u8], &[u8])> = values
-            .iter()
-            .zip(&keys)
-            .map(|(v, k)| (v.as_bytes(), k.as_bytes()))
-            .collect();
-        self.decode_all(py, &messages)
+        let messages = pairs(&values, &keys)?;
+        let parsed = py.allow_threads(|| self.parse_all(&messages));
+        parsed.into_iter().map(|p| self.parts(py, p)).collect()
     }
+
+    /// Like `decode_many`, but the messages that make plain records — a state key, and a
+    /// delete or an upsert with every column's `COPY` text — stay native: they come back as
+    /// one `Run` per shard (`shard_of` of the state key), None for a shard without any.
+    /// Every other message comes back as `(position, decode's answer)`, in order.
+    /// `positions` are the messages' places in the caller's batch, kept by the records.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn decode_runs<'py>(
+        slf: &Bound<'py, Self>,
+        topic: Bound<'py, PyString>,
+        values: Vec<Bound<'py, PyBytes>>,
+        keys: Vec<Bound<'py, PyBytes>>,
+        positions: Vec<u32>,
+        partitions: Vec<i32>,
+        offsets: Vec<i64>,
+        shards: u32,
+    ) -> PyResult<(Vec<Option<Run>>, Vec<(u32, Option<Bound<'py, PyTuple>>)>)> {
+        let py = slf.py();
+        let plan = slf.get();
+        let messages = pairs(&values, &keys)?;
+        if positions.len() != messages.len()
+            || partitions.len() != messages.len()
+            || offsets.len() != messages.len()
+            || shards == 0
+        {
+            return Err(PyValueError::new_err("decode_runs: inconsistent arguments"));
+        }
+        let parsed = py.allow_threads(|| plan.parse_all(&messages));
+        let mut records: Vec<Vec<Record>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut others = Vec::new();
+        for (i, parsed) in parsed.into_iter().enumerate() {
+            match parsed {
+                Some(p) if p.is_plain() => {
+                    let record = p.record(positions[i], partitions[i], offsets[i]);
+                    let shard = crc32fast::hash(&record.state_key) % shards;
+                    records[shard as usize].push(record);
+                }
+                p => others.push((positions[i], plan.parts(py, p)?)),
+            }
+        }
+        let runs = records
+            .into_iter()
+            .map(|records| {
+                (!records.is_empty())
+                    .then(|| Run::new(slf.clone().unbind(), topic.clone().unbind(), records))
+            })
+            .collect();
+        Ok((runs, others))
+    }
+}
+
+fn pairs<'a>(
+    values: &'a [Bound<'_, PyBytes>],
+    keys: &'a [Bound<'_, PyBytes>],
+) -> PyResult<Vec<(&'a [u8], &'a [u8])>> {
+    if values.len() != keys.len() {
+        return Err(PyValueError::new_err("values and keys differ in length"));
+    }
+    Ok(values
+        .iter()
+        .zip(keys)
+        .map(|(v, k)| (v.as_bytes(), k.as_bytes()))
+        .collect())
 }
 
 fn column(name: String, spec: &Bound<'_, PyAny>, toast: Bound<'_, PyAny>) -> PyResult<Column> {
@@ -172,11 +236,40 @@ struct Parsed<'a> {
     is_delete: bool,
     version: Vec<u8>,
     key: Vec<Val<'a>>,
+    /// The key document's members and the row image, as JSON: what a record keeps to make its
+    /// Python objects later (`FastPlan::reread`).
+    key_members: &'a str,
+    image: Option<&'a str>,
     /// An upsert's values per column: None where the image leaves the column as it is (absent,
     /// or Debezium's TOAST placeholder).
     row: Option<Vec<Option<Val<'a>>>>,
+    /// The key's JSON (integer and string keys only) and the state key it makes.
+    key_json: Option<String>,
     state_key: Option<String>,
-    copy_row: Option<Vec<u8>>,
+    /// `COPY` text of the stage's columns, each followed by a tab: every column of an upsert
+    /// (when each has a native text form), the key columns of a delete.
+    fields: Option<String>,
+}
+
+impl Parsed<'_> {
+    /// A record can stand for the message from decoding to the stage: no Python value needed.
+    fn is_plain(&self) -> bool {
+        self.state_key.is_some() && self.fields.is_some()
+    }
+
+    fn record(self, position: u32, partition: i32, offset: i64) -> Record {
+        Record {
+            position,
+            partition,
+            offset,
+            deleted: self.is_delete,
+            version: self.version,
+            state_key: self.state_key.unwrap_or_default().into_bytes(),
+            fields: self.fields.unwrap_or_default(),
+            key_members: self.key_members.to_owned(),
+            image: self.image.map(str::to_owned),
+        }
+    }
 }
 
 /// Batches smaller than this are read by the calling thread alone.
@@ -184,22 +277,53 @@ const PARALLEL_MIN: usize = 256;
 const MAX_READERS: usize = 4;
 
 impl FastPlan {
-    /// Reads messages with the GIL released, on up to `MAX_READERS` threads; then makes their
-    /// Python objects. None per message this plan declines.
-    fn decode_all<'py>(
+    /// The length of every state key's table prefix.
+    pub(crate) fn state_prefix_len(&self) -> usize {
+        self.state_prefix.len()
+    }
+
+    pub(crate) fn schema(&self, py: Python<'_>) -> PyObject {
+        self.schema.clone_ref(py)
+    }
+
+    /// `decode`'s answer for a parsed message (None when declined).
+    fn parts<'py>(
         &self,
         py: Python<'py>,
-        messages: &[(&[u8], &[u8])],
-    ) -> PyResult<Vec<Option<Bound<'py, PyTuple>>>> {
-        let parsed = py.allow_threads(|| self.parse_all(messages));
-        parsed
-            .into_iter()
-            .map(|parsed| match parsed.map(|p| self.build(py, p)) {
-                None | Some(Err(Fail::Decline)) => Ok(None),
-                Some(Ok(parts)) => Ok(Some(parts)),
-                Some(Err(Fail::Py(err))) => Err(err),
+        parsed: Option<Parsed>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        match parsed.map(|p| self.build(py, p)) {
+            None | Some(Err(Fail::Decline)) => Ok(None),
+            Some(Ok(parts)) => Ok(Some(parts)),
+            Some(Err(Fail::Py(err))) => Err(err),
+        }
+    }
+
+    /// `decode`'s answer for a record of this plan, from what it kept.
+    pub(crate) fn reread<'py>(
+        &self,
+        py: Python<'py>,
+        record: &Record,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let parsed = self.read_key(&record.key_members).and_then(|(key, key_json)| {
+            let row = match &record.image {
+                None => None,
+                Some(image) => Some(self.row(&serde_json::from_str(image).ok()?)?),
+            };
+            Some(Parsed {
+                is_delete: record.deleted,
+                version: record.version.clone(),
+                key,
+                key_members: &record.key_members,
+                image: record.image.as_deref(),
+                row,
+                state_key: key_json.as_ref().map(|j| format!("{}{j}", self.state_prefix)),
+                key_json,
+                fields: Some(record.fields.clone()),
             })
-            .collect()
+        });
+        self.parts(py, parsed)?
+            .ok_or_else(|| PyValueError::new_err("a record its own plan no longer reads"))
     }
 
     fn parse_all<'a>(&self, messages: &[(&'a [u8], &'a [u8])]) -> Vec<Option<Parsed<'a>>> {
@@ -245,7 +369,42 @@ impl FastPlan {
             _ => return None,
         };
         let version = payload.source.as_ref()?.version()?;
-        let key_doc: Members = serde_json::from_str(payload_after(key, &self.key_prefix)?).ok()?;
+        let key_members = payload_after(key, &self.key_prefix)?;
+        let (key, key_json) = self.read_key(key_members)?;
+        // an image must be an object (or null) even for a delete, as Python requires
+        let image = payload.after.map(RawValue::get);
+        let members: Option<Members> = match image {
+            None => None,
+            Some(image) => Some(serde_json::from_str(image).ok()?),
+        };
+        let row = match (is_delete, &members) {
+            (true, _) => None,
+            (false, None) => return None, // an insert or update without its row image
+            (false, Some(members)) => Some(self.row(members)?),
+        };
+        let image = if is_delete { None } else { image };
+        let fields = match &row {
+            Some(row) => self.copy_fields(row),
+            None => key_fields(&key),
+        };
+        Some(Parsed {
+            is_delete,
+            version,
+            key,
+            key_members,
+            image,
+            row,
+            state_key: key_json
+                .as_ref()
+                .map(|json| format!("{}{json}", self.state_prefix)),
+            key_json,
+            fields,
+        })
+    }
+
+    /// The key's values, and its JSON when it has one; None when the plan declines the key.
+    fn read_key<'a>(&self, members: &'a str) -> Option<(Vec<Val<'a>>, Option<String>)> {
+        let key_doc: Members = serde_json::from_str(members).ok()?;
         if key_doc.0.len() != self.key_names.len() {
             return None;
         }
@@ -262,27 +421,8 @@ impl FastPlan {
                 }
             })
             .collect::<Option<Vec<Val>>>()?;
-        let key_json = key_json(&key);
-        let state_key = key_json
-            .as_ref()
-            .map(|json| format!("{}{json}", self.state_prefix));
-        let row = match (is_delete, &payload.after) {
-            (true, _) => None,
-            (false, None) => return None, // an insert or update without its row image
-            (false, Some(image)) => Some(self.row(image)?),
-        };
-        let copy_row = match (&row, &key_json) {
-            (Some(row), Some(json)) => self.copy_row(row, json, &version),
-            _ => None,
-        };
-        Some(Parsed {
-            is_delete,
-            version,
-            key,
-            row,
-            state_key,
-            copy_row,
-        })
+        let json = key_json(&key);
+        Some((key, json))
     }
 
     fn row<'a>(&self, image: &Members<'a>) -> Option<Vec<Option<Val<'a>>>> {
@@ -319,26 +459,30 @@ impl FastPlan {
             .collect()
     }
 
-    /// The stage row: columns in copy order, the key's JSON, the version; None unless every
+    /// Every column's `COPY` text in stage order, each followed by a tab; None unless every
     /// column has a value with a native text form.
-    fn copy_row(&self, row: &[Option<Val>], key_json: &str, version: &[u8]) -> Option<Vec<u8>> {
+    fn copy_fields(&self, row: &[Option<Val>]) -> Option<String> {
         let order = self.copy_order.as_ref()?;
-        let mut out = String::with_capacity(256);
+        let mut out = String::with_capacity(192);
         for &index in order {
             if !write_field(&mut out, row[index].as_ref()?) {
                 return None;
             }
             out.push('\t');
         }
-        escape_copy(&mut out, key_json);
-        out.push('\t');
-        write_bytea(&mut out, version);
-        out.push('\n');
-        Some(out.into_bytes())
+        Some(out)
     }
 
     /// Phase two, with the GIL: the Python objects (and the values for Python converters).
     fn build<'py>(&self, py: Python<'py>, parsed: Parsed) -> Result<Bound<'py, PyTuple>, Fail> {
+        let copy_row = match (&parsed.row, &parsed.fields, &parsed.key_json) {
+            (Some(_), Some(fields), Some(json)) => {
+                let mut row = String::with_capacity(fields.len() + 64);
+                write_stage_row(&mut row, fields, json, &parsed.version);
+                Some(row)
+            }
+            _ => None,
+        };
         let decimal = self.decimal.bind(py);
         let key = parsed
             .key
@@ -382,7 +526,7 @@ impl FastPlan {
             PyTuple::new(py, key)?.into_any(),
             values,
             optional_bytes(py, parsed.state_key.as_deref().map(str::as_bytes)),
-            optional_bytes(py, parsed.copy_row.as_deref()),
+            optional_bytes(py, copy_row.as_ref().map(String::as_bytes)),
         ];
         Ok(PyTuple::new(py, parts)?)
     }
@@ -398,6 +542,18 @@ impl FastPlan {
     }
 }
 
+/// The key columns' `COPY` text, each followed by a tab (a delete's stage row starts so).
+fn key_fields(key: &[Val]) -> Option<String> {
+    let mut out = String::with_capacity(32);
+    for value in key {
+        if !write_field(&mut out, value) {
+            return None;
+        }
+        out.push('\t');
+    }
+    Some(out)
+}
+
 fn optional_bytes<'py>(py: Python<'py>, bytes: Option<&[u8]>) -> Bound<'py, PyAny> {
     match bytes {
         Some(bytes) => PyBytes::new(py, bytes).into_any(),
@@ -408,5 +564,7 @@ fn optional_bytes<'py>(py: Python<'py>, bytes: Option<&[u8]>) -> Bound<'py, PyAn
 #[pymodule]
 fn cdc_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<FastPlan>()?;
+    module.add_class::<Run>()?;
+    module.add_class::<NativeBatch>()?;
     Ok(())
 }

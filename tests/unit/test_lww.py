@@ -51,7 +51,7 @@ def test_batch_merges_partial_images_and_fences_deletes():
     assert one.version == v(3) and one.values == {"id": 1, "a": 1, "b": 3}
     two = decision.writes[state_key(T, (2,))]
     assert two.op is Op.DELETE and two.values is None
-    assert [(s.event.version, s.applied_version, s.reason) for s in decision.stale] == [
+    assert [(s.version, s.applied_version, s.reason) for s in decision.stale] == [
         (v(2), v(3), STALE_OLDER), (v(4), v(5), STALE_DELETED)]
     assert decision.applied == 3
 

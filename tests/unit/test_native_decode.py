@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from operators import native_decode
 from operators.decode import Decoder
 from operators.events import ChangeEvent, RawMessage
+from operators.keys import shard_of
 from operators.settings import ConfigError
 from tests.unit import debezium_samples as ds
 
@@ -302,8 +303,23 @@ def test_valid_changes_take_the_fast_path(row: dict, id_: int, op: str) -> None:
 @given(st.lists(messages(), min_size=1, max_size=8), st.integers(1, 60))
 def test_a_batch_decodes_as_its_messages_one_by_one(sample: list[RawMessage],
                                                     repeat: int) -> None:
-    """`decode_many` reads large batches on several threads; the results keep their order."""
+    """`decode_runs` reads large batches on several threads; every message's result is there
+    once, the same as one by one, and a run's events are of its shard."""
     batch = [msg._replace(offset=n) for n, msg in enumerate(sample * repeat)]
     python = Decoder("public", {}, None, native=False)
     expected = [strict(python.decode(msg)) for msg in batch]
-    assert [strict(got) for got in taught().decode_many(batch)] == expected
+    assert [strict(got) for got in decoded_in_order(taught(), batch)] == expected
+
+
+def decoded_in_order(decoder: Decoder, batch: list[RawMessage], shards: int = 3) -> list[Any]:
+    """What `decode_runs` gives for each message of `batch`: runs' events in their places."""
+    others, runs = decoder.decode_runs(batch, shards)
+    found = dict(others)
+    assert len(found) == len(others)
+    for shard, shard_runs in enumerate(runs):
+        for run in shard_runs:
+            for position, event in native_decode.run_events(run):
+                assert shard_of(event.row_id, shards) == shard and position not in found
+                found[position] = event
+    assert sorted(found) == list(range(len(batch)))
+    return [found[i] for i in range(len(batch))]

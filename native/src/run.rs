@@ -1,0 +1,331 @@
+//! Native runs: the change events of one plan for one shard, kept as records from decoding to
+//! the writer's `COPY` (`operators/native_shard.py` says when they are used), and the
+//! last-write-wins decision over a shard's runs. `operators/lww.py` is the reference: a batch
+//! of runs decides as `decide_batch` does on the same events
+//! (`tests/unit/test_native_shard.py` compares the two).
+
+use std::collections::HashMap;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+
+use crate::copy_text::write_stage_row;
+use crate::FastPlan;
+
+/// One change event, as much of it as the shard step and the writer need, and what its Python
+/// objects are made from when an event is needed after all (`Run.events`).
+#[derive(Clone)]
+pub(crate) struct Record {
+    /// Its place in the decode step's batch (orders it among that batch's other items).
+    pub position: u32,
+    pub partition: i32,
+    pub offset: i64,
+    pub deleted: bool,
+    pub version: Vec<u8>,
+    pub state_key: Vec<u8>,
+    /// Stage `COPY` text: every column of an upsert, the key columns of a delete.
+    pub fields: String,
+    pub key_members: String,
+    pub image: Option<String>,
+}
+
+/// (run, record) within a batch.
+type At = (usize, usize);
+/// `(position, partition, offset, parts)` of one record's event.
+type EventParts<'py> = (u32, i32, i64, Bound<'py, PyTuple>);
+
+#[pyclass(frozen, module = "cdc_native")]
+pub(crate) struct Run {
+    plan: Py<FastPlan>,
+    topic: Py<PyString>,
+    records: Vec<Record>,
+}
+
+impl Run {
+    pub(crate) fn new(plan: Py<FastPlan>, topic: Py<PyString>, records: Vec<Record>) -> Self {
+        Run {
+            plan,
+            topic,
+            records,
+        }
+    }
+
+    fn key_json<'r>(&self, record: &'r Record) -> &'r str {
+        let prefix = self.plan.get().state_prefix_len();
+        std::str::from_utf8(&record.state_key[prefix..]).unwrap_or_default()
+    }
+}
+
+#[pymethods]
+impl Run {
+    fn __len__(&self) -> usize {
+        self.records.len()
+    }
+
+    #[getter]
+    fn topic(&self, py: Python<'_>) -> Py<PyString> {
+        self.topic.clone_ref(py)
+    }
+
+    /// The `TableSchema` of the plan that read the run.
+    #[getter]
+    fn schema(&self, py: Python<'_>) -> PyObject {
+        self.plan.get().schema(py)
+    }
+
+    /// `{(topic, partition): last offset + 1}` over the records.
+    fn next_offsets<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        for record in &self.records {
+            let offset = next.entry(record.partition).or_insert(record.offset + 1);
+            *offset = (*offset).max(record.offset + 1);
+        }
+        let dict = PyDict::new(py);
+        for (partition, offset) in next {
+            dict.set_item((self.topic.bind(py), partition), offset)?;
+        }
+        Ok(dict)
+    }
+
+    /// The records at or past `committed[(topic, partition)]` (0 when absent): this run when
+    /// that is all of them, None when none.
+    fn since(
+        slf: &Bound<'_, Self>,
+        committed: HashMap<(String, i32), i64>,
+    ) -> PyResult<Option<Py<Run>>> {
+        let run = slf.get();
+        let topic = run.topic.bind(slf.py()).to_str()?.to_owned();
+        let floor = |record: &Record| {
+            committed
+                .get(&(topic.clone(), record.partition))
+                .copied()
+                .unwrap_or(0)
+        };
+        if run.records.iter().all(|r| r.offset >= floor(r)) {
+            return Ok(Some(slf.clone().unbind()));
+        }
+        let kept: Vec<Record> = run
+            .records
+            .iter()
+            .filter(|r| r.offset >= floor(r))
+            .cloned()
+            .collect();
+        if kept.is_empty() {
+            return Ok(None);
+        }
+        let kept = Run::new(run.plan.clone_ref(slf.py()), run.topic.clone_ref(slf.py()), kept);
+        Ok(Some(Py::new(slf.py(), kept)?))
+    }
+
+    /// `(position, partition, offset, parts)` per record, `parts` as `FastPlan.decode` gives
+    /// them: what the Python change event is made from.
+    fn events<'py>(&self, py: Python<'py>) -> PyResult<Vec<EventParts<'py>>> {
+        let plan = self.plan.get();
+        self.records
+            .iter()
+            .map(|r| Ok((r.position, r.partition, r.offset, plan.reread(py, r)?)))
+            .collect()
+    }
+}
+
+/// Why an event is stale: the codes `operators/native_shard.py` maps to `operators/lww.py`'s
+/// reasons.
+const STALE_OLDER: u8 = 0;
+const STALE_DELETED: u8 = 1;
+const STALE_TRUNCATED: u8 = 2;
+
+/// How a decided row is staged: the codes of `operators.pg_writer.StagedKind`.
+const UPSERT: u8 = 0;
+const DELETE: u8 = 1;
+const DELETE_WITH_IMAGE: u8 = 2;
+
+/// A shard's runs of one commit, in arrival order; `keys()` are the state keys to read, in
+/// first-seen order, and `decide` takes their stored states in the same order.
+#[pyclass(frozen, module = "cdc_native")]
+pub(crate) struct NativeBatch {
+    runs: Vec<Py<Run>>,
+    /// (run, record) of each key's first record.
+    keys: Vec<(usize, usize)>,
+}
+
+
+/// One key's write: its last applied record, and the upsert whose image a soft delete keeps.
+struct Write {
+    last: At,
+    image: Option<At>,
+}
+
+#[pymethods]
+impl NativeBatch {
+    #[new]
+    fn new(runs: Vec<Py<Run>>) -> Self {
+        let mut seen: HashMap<&[u8], ()> = HashMap::new();
+        let mut keys = Vec::new();
+        for (i, run) in runs.iter().enumerate() {
+            for (j, record) in run.get().records.iter().enumerate() {
+                if seen.insert(&record.state_key, ()).is_none() {
+                    keys.push((i, j));
+                }
+            }
+        }
+        NativeBatch { runs, keys }
+    }
+
+    fn keys<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
+        self.keys
+            .iter()
+            .map(|&at| PyBytes::new(py, &self.record(at).state_key))
+            .collect()
+    }
+
+    /// The batch's last-write-wins outcome, as `operators.lww.decide_batch` decides it, or None
+    /// when a key has applied records of two plans (their images would have to be merged: the
+    /// caller decides that batch in Python). `states` holds each key's stored state as
+    /// `operators.state_store` encodes it (None: unknown key), `floors` each run's table
+    /// truncate floor. With `soft` deletes, a delete keeps the batch's earlier image of its row.
+    ///
+    /// Returns `(applied, duplicates, new states, undo, staged, stale)`: new states and undo as
+    /// `(key, encoded state)` pairs (undo: the state before, None for a new key); staged rows as
+    /// `(run index, staged kind, COPY rows)`, one per plan and kind; stale events as
+    /// `(run index, partition, offset, state key, version, applied version, reason code)`.
+    fn decide<'py>(
+        &self,
+        py: Python<'py>,
+        states: Vec<Option<Bound<'py, PyBytes>>>,
+        floors: Vec<Option<Vec<u8>>>,
+        soft: bool,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        if states.len() != self.keys.len() || floors.len() != self.runs.len() {
+            return Err(PyValueError::new_err("decide: states or floors do not match the batch"));
+        }
+        let runs: Vec<&Run> = self.runs.iter().map(|r| r.get()).collect();
+        let mut slot_of: HashMap<&[u8], usize> = HashMap::with_capacity(self.keys.len());
+        // (version, deleted) per key: stored, then as the batch moves it
+        let mut current: Vec<Option<(&[u8], bool)>> = Vec::with_capacity(self.keys.len());
+        for (slot, (&at, state)) in self.keys.iter().zip(&states).enumerate() {
+            slot_of.insert(&self.record(at).state_key, slot);
+            current.push(state.as_ref().map(|raw| {
+                let raw = raw.as_bytes();
+                (raw.get(1..).unwrap_or_default(), raw.first() == Some(&b'D'))
+            }));
+        }
+        let mut writes: Vec<Option<Write>> = (0..self.keys.len()).map(|_| None).collect();
+        let (mut applied, mut duplicates) = (0usize, 0usize);
+        let mut stale = Vec::new();
+        for (i, run) in runs.iter().enumerate() {
+            let floor = floors[i].as_deref();
+            for (j, record) in run.records.iter().enumerate() {
+                let slot = slot_of[record.state_key.as_slice()];
+                let state = current[slot];
+                let version = record.version.as_slice();
+                match judge(state, floor, version) {
+                    Judged::Duplicate => duplicates += 1,
+                    Judged::Stale(reason) => {
+                        let above_floor = state.is_some_and(|(v, _)| v > floor.unwrap_or(b""));
+                        let applied_version = match (above_floor, state) {
+                            (true, Some((v, _))) => v,
+                            _ => floor.unwrap_or(b""),
+                        };
+                        stale.push((
+                            i,
+                            record.partition,
+                            record.offset,
+                            PyBytes::new(py, &record.state_key),
+                            PyBytes::new(py, version),
+                            PyBytes::new(py, applied_version),
+                            reason,
+                        ));
+                    }
+                    Judged::Applied => {
+                        applied += 1;
+                        current[slot] = Some((version, record.deleted));
+                        let image = match &writes[slot] {
+                            Some(previous) => {
+                                let earlier = runs[previous.last.0];
+                                if !earlier.plan.is(&run.plan) {
+                                    return Ok(None);
+                                }
+                                previous.image
+                            }
+                            None => None,
+                        };
+                        let image = if record.deleted { image } else { Some((i, j)) };
+                        writes[slot] = Some(Write {
+                            last: (i, j),
+                            image,
+                        });
+                    }
+                }
+            }
+        }
+        let mut new_states = Vec::new();
+        let mut undo = Vec::new();
+        let mut staged: Vec<(usize, u8, String)> = Vec::new();
+        let mut group_of: HashMap<(usize, u8), usize> = HashMap::new();
+        for (slot, write) in writes.iter().enumerate() {
+            let Some(write) = write else { continue };
+            let record = self.record(write.last);
+            let key = PyBytes::new(py, &record.state_key);
+            let mut encoded = Vec::with_capacity(record.version.len() + 1);
+            encoded.push(if record.deleted { b'D' } else { b'L' });
+            encoded.extend_from_slice(&record.version);
+            new_states.push((key.clone(), PyBytes::new(py, &encoded)));
+            undo.push((key, states[slot].clone()));
+            let run = runs[write.last.0];
+            let (kind, fields) = match (record.deleted, write.image) {
+                (false, _) => (UPSERT, &record.fields),
+                (true, Some(image)) if soft => (DELETE_WITH_IMAGE, &self.record(image).fields),
+                (true, _) => (DELETE, &record.fields),
+            };
+            let plan = run.plan.as_ptr() as usize;
+            let group = *group_of.entry((plan, kind)).or_insert_with(|| {
+                staged.push((write.last.0, kind, String::new()));
+                staged.len() - 1
+            });
+            write_stage_row(&mut staged[group].2, fields, run.key_json(record), &record.version);
+        }
+        let staged: Vec<_> = staged
+            .into_iter()
+            .map(|(run, kind, rows)| (run, kind, PyBytes::new(py, rows.as_bytes())))
+            .collect();
+        Ok(Some(PyTuple::new(
+            py,
+            [
+                applied.into_pyobject(py)?.into_any(),
+                duplicates.into_pyobject(py)?.into_any(),
+                new_states.into_pyobject(py)?.into_any(),
+                undo.into_pyobject(py)?.into_any(),
+                staged.into_pyobject(py)?.into_any(),
+                stale.into_pyobject(py)?.into_any(),
+            ],
+        )?))
+    }
+}
+
+impl NativeBatch {
+    fn record(&self, (run, record): At) -> &Record {
+        &self.runs[run].get().records[record]
+    }
+}
+
+enum Judged {
+    Applied,
+    Duplicate,
+    Stale(u8),
+}
+
+/// `operators.lww.judge`.
+fn judge(state: Option<(&[u8], bool)>, floor: Option<&[u8]>, version: &[u8]) -> Judged {
+    if let Some(floor) = floor {
+        if version <= floor && state.is_none_or(|(v, _)| v <= floor) {
+            return Judged::Stale(STALE_TRUNCATED);
+        }
+    }
+    match state {
+        None => Judged::Applied,
+        Some((v, _)) if version > v => Judged::Applied,
+        Some((v, _)) if version == v => Judged::Duplicate,
+        Some((_, deleted)) => Judged::Stale(if deleted { STALE_DELETED } else { STALE_OLDER }),
+    }
+}
