@@ -34,9 +34,12 @@ pub fn write_field(out: &mut String, value: &Val) -> bool {
 
 /// Appends a `bytea` field: hex input, its backslash escaped for COPY.
 pub fn write_bytea(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push_str("\\\\x");
-    for b in bytes {
-        write!(out, "{b:02x}").unwrap();
+    out.reserve(bytes.len() * 2);
+    for &b in bytes {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0xf)] as char);
     }
 }
 

@@ -134,22 +134,11 @@ impl FastPlan {
         self.parts(py, self.parse(value, key))
     }
 
-    /// `decode` of each (value, key), read in parallel with the GIL released.
-    fn decode_many<'py>(
-        &self,
-        py: Python<'py>,
-        values: Vec<Bound<'py, PyBytes>>,
-        keys: Vec<Bound<'py, PyBytes>>,
-    ) -> PyResult<Vec<Option<Bound<'py, PyTuple>>>> {
-        let messages = pairs(&values, &keys)?;
-        let parsed = py.allow_threads(|| self.parse_all(&messages));
-        parsed.into_iter().map(|p| self.parts(py, p)).collect()
-    }
-
-    /// Like `decode_many`, but the messages that make plain records — a state key, and a
-    /// delete or an upsert with every column's `COPY` text — stay native: they come back as
-    /// one `Run` per shard (`shard_of` of the state key), None for a shard without any.
-    /// Every other message comes back as `(position, decode's answer)`, in order.
+    /// `decode` of each (value, key), read in parallel with the GIL released; but the messages
+    /// that make plain records — a state key, and a delete or an upsert with every column's
+    /// `COPY` text — stay native: they come back as one `Run` per shard (`shard_of` of the
+    /// state key), None for a shard without any. Every other message comes back as
+    /// `(position, decode's answer)`, in order.
     /// `positions` are the messages' places in the caller's batch, kept by the records.
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn decode_runs<'py>(
@@ -172,17 +161,22 @@ impl FastPlan {
         {
             return Err(PyValueError::new_err("decode_runs: inconsistent arguments"));
         }
-        let parsed = py.allow_threads(|| plan.parse_all(&messages));
-        let mut records: Vec<Vec<Record>> = (0..shards).map(|_| Vec::new()).collect();
-        let mut others = Vec::new();
-        for (i, parsed) in parsed.into_iter().enumerate() {
-            match parsed {
+        // a plain message becomes its record on the reader threads too
+        let read = py.allow_threads(|| {
+            plan.read_all(&messages, |i, value, key| match plan.parse(value, key) {
                 Some(p) if p.is_plain() => {
                     let record = p.record(positions[i], partitions[i], offsets[i]);
-                    let shard = crc32fast::hash(&record.state_key) % shards;
-                    records[shard as usize].push(record);
+                    Read::Plain(crc32fast::hash(&record.state_key) % shards, record)
                 }
-                p => others.push((positions[i], plan.parts(py, p)?)),
+                other => Read::Other(other),
+            })
+        });
+        let mut records: Vec<Vec<Record>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut others = Vec::new();
+        for (i, read) in read.into_iter().enumerate() {
+            match read {
+                Read::Plain(shard, record) => records[shard as usize].push(record),
+                Read::Other(parsed) => others.push((positions[i], plan.parts(py, parsed)?)),
             }
         }
         let runs = records
@@ -272,6 +266,12 @@ impl Parsed<'_> {
     }
 }
 
+/// What `decode_runs` reads a message as.
+enum Read<'a> {
+    Plain(u32, Record),
+    Other(Option<Parsed<'a>>),
+}
+
 /// Batches smaller than this are read by the calling thread alone.
 const PARALLEL_MIN: usize = 256;
 const MAX_READERS: usize = 4;
@@ -326,7 +326,13 @@ impl FastPlan {
             .ok_or_else(|| PyValueError::new_err("a record its own plan no longer reads"))
     }
 
-    fn parse_all<'a>(&self, messages: &[(&'a [u8], &'a [u8])]) -> Vec<Option<Parsed<'a>>> {
+    /// `read` of each message (with its index), on up to `MAX_READERS` threads for a large
+    /// batch; the results keep the messages' order.
+    fn read_all<'a, T: Send>(
+        &self,
+        messages: &[(&'a [u8], &'a [u8])],
+        read: impl Fn(usize, &'a [u8], &'a [u8]) -> T + Sync,
+    ) -> Vec<T> {
         let readers = if messages.len() < PARALLEL_MIN {
             1
         } else {
@@ -334,21 +340,26 @@ impl FastPlan {
                 .map_or(1, |n| n.get())
                 .min(MAX_READERS)
         };
-        let parse_part = |part: &[(&'a [u8], &'a [u8])]| {
+        let chunk = messages.len().div_ceil(readers).max(1);
+        let read_part = |start: usize, part: &[(&'a [u8], &'a [u8])]| {
             part.iter()
-                .map(|(value, key)| self.parse(value, key))
+                .enumerate()
+                .map(|(i, (value, key))| read(start + i, value, key))
                 .collect::<Vec<_>>()
         };
         if readers <= 1 {
-            return parse_part(messages);
+            return read_part(0, messages);
         }
-        let mut parts = messages.chunks(messages.len().div_ceil(readers));
-        let first = parts.next().unwrap_or_default();
+        let mut parts = messages.chunks(chunk).enumerate();
+        let (_, first) = parts.next().unwrap_or_default();
         std::thread::scope(|scope| {
             let others: Vec<_> = parts
-                .map(|part| scope.spawn(move || parse_part(part)))
+                .map(|(n, part)| {
+                    let read_part = &read_part;
+                    scope.spawn(move || read_part(n * chunk, part))
+                })
                 .collect();
-            let mut all = parse_part(first);
+            let mut all = read_part(0, first);
             for other in others {
                 all.extend(other.join().expect("a reader thread panicked"));
             }

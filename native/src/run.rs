@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
@@ -160,7 +162,7 @@ struct Write {
 impl NativeBatch {
     #[new]
     fn new(runs: Vec<Py<Run>>) -> Self {
-        let mut seen: HashMap<&[u8], ()> = HashMap::new();
+        let mut seen: FxHashMap<&[u8], ()> = FxHashMap::default();
         let mut keys = Vec::new();
         for (i, run) in runs.iter().enumerate() {
             for (j, record) in run.get().records.iter().enumerate() {
@@ -200,7 +202,8 @@ impl NativeBatch {
             return Err(PyValueError::new_err("decide: states or floors do not match the batch"));
         }
         let runs: Vec<&Run> = self.runs.iter().map(|r| r.get()).collect();
-        let mut slot_of: HashMap<&[u8], usize> = HashMap::with_capacity(self.keys.len());
+        let mut slot_of: FxHashMap<&[u8], usize> = FxHashMap::default();
+        slot_of.reserve(self.keys.len());
         // (version, deleted) per key: stored, then as the batch moves it
         let mut current: Vec<Option<(&[u8], bool)>> = Vec::with_capacity(self.keys.len());
         for (slot, (&at, state)) in self.keys.iter().zip(&states).enumerate() {
