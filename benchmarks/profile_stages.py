@@ -1,9 +1,11 @@
 """Per-stage profile: the replicator's own decode step and shard sinks, run in-process on the
 workload's messages (no Kafka, no bytewax), with a wall-clock timer around each stage.
 
-Stages: `DecodeStep.__call__` (of which `Decoder.decode`), `decide_batch` (LWW), the RocksDB
-state store, `PgShardWriter.write` (of which COPY + merge), and the rest of the shard sink.
-The gap between this pipeline's throughput and the real process's is bytewax + the Kafka source.
+Stages: the decode step (of which `Decoder.decode_runs`: native reads and the Python decoder),
+LWW (`decide_batch`, and the native shard step's `decide_runs`), the RocksDB state store,
+`PgShardWriter.write` (of which COPY + merge), and the rest of the shard sink. Each timer counts
+its function's time without the timed functions it calls. The gap between this pipeline's
+throughput and the real process's is bytewax + the Kafka source.
 """
 
 from __future__ import annotations
@@ -24,18 +26,25 @@ from benchmarks.workload import Workload
 
 
 class _Timers:
+    """Exclusive wall time per name: a timed call's time less that of the timed calls inside."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self._inner: list[float] = []  # per open timed call: time spent in timed calls inside
 
     def wrap(self, name: str, fn: Callable) -> Callable:
-        seconds = self.seconds
+        seconds, inner = self.seconds, self._inner
 
         def timed(*args: Any, **kwargs: Any) -> Any:
+            inner.append(0.0)
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                seconds[name] += time.perf_counter() - t0
+                elapsed = time.perf_counter() - t0
+                seconds[name] += elapsed - inner.pop()
+                if inner:
+                    inner[-1] += elapsed
 
         return timed
 
@@ -91,7 +100,7 @@ def profile(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir: Path,
     returns the stage rows and the wall time of the timed run."""
     import importlib
 
-    from operators import committer, decode, decode_step, lww, pg_writer, state_store
+    from operators import committer, decode, decode_step, lww, native_shard, pg_writer, state_store
     from operators.lifecycle import tune_gc
     from operators.settings import Settings
 
@@ -102,22 +111,27 @@ def profile(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir: Path,
                         schema_registry_url=wl.spec.registry_url or None)
 
     timers = _Timers()
+    store = state_store.ShardStateStore
     patches = [
-        (decode_step.DecodeStep, "__call__", "decode step (DecodeStep, total)"),
-        (decode.Decoder, "decode", "decode: Decoder.decode"),
-        (state_store.ShardStateStore, "get_many", "RocksDB: get_many"),
-        (state_store.ShardStateStore, "commit", "RocksDB: commit (with undo)"),
-        (pg_writer.PgShardWriter, "write", "Postgres: PgShardWriter.write (total)"),
-        (pg_writer.PgShardWriter, "_apply", "Postgres: COPY + merge per group"),
+        (decode_step.DecodeStep, "__call__", "decode: shard routing (rest of DecodeStep)"),
+        (decode.Decoder, "decode_runs", "decode: Decoder.decode_runs"),
+        (store, "get_many", "RocksDB"),
+        (store, "get_encoded", "RocksDB"),
+        (store, "commit", "RocksDB"),
+        (store, "commit_encoded", "RocksDB"),
+        (pg_writer.PgShardWriter, "write", "Postgres: grouping, audit, DLQ, offsets, commit"),
+        (pg_writer.PgShardWriter, "_apply", "Postgres: row building, COPY and merge per group"),
     ]
-    # decide_batch is imported by name into the module that calls it: patch it there.
+    # the deciders are imported by name into the module that calls them: patch them there
     for module in ("operators.shard", "operators.shard_sink", "operators.committer"):
         try:
             mod = importlib.import_module(module)
         except ImportError:
             continue
         if getattr(mod, "decide_batch", None) is lww.decide_batch:
-            patches.append((mod, "decide_batch", "LWW: decide_batch"))
+            patches.append((mod, "decide_batch", "LWW: decide_batch, native decide_runs"))
+        if getattr(mod, "decide_runs", None) is native_shard.decide_runs:
+            patches.append((mod, "decide_runs", "LWW: decide_batch, native decide_runs"))
     tune_gc()  # as the replicator process does
     with ExitStack() as stack:
         stack.enter_context(mock.patch.object(committer, "ThreadPoolExecutor", _Inline))
@@ -130,19 +144,11 @@ def profile(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir: Path,
         wall = time.perf_counter() - t0
     s = timers.seconds
     n = wl.message_count
-    decode_total = s["decode step (DecodeStep, total)"]
-    pg_total = s["Postgres: PgShardWriter.write (total)"]
-    rows = [
-        ("decode: Decoder.decode", s["decode: Decoder.decode"]),
-        ("decode: key + shard routing (rest of DecodeStep)",
-         decode_total - s["decode: Decoder.decode"]),
-        ("LWW: decide_batch", s["LWW: decide_batch"]),
-        ("RocksDB: get_many + commit",
-         s["RocksDB: get_many"] + s["RocksDB: commit (with undo)"]),
-        ("Postgres: row building, COPY and merge per group", s["Postgres: COPY + merge per group"]),
-        ("Postgres: grouping, audit, DLQ, offsets, commit",
-         pg_total - s["Postgres: COPY + merge per group"]),
-    ]
+    rows = [(name, s[name]) for name in (
+        "decode: Decoder.decode_runs", "decode: shard routing (rest of DecodeStep)",
+        "LWW: decide_batch, native decide_runs", "RocksDB",
+        "Postgres: row building, COPY and merge per group",
+        "Postgres: grouping, audit, DLQ, offsets, commit")]
     accounted = sum(v for _, v in rows)
     rows.append(("shard sink other (buffering, table lookup, open/close)", wall - accounted))
     out = [{"stage": name, "seconds": sec, "share": sec / wall if wall else 0.0,

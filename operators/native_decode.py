@@ -99,10 +99,8 @@ class FastPath:
         runs: list[list[Run]] = [[] for _ in range(shards)]
         for topic, indexes in by_topic.items():
             for plan in plans[topic]:  # what a plan declines, the next one tries
-                chosen = [messages[i] for i in indexes]
                 topic_runs, rest = plan.plan.decode_runs(
-                    topic, [m.value for m in chosen], [m.key for m in chosen], indexes,
-                    [m.partition for m in chosen], [m.offset for m in chosen], shards)
+                    topic, [messages[i] for i in indexes], indexes, shards)
                 for shard_runs, run in zip(runs, topic_runs, strict=True):
                     if run is not None:
                         shard_runs.append(run)

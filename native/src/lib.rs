@@ -140,33 +140,38 @@ impl FastPlan {
     /// state key), None for a shard without any. Every other message comes back as
     /// `(position, decode's answer)`, in order.
     /// `positions` are the messages' places in the caller's batch, kept by the records.
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    /// `messages` are `RawMessage`s (topic, partition, offset, key, value) of `topic`, each with
+    /// a key and a value.
+    #[allow(clippy::type_complexity)]
     fn decode_runs<'py>(
         slf: &Bound<'py, Self>,
         topic: Bound<'py, PyString>,
-        values: Vec<Bound<'py, PyBytes>>,
-        keys: Vec<Bound<'py, PyBytes>>,
+        messages: Vec<Bound<'py, PyTuple>>,
         positions: Vec<u32>,
-        partitions: Vec<i32>,
-        offsets: Vec<i64>,
         shards: u32,
     ) -> PyResult<(Vec<Option<Run>>, Vec<(u32, Option<Bound<'py, PyTuple>>)>)> {
         let py = slf.py();
         let plan = slf.get();
-        let messages = pairs(&values, &keys)?;
-        if positions.len() != messages.len()
-            || partitions.len() != messages.len()
-            || offsets.len() != messages.len()
-            || shards == 0
-        {
+        if positions.len() != messages.len() || shards == 0 {
             return Err(PyValueError::new_err("decode_runs: inconsistent arguments"));
         }
+        let mut partitions = Vec::with_capacity(messages.len());
+        let mut offsets = Vec::with_capacity(messages.len());
+        let mut values = Vec::with_capacity(messages.len());
+        let mut keys = Vec::with_capacity(messages.len());
+        for msg in &messages {
+            partitions.push(msg.get_item(1)?.extract::<i32>()?);
+            offsets.push(msg.get_item(2)?.extract::<i64>()?);
+            keys.push(msg.get_item(3)?.downcast_into::<PyBytes>()?);
+            values.push(msg.get_item(4)?.downcast_into::<PyBytes>()?);
+        }
+        let messages = pairs(&values, &keys)?;
         // a plain message becomes its record on the reader threads too
         let read = py.allow_threads(|| {
             plan.read_all(&messages, |i, value, key| match plan.parse(value, key) {
                 Some(p) if p.is_plain() => {
                     let record = p.record(positions[i], partitions[i], offsets[i]);
-                    Read::Plain(crc32fast::hash(&record.state_key) % shards, record)
+                    Read::Plain(crc32fast::hash(record.state_key()) % shards, record)
                 }
                 other => Read::Other(other),
             })
@@ -251,18 +256,18 @@ impl Parsed<'_> {
         self.state_key.is_some() && self.fields.is_some()
     }
 
-    fn record(self, position: u32, partition: i32, offset: i64) -> Record {
-        Record {
+    fn record(&self, position: u32, partition: i32, offset: i64) -> Record {
+        Record::new(
             position,
             partition,
             offset,
-            deleted: self.is_delete,
-            version: self.version,
-            state_key: self.state_key.unwrap_or_default().into_bytes(),
-            fields: self.fields.unwrap_or_default(),
-            key_members: self.key_members.to_owned(),
-            image: self.image.map(str::to_owned),
-        }
+            self.is_delete,
+            &self.version,
+            self.state_key.as_deref().unwrap_or_default(),
+            self.fields.as_deref().unwrap_or_default(),
+            self.key_members,
+            self.image,
+        )
     }
 }
 
@@ -305,21 +310,21 @@ impl FastPlan {
         py: Python<'py>,
         record: &Record,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let parsed = self.read_key(&record.key_members).and_then(|(key, key_json)| {
-            let row = match &record.image {
+        let parsed = self.read_key(record.key_members()).and_then(|(key, key_json)| {
+            let row = match record.image() {
                 None => None,
                 Some(image) => Some(self.row(&serde_json::from_str(image).ok()?)?),
             };
             Some(Parsed {
                 is_delete: record.deleted,
-                version: record.version.clone(),
+                version: record.version().to_vec(),
                 key,
-                key_members: &record.key_members,
-                image: record.image.as_deref(),
+                key_members: record.key_members(),
+                image: record.image(),
                 row,
                 state_key: key_json.as_ref().map(|j| format!("{}{j}", self.state_prefix)),
                 key_json,
-                fields: Some(record.fields.clone()),
+                fields: Some(record.fields().to_owned()),
             })
         });
         self.parts(py, parsed)?

@@ -5,6 +5,8 @@
 //! (`tests/unit/test_native_shard.py` compares the two).
 
 use std::collections::HashMap;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::OnceLock;
 
 use rustc_hash::FxHashMap;
 
@@ -16,7 +18,8 @@ use crate::copy_text::write_stage_row;
 use crate::FastPlan;
 
 /// One change event, as much of it as the shard step and the writer need, and what its Python
-/// objects are made from when an event is needed after all (`Run.events`).
+/// objects are made from when an event is needed after all (`Run.events`). Its bytes are one
+/// allocation: a backlog makes millions of records.
 #[derive(Clone)]
 pub(crate) struct Record {
     /// Its place in the decode step's batch (orders it among that batch's other items).
@@ -24,12 +27,102 @@ pub(crate) struct Record {
     pub partition: i32,
     pub offset: i64,
     pub deleted: bool,
-    pub version: Vec<u8>,
-    pub state_key: Vec<u8>,
-    /// Stage `COPY` text: every column of an upsert, the key columns of a delete.
-    pub fields: String,
-    pub key_members: String,
-    pub image: Option<String>,
+    has_image: bool,
+    /// The version, state key, stage fields, key members and image, one after the other.
+    data: Box<[u8]>,
+    /// Where the first four end in `data`.
+    ends: [usize; 4],
+}
+
+impl Record {
+    /// `fields`: stage `COPY` text, every column of an upsert or the key columns of a delete;
+    /// `key_members` and `image`: the key document's members and the row image, as JSON.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        position: u32,
+        partition: i32,
+        offset: i64,
+        deleted: bool,
+        version: &[u8],
+        state_key: &str,
+        fields: &str,
+        key_members: &str,
+        image: Option<&str>,
+    ) -> Self {
+        let parts: [&[u8]; 5] = [
+            version,
+            state_key.as_bytes(),
+            fields.as_bytes(),
+            key_members.as_bytes(),
+            image.unwrap_or_default().as_bytes(),
+        ];
+        let mut data = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0; 4];
+        for (i, part) in parts.iter().enumerate() {
+            data.extend_from_slice(part);
+            if i < 4 {
+                ends[i] = data.len();
+            }
+        }
+        Record {
+            position,
+            partition,
+            offset,
+            deleted,
+            has_image: image.is_some(),
+            data: data.into_boxed_slice(),
+            ends,
+        }
+    }
+
+    fn part(&self, index: usize) -> &[u8] {
+        let start = if index == 0 { 0 } else { self.ends[index - 1] };
+        let end = self.ends.get(index).copied().unwrap_or(self.data.len());
+        &self.data[start..end]
+    }
+
+    fn text(&self, index: usize) -> &str {
+        // SAFETY: parts 1-4 were copied from `&str`s whole, so each is valid UTF-8.
+        unsafe { std::str::from_utf8_unchecked(self.part(index)) }
+    }
+
+    pub(crate) fn version(&self) -> &[u8] {
+        self.part(0)
+    }
+
+    pub(crate) fn state_key(&self) -> &[u8] {
+        self.part(1)
+    }
+
+    pub(crate) fn fields(&self) -> &str {
+        self.text(2)
+    }
+
+    pub(crate) fn key_members(&self) -> &str {
+        self.text(3)
+    }
+
+    pub(crate) fn image(&self) -> Option<&str> {
+        self.has_image.then(|| self.text(4))
+    }
+}
+
+/// Frees records on a thread of its own: a run is dropped with the interpreter lock held, and
+/// a backlog's runs hold millions of allocations.
+fn free_later(records: Vec<Record>) {
+    static FREEING: OnceLock<Option<Sender<Vec<Record>>>> = OnceLock::new();
+    let sender = FREEING.get_or_init(|| {
+        let (sender, receiver) = channel::<Vec<Record>>();
+        std::thread::Builder::new()
+            .name("cdc-free".into())
+            .spawn(move || receiver.into_iter().for_each(drop))
+            .ok()
+            .map(|_| sender)
+    });
+    if let Some(sender) = sender {
+        // a send fails only if the thread is gone: the records are then freed here
+        let _ = sender.send(records);
+    }
 }
 
 /// (run, record) within a batch.
@@ -44,6 +137,17 @@ pub(crate) struct Run {
     records: Vec<Record>,
 }
 
+impl Drop for Run {
+    fn drop(&mut self) {
+        if self.records.len() >= FREE_LATER_MIN {
+            free_later(std::mem::take(&mut self.records));
+        }
+    }
+}
+
+/// Runs with fewer records are freed at once.
+const FREE_LATER_MIN: usize = 32;
+
 impl Run {
     pub(crate) fn new(plan: Py<FastPlan>, topic: Py<PyString>, records: Vec<Record>) -> Self {
         Run {
@@ -55,7 +159,7 @@ impl Run {
 
     fn key_json<'r>(&self, record: &'r Record) -> &'r str {
         let prefix = self.plan.get().state_prefix_len();
-        std::str::from_utf8(&record.state_key[prefix..]).unwrap_or_default()
+        std::str::from_utf8(&record.state_key()[prefix..]).unwrap_or_default()
     }
 }
 
@@ -166,7 +270,7 @@ impl NativeBatch {
         let mut keys = Vec::new();
         for (i, run) in runs.iter().enumerate() {
             for (j, record) in run.get().records.iter().enumerate() {
-                if seen.insert(&record.state_key, ()).is_none() {
+                if seen.insert(record.state_key(), ()).is_none() {
                     keys.push((i, j));
                 }
             }
@@ -177,7 +281,7 @@ impl NativeBatch {
     fn keys<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
         self.keys
             .iter()
-            .map(|&at| PyBytes::new(py, &self.record(at).state_key))
+            .map(|&at| PyBytes::new(py, self.record(at).state_key()))
             .collect()
     }
 
@@ -207,7 +311,7 @@ impl NativeBatch {
         // (version, deleted) per key: stored, then as the batch moves it
         let mut current: Vec<Option<(&[u8], bool)>> = Vec::with_capacity(self.keys.len());
         for (slot, (&at, state)) in self.keys.iter().zip(&states).enumerate() {
-            slot_of.insert(&self.record(at).state_key, slot);
+            slot_of.insert(self.record(at).state_key(), slot);
             current.push(state.as_ref().map(|raw| {
                 let raw = raw.as_bytes();
                 (raw.get(1..).unwrap_or_default(), raw.first() == Some(&b'D'))
@@ -219,9 +323,9 @@ impl NativeBatch {
         for (i, run) in runs.iter().enumerate() {
             let floor = floors[i].as_deref();
             for (j, record) in run.records.iter().enumerate() {
-                let slot = slot_of[record.state_key.as_slice()];
+                let slot = slot_of[record.state_key()];
                 let state = current[slot];
-                let version = record.version.as_slice();
+                let version = record.version();
                 match judge(state, floor, version) {
                     Judged::Duplicate => duplicates += 1,
                     Judged::Stale(reason) => {
@@ -234,7 +338,7 @@ impl NativeBatch {
                             i,
                             record.partition,
                             record.offset,
-                            PyBytes::new(py, &record.state_key),
+                            PyBytes::new(py, record.state_key()),
                             PyBytes::new(py, version),
                             PyBytes::new(py, applied_version),
                             reason,
@@ -269,24 +373,24 @@ impl NativeBatch {
         for (slot, write) in writes.iter().enumerate() {
             let Some(write) = write else { continue };
             let record = self.record(write.last);
-            let key = PyBytes::new(py, &record.state_key);
-            let mut encoded = Vec::with_capacity(record.version.len() + 1);
+            let key = PyBytes::new(py, record.state_key());
+            let mut encoded = Vec::with_capacity(record.version().len() + 1);
             encoded.push(if record.deleted { b'D' } else { b'L' });
-            encoded.extend_from_slice(&record.version);
+            encoded.extend_from_slice(record.version());
             new_states.push((key.clone(), PyBytes::new(py, &encoded)));
             undo.push((key, states[slot].clone()));
             let run = runs[write.last.0];
             let (kind, fields) = match (record.deleted, write.image) {
-                (false, _) => (UPSERT, &record.fields),
-                (true, Some(image)) if soft => (DELETE_WITH_IMAGE, &self.record(image).fields),
-                (true, _) => (DELETE, &record.fields),
+                (false, _) => (UPSERT, record.fields()),
+                (true, Some(image)) if soft => (DELETE_WITH_IMAGE, self.record(image).fields()),
+                (true, _) => (DELETE, record.fields()),
             };
             let plan = run.plan.as_ptr() as usize;
             let group = *group_of.entry((plan, kind)).or_insert_with(|| {
                 staged.push((write.last.0, kind, String::new()));
                 staged.len() - 1
             });
-            write_stage_row(&mut staged[group].2, fields, run.key_json(record), &record.version);
+            write_stage_row(&mut staged[group].2, fields, run.key_json(record), record.version());
         }
         let staged: Vec<_> = staged
             .into_iter()

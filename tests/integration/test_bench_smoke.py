@@ -29,4 +29,4 @@ def test_smoke_scenario_checks_correctness_and_reports(kafka_bootstrap, pg_dsn, 
         assert f"| {system} |" in output, f"no figures for {system}:\n{output[-3000:]}"
     assert "read every message" in output, output[-3000:]  # kafka-read counted them all
     assert "profile failed" not in output, output[-3000:]
-    assert "| decode: Decoder.decode |" in output, "no per-stage profile"
+    assert "| decode: Decoder.decode_runs |" in output, "no per-stage profile"
