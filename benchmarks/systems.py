@@ -68,8 +68,9 @@ def make_run(prefix: str, bootstrap: str, dsn: str, workdir: Path, wl: Workload,
     if wl.spec.registry_url:
         env["REPLICATE_SCHEMA_REGISTRY_URL"] = wl.spec.registry_url
     env.update(settings)
+    shards = int(env.pop("REPLICATE_SHARDS", default_shards()))  # the run waits for each shard
     return Run(bootstrap, dsn, state_dir=workdir / f"state{flow_suffix}", prefix=prefix,
-               shards=default_shards(), extra_env=env, flow_suffix=flow_suffix)
+               shards=shards, extra_env=env, flow_suffix=flow_suffix)
 
 
 def wait_replicator(run: Run, wl: Workload, dsn: str, poll_s: float = 0.1) -> float:
