@@ -94,7 +94,7 @@ def render_scenario(res: ScenarioResult) -> str:
                 + (f"; replicator / kafka-read = {_ratio_cell(ratio(rep, kafka))} (the share "
                    "of what Kafka delivers to a consumer that does nothing)" if kafka else "")
                 + (f"; replicator / replicator-py = {_ratio_cell(ratio(rep, python_only))} (the "
-                   "native decoder's gain)" if python_only else "") + ".")
+                   "native code's gain: decoder and shard step)" if python_only else "") + ".")
             lines.append("")
         timings = [f"- `{s.system}`: {s.timing}" + (f"; {s.note}" if s.note else "")
                    for s in _sorted_systems(res.systems) if s.timing or s.note]

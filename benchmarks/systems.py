@@ -111,7 +111,8 @@ PYTHON_DECODER = {"REPLICATE_NATIVE_DECODE": "false"}  # the `replicator-py` sys
 def run_replicator(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir: Path,
                    total_bytes: int, settings: Mapping[str, str] = MappingProxyType({}),
                    name: str = "replicator") -> SystemResult:
-    """`replicator`, or `replicator-py`: the same with the Python decoder only, its own flow."""
+    """`replicator`, or `replicator-py`: the same without native code (Python decoder and shard
+    step), its own flow."""
     suffix = ""
     if name == "replicator-py":
         settings, suffix = {**settings, **PYTHON_DECODER}, "_py"
@@ -146,7 +147,7 @@ def run_replicator(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir:
     res.seconds_with_startup = t_end - t0
     res.peak_rss_mb = peak
     res.note = f"{run.shards} shards, batch_ms/marker_ms at defaults" + (
-        "; the Python decoder only (REPLICATE_NATIVE_DECODE=false)" if suffix else "")
+        "; Python decoder and shard step only (REPLICATE_NATIVE_DECODE=false)" if suffix else "")
     cpu = sampler.cpu_between(t_first, t_end)
     if cpu:
         res.note += f"; {cpu / wl.message_count * 1e6:.1f} µs of process CPU per message"

@@ -1,7 +1,7 @@
 """The shard step for native runs (`operators/native_decode.py`): LWW and stage rows in Rust.
 
 A batch whose change events all came as runs is decided by `cdc_native.NativeBatch` — the same
-outcome as `operators.lww.decide_batch` on the runs' events (`tests/unit/test_native_shard.py`) —
+outcome as `operators.lww.decide_batch` on the runs' events (`tests/integration/test_native_shard.py`) —
 against the states read from RocksDB, and its rows reach the writer as `COPY` text. Python objects
 are made only for stale events' audit rows. Anything else goes back to the Python path with the
 runs' events (`expand`): a batch that also holds Python change events, a table that must be
@@ -63,7 +63,7 @@ def decide_runs(runs: list[Run], store: ShardStateStore, tables: TargetTables,
         return None
     applied, duplicates, states, replaced, staged, stale = decided
     return NativeDecision(
-        staged=[StagedRows(targets[i], runs[i].schema, StagedKind(kind), rows)  # type: ignore[arg-type]
+        staged=[StagedRows(targets[i], runs[i].schema, StagedKind(kind), rows)
                 for i, kind, rows in staged],
         stale=[StaleEvent(runs[i].topic, partition, offset, runs[i].schema.table, row_id, version,
                           applied_version, _REASONS[reason])

@@ -2,7 +2,7 @@
 //! the writer's `COPY` (`operators/native_shard.py` says when they are used), and the
 //! last-write-wins decision over a shard's runs. `operators/lww.py` is the reference: a batch
 //! of runs decides as `decide_batch` does on the same events
-//! (`tests/unit/test_native_shard.py` compares the two).
+//! (`tests/integration/test_native_shard.py` compares the two).
 
 use std::collections::HashMap;
 use std::sync::mpsc::{channel, Sender};
