@@ -1,13 +1,13 @@
 """The shard step for native runs (`operators/native_decode.py`): LWW and stage rows in Rust.
 
-A batch whose change events all came as runs is decided by `cdc_native.NativeBatch` — the same
-outcome as `operators.lww.decide_batch` on the runs' events (`tests/integration/test_native_shard.py`) —
-against the states read from RocksDB, and its rows reach the writer as `COPY` text. Python objects
-are made only for stale events' audit rows. Anything else goes back to the Python path with the
-runs' events (`expand`): a batch that also holds Python change events, a table that must be
-created or changed first (or cannot take the events: its DLQ records), a table with JSON columns
-(`Jsonb` values), or a key whose applied events came from two schema versions in one batch (their
-images would have to be merged).
+A batch whose change events all came as runs is decided by `cdc_native.NativeBatch` against the
+states read from RocksDB — the same outcome as `operators.lww.decide_batch` on the runs' events
+(`tests/integration/test_native_shard.py`) — and its rows reach the writer as `COPY` text.
+Python objects are made only for stale events' audit rows. Anything else goes back to the
+Python path with the runs' events (`expand`): a batch that also holds Python change events, a
+table that must be created or changed first (or cannot take the events: its DLQ records), a
+table with JSON columns (`Jsonb` values), or a key whose applied events came from two schema
+versions in one batch (their images would have to be merged).
 """
 
 from __future__ import annotations
