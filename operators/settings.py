@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     batch_ms: int = Field(500, ge=1)
     poll_batch_size: int = Field(2000, ge=1, description="messages per Kafka poll per partition")
     max_in_flight: int = Field(
-        50_000, ge=100, description="messages the flow may read past its committed offsets")
+        100_000, ge=100, description="messages the flow may read past its committed offsets")
     marker_ms: int = Field(500, ge=10, description="progress-marker period per partition")
     state_cache_mb: int = Field(32, ge=8, description="RocksDB block cache shared by all shards")
     state_write_buffer_mb: int = Field(
