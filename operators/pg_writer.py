@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from operators.events import ChangeEvent, DlqRecord, Op, TableSchema, TruncateEvent
+from operators.events import DlqRecord, Op, TableSchema, TruncateEvent
 from operators.keys import key_json_of
 from operators.lww import RowWrite, StaleEvent
 from operators.settings import DeleteMode
@@ -68,9 +68,9 @@ class ShardBatch:
     duplicates: int = 0
 
 
-def _key_text(event: ChangeEvent) -> str:
-    """The key's JSON (already encoded in the event's row id), as text for a jsonb column."""
-    return key_json_of(event.row_id).decode()
+def _key_text(row_id: bytes) -> str:
+    """The key's JSON (already encoded in the row id), as text for a jsonb column."""
+    return key_json_of(row_id).decode()
 
 
 class _Kind(Enum):
@@ -207,7 +207,7 @@ class PgShardWriter:
                 if json_at:
                     row = tuple(Jsonb(v) if i in json_at and v is not None else v
                                 for i, v in enumerate(row))
-                copy.write_row((*row, _key_text(event), write.version))
+                copy.write_row((*row, _key_text(event.row_id), write.version))
             if formatted:
                 copy.write(b"".join(formatted))
         for statement in plan.statements:
@@ -322,7 +322,7 @@ class PgShardWriter:
         ) as copy:
             for s in stale:
                 copy.write_row((self._flow_id, s.topic, s.partition, s.offset, str(s.table),
-                                key_json_of(s.row_id).decode(), describe_version(s.version),
+                                _key_text(s.row_id), describe_version(s.version),
                                 describe_version(s.applied_version), s.reason))
 
     def _dlq(self, records: list[DlqRecord]) -> None:
