@@ -16,12 +16,14 @@ from psycopg._copy_base import TextFormatter
 from psycopg.adapt import Transformer
 
 from operators.decode import Decoder
-from operators.events import ChangeEvent, Op, RawMessage, TableName
+from operators.decode_step import DecodeStep
+from operators.events import ChangeEvent, Op, ProgressMarker, RawMessage, TableName
 from operators.keys import key_json
 from operators.lww import KeyState, decide_batch
-from operators.native_decode import NativeBatch, RunEvents, run_events
+from operators.native_decode import NativeBatch, Run, RunEvents, run_events
 from operators.native_shard import _REASONS
 from operators.pg_writer import StagedKind, stage_columns
+from operators.settings import Settings
 from operators.state_store import encode_state
 from tests.unit import debezium_samples as ds
 
@@ -174,3 +176,19 @@ def test_a_run_sent_to_another_process_arrives_as_its_events() -> None:
     python = Decoder("public", {}, None, native=False)
     assert [(e.row_id, e.values, e.offset) for e in arrived] == [
         (e.row_id, e.values, e.offset) for e in map(python.decode, messages)]
+
+
+def test_a_shard_with_a_python_event_gets_the_runs_events_in_their_places() -> None:
+    """A Python change event (here: the topic's first message, and an image with an unchanged
+    TOAST value) among a shard's runs: the shard gets every event in order, no run."""
+    topic = TOPICS[0]
+    step = DecodeStep(Settings(topics=topic, shards=1))
+    toast = "__debezium_unavailable_value"
+    batch = [message(topic, 0, "c", 5, 1), message(topic, 1, "u", 1, 2),
+             message(topic, 2, "u", 1, 3, name=toast), message(topic, 3, "u", 1, 4)]
+    (name, items), = step([*batch, ProgressMarker(topic, 0, 4)])
+    assert [type(i) for i in items] == [ChangeEvent] * 4 + [ProgressMarker]
+    assert [i.offset for i in items[:4]] == [0, 1, 2, 3]
+    assert "name" not in items[2].values, "the unchanged column is left out"
+    (_, later), = step([message(topic, 4, "u", 2, 5), message(topic, 5, "d", 2, 6)])
+    assert [type(i) for i in later] == [Run] and len(later[0]) == 2
