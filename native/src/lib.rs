@@ -165,7 +165,11 @@ impl FastPlan {
             keys.push(msg.get_item(3)?.downcast_into::<PyBytes>()?);
             values.push(msg.get_item(4)?.downcast_into::<PyBytes>()?);
         }
-        let messages = pairs(&values, &keys)?;
+        let messages: Vec<(&[u8], &[u8])> = values
+            .iter()
+            .zip(&keys)
+            .map(|(v, k)| (v.as_bytes(), k.as_bytes()))
+            .collect();
         // a plain message becomes its record on the reader threads too
         let read = py.allow_threads(|| {
             plan.read_all(&messages, |i, value, key| match plan.parse(value, key) {
@@ -193,20 +197,6 @@ impl FastPlan {
             .collect();
         Ok((runs, others))
     }
-}
-
-fn pairs<'a>(
-    values: &'a [Bound<'_, PyBytes>],
-    keys: &'a [Bound<'_, PyBytes>],
-) -> PyResult<Vec<(&'a [u8], &'a [u8])>> {
-    if values.len() != keys.len() {
-        return Err(PyValueError::new_err("values and keys differ in length"));
-    }
-    Ok(values
-        .iter()
-        .zip(keys)
-        .map(|(v, k)| (v.as_bytes(), k.as_bytes()))
-        .collect())
 }
 
 fn column(name: String, spec: &Bound<'_, PyAny>, toast: Bound<'_, PyAny>) -> PyResult<Column> {

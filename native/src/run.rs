@@ -198,30 +198,35 @@ impl Run {
     /// that is all of them, None when none.
     fn since(
         slf: &Bound<'_, Self>,
-        committed: HashMap<(String, i32), i64>,
+        committed: &Bound<'_, PyDict>,
     ) -> PyResult<Option<Py<Run>>> {
+        let py = slf.py();
         let run = slf.get();
-        let topic = run.topic.bind(slf.py()).to_str()?.to_owned();
-        let floor = |record: &Record| {
-            committed
-                .get(&(topic.clone(), record.partition))
-                .copied()
-                .unwrap_or(0)
+        // looked up once per partition (a run has a few), not per record
+        let mut floors: Vec<(i32, i64)> = Vec::new();
+        for record in &run.records {
+            if !floors.iter().any(|(p, _)| *p == record.partition) {
+                let floor = match committed.get_item((run.topic.bind(py), record.partition))? {
+                    Some(offset) => offset.extract::<i64>()?,
+                    None => 0,
+                };
+                floors.push((record.partition, floor));
+            }
+        }
+        let kept_by = |record: &&Record| {
+            floors
+                .iter()
+                .all(|&(p, floor)| p != record.partition || record.offset >= floor)
         };
-        if run.records.iter().all(|r| r.offset >= floor(r)) {
+        if run.records.iter().all(|r| kept_by(&r)) {
             return Ok(Some(slf.clone().unbind()));
         }
-        let kept: Vec<Record> = run
-            .records
-            .iter()
-            .filter(|r| r.offset >= floor(r))
-            .cloned()
-            .collect();
+        let kept: Vec<Record> = run.records.iter().filter(kept_by).cloned().collect();
         if kept.is_empty() {
             return Ok(None);
         }
-        let kept = Run::new(run.plan.clone_ref(slf.py()), run.topic.clone_ref(slf.py()), kept);
-        Ok(Some(Py::new(slf.py(), kept)?))
+        let kept = Run::new(run.plan.clone_ref(py), run.topic.clone_ref(py), kept);
+        Ok(Some(Py::new(py, kept)?))
     }
 
     /// `(position, partition, offset, parts)` per record, `parts` as `FastPlan.decode` gives
@@ -251,8 +256,11 @@ const DELETE_WITH_IMAGE: u8 = 2;
 #[pyclass(frozen, module = "cdc_native")]
 pub(crate) struct NativeBatch {
     runs: Vec<Py<Run>>,
-    /// (run, record) of each key's first record.
-    keys: Vec<(usize, usize)>,
+    /// The batch's state keys in first-seen order, as Python bytes (made once: the caller reads
+    /// the states with them, `decide` returns them with the new states).
+    keys: Vec<Py<PyBytes>>,
+    /// Per run, per record: its key's index in `keys`.
+    slots: Vec<Vec<usize>>,
 }
 
 
@@ -265,24 +273,29 @@ struct Write {
 #[pymethods]
 impl NativeBatch {
     #[new]
-    fn new(runs: Vec<Py<Run>>) -> Self {
-        let mut seen: FxHashMap<&[u8], ()> = FxHashMap::default();
+    fn new(py: Python<'_>, runs: Vec<Py<Run>>) -> Self {
+        let mut slot_of: FxHashMap<&[u8], usize> = FxHashMap::default();
         let mut keys = Vec::new();
-        for (i, run) in runs.iter().enumerate() {
-            for (j, record) in run.get().records.iter().enumerate() {
-                if seen.insert(record.state_key(), ()).is_none() {
-                    keys.push((i, j));
-                }
-            }
-        }
-        NativeBatch { runs, keys }
+        let slots = runs
+            .iter()
+            .map(|run| {
+                run.get()
+                    .records
+                    .iter()
+                    .map(|record| {
+                        *slot_of.entry(record.state_key()).or_insert_with(|| {
+                            keys.push(PyBytes::new(py, record.state_key()).unbind());
+                            keys.len() - 1
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        NativeBatch { runs, keys, slots }
     }
 
-    fn keys<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
-        self.keys
-            .iter()
-            .map(|&at| PyBytes::new(py, self.record(at).state_key()))
-            .collect()
+    fn keys(&self, py: Python<'_>) -> Vec<Py<PyBytes>> {
+        self.keys.iter().map(|key| key.clone_ref(py)).collect()
     }
 
     /// The batch's last-write-wins outcome, as `operators.lww.decide_batch` decides it, or None
@@ -306,24 +319,23 @@ impl NativeBatch {
             return Err(PyValueError::new_err("decide: states or floors do not match the batch"));
         }
         let runs: Vec<&Run> = self.runs.iter().map(|r| r.get()).collect();
-        let mut slot_of: FxHashMap<&[u8], usize> = FxHashMap::default();
-        slot_of.reserve(self.keys.len());
         // (version, deleted) per key: stored, then as the batch moves it
-        let mut current: Vec<Option<(&[u8], bool)>> = Vec::with_capacity(self.keys.len());
-        for (slot, (&at, state)) in self.keys.iter().zip(&states).enumerate() {
-            slot_of.insert(self.record(at).state_key(), slot);
-            current.push(state.as_ref().map(|raw| {
-                let raw = raw.as_bytes();
-                (raw.get(1..).unwrap_or_default(), raw.first() == Some(&b'D'))
-            }));
-        }
+        let mut current: Vec<Option<(&[u8], bool)>> = states
+            .iter()
+            .map(|state| {
+                state.as_ref().map(|raw| {
+                    let raw = raw.as_bytes();
+                    (raw.get(1..).unwrap_or_default(), raw.first() == Some(&b'D'))
+                })
+            })
+            .collect();
         let mut writes: Vec<Option<Write>> = (0..self.keys.len()).map(|_| None).collect();
         let (mut applied, mut duplicates) = (0usize, 0usize);
         let mut stale = Vec::new();
         for (i, run) in runs.iter().enumerate() {
             let floor = floors[i].as_deref();
             for (j, record) in run.records.iter().enumerate() {
-                let slot = slot_of[record.state_key()];
+                let slot = self.slots[i][j];
                 let state = current[slot];
                 let version = record.version();
                 match judge(state, floor, version) {
@@ -338,7 +350,7 @@ impl NativeBatch {
                             i,
                             record.partition,
                             record.offset,
-                            PyBytes::new(py, record.state_key()),
+                            self.keys[slot].clone_ref(py),
                             PyBytes::new(py, version),
                             PyBytes::new(py, applied_version),
                             reason,
@@ -373,7 +385,7 @@ impl NativeBatch {
         for (slot, write) in writes.iter().enumerate() {
             let Some(write) = write else { continue };
             let record = self.record(write.last);
-            let key = PyBytes::new(py, record.state_key());
+            let key = self.keys[slot].bind(py);
             let mut encoded = Vec::with_capacity(record.version().len() + 1);
             encoded.push(if record.deleted { b'D' } else { b'L' });
             encoded.extend_from_slice(record.version());

@@ -192,3 +192,14 @@ def test_a_shard_with_a_python_event_gets_the_runs_events_in_their_places() -> N
     assert "name" not in items[2].values, "the unchanged column is left out"
     (_, later), = step([message(topic, 4, "u", 2, 5), message(topic, 5, "d", 2, 6)])
     assert [type(i) for i in later] == [Run] and len(later[0]) == 2
+
+
+def test_a_run_keeps_what_is_at_or_past_the_committed_offsets() -> None:
+    topic = TOPICS[0]
+    messages = [message(topic, n, "u", n, n + 1)._replace(partition=n % 2) for n in range(6)]
+    _, runs = taught().decode_runs(messages, 1)
+    (run,) = runs[0]
+    assert run.since({}) is run and run.since({(topic, 0): 0, ("other", 1): 9}) is run
+    kept = run.since({(topic, 0): 3, (topic, 1): 2})
+    assert sorted(e.offset for _, e in run_events(kept)) == [3, 4, 5]
+    assert run.since({(topic, 0): 9, (topic, 1): 9}) is None
