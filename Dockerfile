@@ -1,9 +1,10 @@
 # Replicator image: `docker compose build replicator` (see docker-compose.yml).
 
-# The native decoder (native/, Rust) is built into a wheel in a throw-away stage: Debian
-# bookworm's Python is 3.11, the runtime image's version.
+# The native code (native/, Rust, with librdkafka built from source) is built into a wheel in a
+# throw-away stage: Debian bookworm's Python is 3.11, the runtime image's version.
 FROM rust:1-slim-bookworm AS native
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
+        gcc g++ make perl pkg-config libssl-dev zlib1g-dev \
     && python3 -m venv /opt/maturin && /opt/maturin/bin/pip install "maturin>=1.5,<2"
 COPY native /src/native
 RUN /opt/maturin/bin/maturin build --release -i python3 -m /src/native/Cargo.toml -o /wheels

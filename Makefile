@@ -12,7 +12,7 @@ install: $(STAMP)
 
 # Re-installs only when pyproject.toml or the native decoder changes (or the venv is new).
 # The native decoder (native/, Rust) is built by maturin with the machine's cargo.
-$(STAMP): pyproject.toml native/pyproject.toml native/Cargo.toml native/src/lib.rs
+$(STAMP): pyproject.toml native/pyproject.toml native/Cargo.toml $(wildcard native/src/*.rs)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@command -v cargo >/dev/null || { echo "make: cargo (Rust) is needed to build native/; see README" >&2; exit 1; }
 	$(PY) -m pip install -q ./native

@@ -30,8 +30,9 @@ from schemas.registry import describe_failure, registry_subjects
 
 def build_flow(settings: Settings) -> Dataflow:
     flow = Dataflow("replicate")
+    decode = DecodeStep(settings)  # first: it says how to build the native code if missing
     messages = op.input("kafka", flow, KafkaCdcSource(settings, list_partitions(settings)))
-    keyed = op.flat_map_batch("decode", messages, DecodeStep(settings))
+    keyed = op.flat_map_batch("decode", messages, decode)
     op.output("shards", keyed, ShardSink(settings))
     return flow
 

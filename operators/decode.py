@@ -31,6 +31,7 @@ from operators.events import (
     TableName,
     TableSchema,
     TruncateEvent,
+    raw_messages,
 )
 from operators.native_decode import FastPath, NativeShape, Run, native_kind
 from operators.versions import version_for_source
@@ -139,12 +140,15 @@ class Decoder:
                 return event
         return self._decode_reference(msg)
 
-    def decode_runs(self, messages: list[RawMessage], shards: int,
+    def decode_runs(self, messages: list[Any], shards: int,
                     ) -> tuple[list[tuple[int, Decoded | None]], list[list[Run]]]:
         """`(position, decode's answer)` of each message, in order, but for the plain change
-        events the native fast path keeps as runs, per shard (`FastPath.decode_runs`)."""
+        events the native fast path keeps as runs, per shard (`FastPath.decode_runs`).
+        `messages`: `RawMessage`s and `cdc_native.Fetched` batches (each message of a batch
+        has a position of its own)."""
         if self._fast is None:
-            return ([(i, self._decode_reference(msg)) for i, msg in enumerate(messages)],
+            return ([(i, self._decode_reference(msg))
+                     for i, msg in enumerate(raw_messages(messages))],
                     [[] for _ in range(shards)])
         return self._fast.decode_runs(messages, shards, self._decode_reference)
 

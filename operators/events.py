@@ -1,12 +1,13 @@
 """The items that travel through the dataflow, from Kafka message to shard sink.
 
-source ──RawMessage──► decode ──ChangeEvent | TruncateEvent | DlqRecord | ProgressMarker──► shards
+source ──RawMessage | cdc_native.Fetched (a partition's messages, native)──► decode ──ChangeEvent | TruncateEvent | DlqRecord | ProgressMarker──► shards
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 from operators.keys import state_key
@@ -20,6 +21,20 @@ class RawMessage(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+
+    @property
+    def next_offset(self) -> int:
+        return self.offset + 1
+
+
+def raw_messages(items: Iterable[Any]) -> Iterator[RawMessage]:
+    """The messages of a batch of `RawMessage`s and `cdc_native.Fetched` batches, in order."""
+    for item in items:
+        if type(item) is RawMessage:
+            yield item
+        else:
+            for index in range(len(item)):
+                yield RawMessage(*item.message(index))
 
 
 class TableName(NamedTuple):

@@ -11,6 +11,7 @@ import logging
 import re
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,9 +27,15 @@ from operators.pg_session import connect
 from operators.retry import retrying
 from operators.settings import ConfigError, Settings, StartPosition, kafka_client_config
 
+try:
+    from cdc_native import Fetcher
+except ImportError:  # not built: the flow reads with the Python client, or says how to build it
+    Fetcher = None
+
 log = logging.getLogger(__name__)
-SourceItem = RawMessage | ProgressMarker
+SourceItem = RawMessage | ProgressMarker | Any  # Any: a cdc_native.Fetched batch
 IDLE_WAIT = timedelta(milliseconds=20)
+FETCH_WAIT_S = 0.001  # how long a fetch waits for a first message
 METADATA_TIMEOUT_S = 30
 FETCH_TUNING = {  # librdkafka settings of the worker consumer (the benchmark's kafka-read too)
     "fetch.wait.max.ms": 50,
@@ -88,7 +95,7 @@ def worker_consumer_config(settings: Settings, environ: dict[str, str] | None = 
     }
 
 
-class WorkerConsumer:
+class WorkerConsumer(ABC):
     """One Kafka consumer for every partition a worker reads.
 
     A librdkafka consumer costs a few threads and tens of MB of buffers; one per partition made
@@ -98,39 +105,76 @@ class WorkerConsumer:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._consumer = Consumer(worker_consumer_config(settings))
-        self._buffers: dict[tuple[str, int], list[RawMessage]] = {}
         self._paused: set[tuple[str, int]] = set()
         self._fetched_any = False
 
+    @abstractmethod
     def add(self, topic: str, partition: int, start: int) -> None:
-        self._buffers[(topic, partition)] = []
-        self._consumer.incremental_assign([TopicPartition(topic, partition, start)])
+        """Start reading a partition at offset `start`."""
 
-    def take(self, topic: str, partition: int) -> list[RawMessage]:
-        """The messages fetched for one partition; fetches for all when it has none."""
-        key = (topic, partition)
-        if not self._buffers[key]:
-            self._fetch()
-        taken, self._buffers[key] = self._buffers[key], []
+    @abstractmethod
+    def remove(self, topic: str, partition: int) -> None:
+        """Stop reading a partition."""
+
+    @abstractmethod
+    def _taken(self, topic: str, partition: int) -> list[SourceItem]:
+        """What was fetched of one partition since it was last taken."""
+
+    @abstractmethod
+    def _fetch(self) -> int:
+        """Fetch up to `REPLICATE_POLL_BATCH_SIZE` messages of any partition; how many came."""
+
+    @abstractmethod
+    def _pause(self, topic: str, partition: int, held: bool) -> None:
+        """Pause (or resume) fetching one partition."""
+
+    def take(self, topic: str, partition: int) -> list[SourceItem]:
+        """The messages fetched for one partition; fetches for all when it has none. Each
+        item has the `next_offset` after its messages."""
+        taken = self._taken(topic, partition)
+        if not taken:
+            fetched = self._fetch()
+            if fetched and not self._fetched_any:
+                self._fetched_any = True  # the benchmark times a backlog from this line
+                log.info("source: first messages fetched")
+            taken = self._taken(topic, partition)
         return taken
 
     def hold(self, topic: str, partition: int, held: bool) -> None:
         """Pause (or resume) fetching one partition."""
         key = (topic, partition)
-        if held and key not in self._paused:
-            self._consumer.pause([TopicPartition(topic, partition)])
-            self._paused.add(key)
-        elif not held and key in self._paused:
-            self._consumer.resume([TopicPartition(topic, partition)])
-            self._paused.discard(key)
+        if held != (key in self._paused):
+            self._pause(topic, partition, held)
+            if held:
+                self._paused.add(key)
+            else:
+                self._paused.discard(key)
 
-    def _fetch(self) -> None:
+
+class PythonConsumer(WorkerConsumer):
+    """The confluent-kafka client: a `RawMessage` per message."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._consumer = Consumer(worker_consumer_config(settings))
+        self._buffers: dict[tuple[str, int], list[SourceItem]] = {}
+
+    def add(self, topic: str, partition: int, start: int) -> None:
+        self._buffers[(topic, partition)] = []
+        self._consumer.incremental_assign([TopicPartition(topic, partition, start)])
+
+    def _taken(self, topic: str, partition: int) -> list[SourceItem]:
+        key = (topic, partition)
+        taken, self._buffers[key] = self._buffers[key], []
+        return taken
+
+    def _pause(self, topic: str, partition: int, held: bool) -> None:
+        change = self._consumer.pause if held else self._consumer.resume
+        change([TopicPartition(topic, partition)])
+
+    def _fetch(self) -> int:
         buffers = self._buffers
-        messages = self._consumer.consume(self._settings.poll_batch_size, 0.001)
-        if messages and not self._fetched_any:
-            self._fetched_any = True  # the benchmark times a backlog from this line
-            log.info("source: first messages fetched")
+        messages = self._consumer.consume(self._settings.poll_batch_size, FETCH_WAIT_S)
         for msg in messages:
             error = msg.error()
             if error is not None:
@@ -141,12 +185,59 @@ class WorkerConsumer:
             topic, partition = msg.topic(), msg.partition()
             buffers[(topic, partition)].append(
                 RawMessage(topic, partition, msg.offset(), msg.key(), msg.value()))
+        return len(messages)
 
     def remove(self, topic: str, partition: int) -> None:
         self._consumer.incremental_unassign([TopicPartition(topic, partition)])
         del self._buffers[(topic, partition)]
         if not self._buffers:
             self._consumer.close()
+
+
+class NativeConsumer(WorkerConsumer):
+    """librdkafka from native code (`cdc_native.Fetcher`): a `Fetched` batch per partition and
+    fetch, no Python object per message."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._fetcher = native_fetcher(settings)
+
+    def add(self, topic: str, partition: int, start: int) -> None:
+        self._fetcher.add(topic, partition, start)
+
+    def _taken(self, topic: str, partition: int) -> list[SourceItem]:
+        fetched = self._fetcher.take(topic, partition)
+        return [] if fetched is None else [fetched]
+
+    def _pause(self, topic: str, partition: int, held: bool) -> None:
+        self._fetcher.hold(topic, partition, held)
+
+    def _fetch(self) -> int:
+        count, warnings = self._fetcher.fetch(self._settings.poll_batch_size,
+                                              int(FETCH_WAIT_S * 1000))
+        for warning in warnings:
+            log.warning("source: %s", warning)
+        return count
+
+    def remove(self, topic: str, partition: int) -> None:
+        self._fetcher.remove(topic, partition)
+
+
+def native_fetcher(settings: Settings) -> Any:
+    """A `cdc_native.Fetcher` with the worker consumer's configuration; a property the native
+    client does not take is a `ConfigError` naming the way out."""
+    config = [(name, str(value).lower() if isinstance(value, bool) else str(value))
+              for name, value in worker_consumer_config(settings).items()]
+    try:
+        return Fetcher(config)
+    except ValueError as exc:
+        raise ConfigError(f"REPLICATE_NATIVE_FETCH: {exc} (set REPLICATE_NATIVE_FETCH=false to "
+                          "read with the Python client)") from None
+
+
+def reads_natively(settings: Settings) -> bool:
+    """Whether the worker consumers are `NativeConsumer`s."""
+    return settings.native_decode and settings.native_fetch
 
 
 _local = threading.local()
@@ -157,7 +248,8 @@ def worker_consumer(settings: Settings) -> WorkerConsumer:
     consumers: dict[str, WorkerConsumer] = _local.__dict__.setdefault("consumers", {})
     consumer = consumers.get(settings.flow_id)
     if consumer is None:
-        consumer = consumers[settings.flow_id] = WorkerConsumer(settings)
+        kind = NativeConsumer if reads_natively(settings) else PythonConsumer
+        consumer = consumers[settings.flow_id] = kind(settings)
     return consumer
 
 
@@ -179,7 +271,7 @@ class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
         self._consumer.hold(self._topic, self._partition, not allowed)
         batch: list[SourceItem] = self._consumer.take(self._topic, self._partition)
         if batch:
-            self._next_offset = batch[-1].offset + 1
+            self._next_offset = batch[-1].next_offset
         self._idle = not batch
         now = time.monotonic()
         if now >= self._marker_due:
@@ -203,6 +295,8 @@ class KafkaCdcSource(FixedPartitionedSource[SourceItem, None]):
     def __init__(self, settings: Settings, partitions: list[tuple[str, int]]) -> None:
         self._settings = settings
         self._partitions = partitions
+        if reads_natively(settings):
+            native_fetcher(settings)  # a setting the native client refuses fails the start
 
     def list_parts(self) -> list[str]:
         return [part_name(t, p) for t, p in self._partitions]

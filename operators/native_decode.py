@@ -21,7 +21,7 @@ of one topic and shard travel as one `Run` to the shard, which decides and stage
 from __future__ import annotations
 
 import copyreg
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from operators.events import ChangeEvent, Op, RawMessage, TableSchema
@@ -31,9 +31,9 @@ from operators.settings import ConfigError
 from schemas.debezium_types import FieldType
 
 try:
-    from cdc_native import FastPlan, NativeBatch, Run
+    from cdc_native import FastPlan, Fetched, NativeBatch, Run
 except ImportError:  # not built: FastPath() says how to build it or turn it off
-    FastPlan = NativeBatch = Run = None
+    FastPlan = Fetched = NativeBatch = Run = None
 
 _ENVELOPE_HEAD = b'{"schema":'
 _MAX_PLANS_PER_TOPIC = 4  # topics whose messages alternate schema versions keep each plan
@@ -77,45 +77,59 @@ class FastPath:
             return None
         return _decode_by(plans, msg)
 
-    def decode_runs(self, messages: list[RawMessage], shards: int,
+    def decode_runs(self, messages: list[Any], shards: int,
                     reference: Callable[[RawMessage], Any]) -> tuple[list[tuple[int, Any]],
                                                                      list[list[Run]]]:
         """The runs of each shard, and `(position, decoded)` of every other message in order.
 
-        Each topic's newest plan reads the topic's messages at once, in parallel, without the
+        `messages` are `Fetched` batches and `RawMessage`s (which become batches here). The
+        newest plan of a batch's topic reads the batch at once, in parallel, without the
         interpreter lock; the older plans, then `reference` (the Python decoder), decode what it
         declines, in turn. A topic without a plan yet has its messages decoded by `reference`
-        until one of them teaches it a plan, so even a batch's first messages of a topic mostly
-        run native.
+        until one of them teaches it a plan, so even a topic's first batch mostly runs native.
         """
         others: list[tuple[int, Any]] = []
-        by_topic: dict[str, list[int]] = {}
-        plans = self._plans
-        for index, msg in enumerate(messages):
-            if msg.topic in plans and msg.key is not None and msg.value is not None:
-                by_topic.setdefault(msg.topic, []).append(index)
-            else:
-                others.append((index, reference(msg)))
         runs: list[list[Run]] = [[] for _ in range(shards)]
-        for topic, indexes in by_topic.items():
-            for plan in plans[topic]:  # what a plan declines, the next one tries
-                topic_runs, rest = plan.plan.decode_runs(
-                    topic, [messages[i] for i in indexes], indexes, shards)
-                for shard_runs, run in zip(runs, topic_runs, strict=True):
-                    if run is not None:
-                        shard_runs.append(run)
-                indexes = []
-                for index, parts in rest:
-                    if parts is None:
-                        indexes.append(index)
-                    else:
-                        others.append((index, _event(plan.schema, messages[index], parts)))
-                if not indexes:
-                    break
-            others += [(index, reference(messages[index])) for index in indexes]
-        if by_topic:
-            others.sort(key=_position)
+        base = 0
+        for batch in _fetched_batches(messages):
+            others += self._decode_batch(batch, base, shards, reference, runs)
+            base += len(batch)
+        others.sort(key=_position)
         return others, runs
+
+    def _decode_batch(self, batch: Fetched, base: int, shards: int,
+                      reference: Callable[[RawMessage], Any], runs: list[list[Run]],
+                      ) -> list[tuple[int, Any]]:
+        """`decode_runs` of one batch: adds its runs to `runs`, returns its other messages."""
+        topic = batch.topic
+        others: list[tuple[int, Any]] = []
+        indexes: list[int] | None = None  # what the next plan reads (None: the whole batch)
+        if topic not in self._plans:  # the Python decoder may learn one from any message
+            for index in range(len(batch)):
+                others.append((base + index, reference(RawMessage(*batch.message(index)))))
+                if topic in self._plans:
+                    break
+            indexes = list(range(index + 1, len(batch)))
+            if not indexes:
+                return others
+        for plan in self._plans[topic]:
+            batch_runs, rest = plan.plan.decode_runs(batch, base, shards, indexes)
+            for shard_runs, run in zip(runs, batch_runs, strict=True):
+                if run is not None:
+                    shard_runs.append(run)
+            indexes = []
+            for position, parts in rest:
+                if parts is None:
+                    indexes.append(position - base)
+                else:
+                    offset = batch.offset(position - base)
+                    others.append((position, _change_event(plan.schema, topic, batch.partition,
+                                                           offset, parts)))
+            if not indexes:
+                return others
+        others += [(base + index, reference(RawMessage(*batch.message(index))))
+                   for index in indexes or ()]
+        return others
 
     def learn(self, msg: RawMessage, value_prefix: bytes, key_prefix: bytes,
               shape: NativeShape) -> None:
@@ -162,6 +176,27 @@ if Run is not None:
 
 def _position(pair: tuple[int, Any]) -> int:
     return pair[0]
+
+
+def _fetched_batches(messages: list[Any]) -> Iterator[Fetched]:
+    """`messages` as `Fetched` batches: consecutive `RawMessage`s of a partition become one."""
+    group: list[RawMessage] = []
+    for item in messages:
+        if group and (type(item) is not RawMessage or item.topic != group[0].topic
+                      or item.partition != group[0].partition):
+            yield _fetched(group)
+            group = []
+        if type(item) is RawMessage:
+            group.append(item)
+        else:
+            yield item
+    if group:
+        yield _fetched(group)
+
+
+def _fetched(messages: list[RawMessage]) -> Fetched:
+    first = messages[0]
+    return Fetched(first.topic, first.partition, [(m.offset, m.key, m.value) for m in messages])
 
 
 def run_events(run: Run) -> list[tuple[int, ChangeEvent]]:

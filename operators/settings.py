@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     retry_max_s: float = Field(30.0, gt=0, description="cap of the retry backoff")
     native_decode: bool = Field(
         True, description="try the native decoder first (operators/native_decode.py)")
+    native_fetch: bool = Field(
+        True, description="read Kafka with the native consumer when decoding natively "
+        "(operators/kafka_source.py); false: the Python client")
 
     @classmethod
     def settings_customise_sources(

@@ -12,6 +12,7 @@
 
 mod calendar;
 mod copy_text;
+mod fetch;
 mod json;
 mod run;
 mod values;
@@ -19,11 +20,12 @@ mod version;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyTuple};
 
 use serde_json::value::RawValue;
 
 use crate::copy_text::{key_json, write_field, write_stage_row};
+use crate::fetch::{Fetched, Fetcher};
 use crate::json::{json_str, payload_after, Members, Payload};
 use crate::run::{NativeBatch, Record, Run};
 use crate::values::{call_converter, Kind, Val};
@@ -139,62 +141,66 @@ impl FastPlan {
     /// `COPY` text — stay native: they come back as one `Run` per shard (`shard_of` of the
     /// state key), None for a shard without any. Every other message comes back as
     /// `(position, decode's answer)`, in order.
-    /// `positions` are the messages' places in the caller's batch, kept by the records.
-    /// `messages` are `RawMessage`s (topic, partition, offset, key, value) of `topic`, each with
-    /// a key and a value.
+    /// `fetched` holds the messages (of the plan's topic); `indexes` says which of them to read
+    /// (all when None); a message's place in the caller's batch, which records keep and the
+    /// answers carry, is `base` plus its index. A message without a key or a value is declined.
     #[allow(clippy::type_complexity)]
+    #[pyo3(signature = (fetched, base, shards, indexes=None))]
     fn decode_runs<'py>(
         slf: &Bound<'py, Self>,
-        topic: Bound<'py, PyString>,
-        messages: Vec<Bound<'py, PyTuple>>,
-        positions: Vec<u32>,
+        fetched: &Bound<'py, Fetched>,
+        base: u32,
         shards: u32,
+        indexes: Option<Vec<u32>>,
     ) -> PyResult<(Vec<Option<Run>>, Vec<(u32, Option<Bound<'py, PyTuple>>)>)> {
         let py = slf.py();
         let plan = slf.get();
-        if positions.len() != messages.len() || shards == 0 {
+        let batch = fetched.get();
+        let beyond = |indexes: &Vec<u32>| indexes.iter().any(|&i| i as usize >= batch.count());
+        if shards == 0 || indexes.as_ref().is_some_and(beyond) {
             return Err(PyValueError::new_err("decode_runs: inconsistent arguments"));
         }
-        let mut partitions = Vec::with_capacity(messages.len());
-        let mut offsets = Vec::with_capacity(messages.len());
-        let mut values = Vec::with_capacity(messages.len());
-        let mut keys = Vec::with_capacity(messages.len());
-        for msg in &messages {
-            partitions.push(msg.get_item(1)?.extract::<i32>()?);
-            offsets.push(msg.get_item(2)?.extract::<i64>()?);
-            keys.push(msg.get_item(3)?.downcast_into::<PyBytes>()?);
-            values.push(msg.get_item(4)?.downcast_into::<PyBytes>()?);
+        let indexes = indexes.unwrap_or_else(|| (0..batch.count() as u32).collect());
+        let mut others = Vec::new();
+        let mut readable = Vec::with_capacity(indexes.len());
+        let mut messages = Vec::with_capacity(indexes.len());
+        for index in indexes {
+            match batch.key_value(index as usize) {
+                Some((key, value)) => {
+                    readable.push(index);
+                    messages.push((value, key));
+                }
+                None => others.push((base + index, None)),
+            }
         }
-        let messages: Vec<(&[u8], &[u8])> = values
-            .iter()
-            .zip(&keys)
-            .map(|(v, k)| (v.as_bytes(), k.as_bytes()))
-            .collect();
+        let partition = batch.partition();
         // a plain message becomes its record on the reader threads too
         let read = py.allow_threads(|| {
             plan.read_all(&messages, |i, value, key| match plan.parse(value, key) {
                 Some(p) if p.is_plain() => {
-                    let record = p.record(positions[i], partitions[i], offsets[i]);
+                    let index = readable[i];
+                    let offset = batch.offset_of(index as usize);
+                    let record = p.record(base + index, partition, offset);
                     Read::Plain(crc32fast::hash(record.state_key()) % shards, record)
                 }
                 other => Read::Other(other),
             })
         });
         let mut records: Vec<Vec<Record>> = (0..shards).map(|_| Vec::new()).collect();
-        let mut others = Vec::new();
         for (i, read) in read.into_iter().enumerate() {
             match read {
                 Read::Plain(shard, record) => records[shard as usize].push(record),
-                Read::Other(parsed) => others.push((positions[i], plan.parts(py, parsed)?)),
+                Read::Other(parsed) => others.push((base + readable[i], plan.parts(py, parsed)?)),
             }
         }
         let runs = records
             .into_iter()
             .map(|records| {
                 (!records.is_empty())
-                    .then(|| Run::new(slf.clone().unbind(), topic.clone().unbind(), records))
+                    .then(|| Run::new(slf.clone().unbind(), batch.topic().clone_ref(py), records))
             })
             .collect();
+        others.sort_unstable_by_key(|(position, _)| *position);
         Ok((runs, others))
     }
 }
@@ -300,23 +306,27 @@ impl FastPlan {
         py: Python<'py>,
         record: &Record,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let parsed = self.read_key(record.key_members()).and_then(|(key, key_json)| {
-            let row = match record.image() {
-                None => None,
-                Some(image) => Some(self.row(&serde_json::from_str(image).ok()?)?),
-            };
-            Some(Parsed {
-                is_delete: record.deleted,
-                version: record.version().to_vec(),
-                key,
-                key_members: record.key_members(),
-                image: record.image(),
-                row,
-                state_key: key_json.as_ref().map(|j| format!("{}{j}", self.state_prefix)),
-                key_json,
-                fields: Some(record.fields().to_owned()),
-            })
-        });
+        let parsed = self
+            .read_key(record.key_members())
+            .and_then(|(key, key_json)| {
+                let row = match record.image() {
+                    None => None,
+                    Some(image) => Some(self.row(&serde_json::from_str(image).ok()?)?),
+                };
+                Some(Parsed {
+                    is_delete: record.deleted,
+                    version: record.version().to_vec(),
+                    key,
+                    key_members: record.key_members(),
+                    image: record.image(),
+                    row,
+                    state_key: key_json
+                        .as_ref()
+                        .map(|j| format!("{}{j}", self.state_prefix)),
+                    key_json,
+                    fields: Some(record.fields().to_owned()),
+                })
+            });
         self.parts(py, parsed)?
             .ok_or_else(|| PyValueError::new_err("a record its own plan no longer reads"))
     }
@@ -560,7 +570,7 @@ fn key_fields(key: &[Val]) -> Option<String> {
     Some(out)
 }
 
-fn optional_bytes<'py>(py: Python<'py>, bytes: Option<&[u8]>) -> Bound<'py, PyAny> {
+pub(crate) fn optional_bytes<'py>(py: Python<'py>, bytes: Option<&[u8]>) -> Bound<'py, PyAny> {
     match bytes {
         Some(bytes) => PyBytes::new(py, bytes).into_any(),
         None => py.None().into_bound(py),
@@ -572,5 +582,7 @@ fn cdc_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<FastPlan>()?;
     module.add_class::<Run>()?;
     module.add_class::<NativeBatch>()?;
+    module.add_class::<Fetched>()?;
+    module.add_class::<Fetcher>()?;
     Ok(())
 }

@@ -1,5 +1,6 @@
-"""The worker consumer's fetch settings against the real broker, on a compressed backlog many
-times its prefetch queue (as a Debezium backlog with schemas is: its batches compress ~15:1)."""
+"""The worker consumers (the Python client's and the native one) and their fetch settings against
+the real broker, on a compressed backlog many times the prefetch queue (as a Debezium backlog
+with schemas is: its batches compress ~15:1)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import time
 import pytest
 from confluent_kafka import Producer
 
-from operators.kafka_source import FETCH_TUNING, WorkerConsumer
+from operators.events import raw_messages
+from operators.kafka_source import FETCH_TUNING, NativeConsumer, PythonConsumer
 from operators.settings import Settings
 
 pytestmark = pytest.mark.integration
+consumers = pytest.mark.parametrize("consumer_kind", [PythonConsumer, NativeConsumer])
 MESSAGE_BYTES = 4096
 PARTITIONS = 12
 # each partition holds as many bytes as the whole prefetch queue
@@ -32,14 +35,16 @@ def _produce_backlog(bootstrap: str, topic: str) -> None:
     assert producer.flush(30) == 0
 
 
-def test_a_backlog_beyond_the_prefetch_queue_is_read_without_stalls(kafka_bootstrap, make_topic):
+@consumers
+def test_a_backlog_beyond_the_prefetch_queue_is_read_without_stalls(kafka_bootstrap, make_topic,
+                                                                     consumer_kind):
     """Once the prefetch queue is full, librdkafka waits `fetch.queue.backoff.ms` before it
     fetches that partition again. At its default that was a 1 s pause each time the worker
     caught up with the queue."""
     backlog = make_topic("prefetch", partitions=PARTITIONS)
     _produce_backlog(kafka_bootstrap, backlog)
-    consumer = WorkerConsumer(Settings(topics=backlog, kafka_bootstrap=kafka_bootstrap,
-                                       flow_id="prefetch-test"))
+    consumer = consumer_kind(Settings(topics=backlog, kafka_bootstrap=kafka_bootstrap,
+                                      flow_id="prefetch-test"))
     offsets: dict[int, list[int]] = {}
     for partition in range(PARTITIONS):
         consumer.add(backlog, partition, 0)
@@ -55,7 +60,7 @@ def test_a_backlog_beyond_the_prefetch_queue_is_read_without_stalls(kafka_bootst
             if taken:
                 longest_gap = max(longest_gap, now - last)
                 last = now
-                read += [m.offset for m in taken]
+                read += [m.offset for m in raw_messages(taken)]
     for partition in offsets:
         consumer.remove(backlog, partition)  # the last one closes the consumer
 
@@ -65,7 +70,9 @@ def test_a_backlog_beyond_the_prefetch_queue_is_read_without_stalls(kafka_bootst
 
 
 
-def test_a_message_larger_than_a_partition_fetch_still_arrives(kafka_bootstrap, make_topic):
+@consumers
+def test_a_message_larger_than_a_partition_fetch_still_arrives(kafka_bootstrap, make_topic,
+                                                               consumer_kind):
     """Fetches ask for at most `max.partition.fetch.bytes` per partition; a bigger message (a
     wide row, a large document) must still come through whole, not stall the partition."""
     limit = FETCH_TUNING["max.partition.fetch.bytes"]
@@ -76,13 +83,13 @@ def test_a_message_larger_than_a_partition_fetch_still_arrives(kafka_bootstrap, 
         producer.produce(topic, value, partition=0)
     assert producer.flush(30) == 0
 
-    consumer = WorkerConsumer(Settings(topics=topic, kafka_bootstrap=kafka_bootstrap,
-                                       flow_id="large-message-test"))
+    consumer = consumer_kind(Settings(topics=topic, kafka_bootstrap=kafka_bootstrap,
+                                      flow_id="large-message-test"))
     consumer.add(topic, 0, 0)
     values: list[bytes | None] = []
     deadline = time.monotonic() + 30
     while len(values) < 3 and time.monotonic() < deadline:
-        values += [m.value for m in consumer.take(topic, 0)]
+        values += [m.value for m in raw_messages(consumer.take(topic, 0))]
     consumer.remove(topic, 0)
 
     assert values == [b"before", big, b"after"]

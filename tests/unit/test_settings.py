@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from operators.kafka_source import FETCH_TUNING, worker_consumer_config
+from operators.kafka_source import FETCH_TUNING, native_fetcher, worker_consumer_config
 from operators.settings import (
     DEV_PG_DSN,
     ConfigError,
@@ -121,3 +121,17 @@ def test_worker_consumer_takes_fetch_tuning_unless_overridden_but_never_its_guar
     assert config["fetch.queue.backoff.ms"] == FETCH_TUNING["fetch.queue.backoff.ms"]
     assert (config["isolation.level"], config["enable.auto.commit"], config["group.id"]) == (
         "read_committed", False, "cdc-replicator.f")  # exactly-once rests on these
+
+
+def test_a_kafka_property_the_native_consumer_refuses_is_a_one_line_error_with_the_way_out(
+        monkeypatch):
+    monkeypatch.setenv("REPLICATE_TOPICS", "t")
+    monkeypatch.setenv("REPLICATE_KAFKA_NO_SUCH_PROPERTY", "1")
+    with pytest.raises(ConfigError) as refused:
+        native_fetcher(load_settings())
+    message = str(refused.value)
+    assert message.startswith("REPLICATE_NATIVE_FETCH: native Kafka consumer: ")
+    assert "no.such.property" in message and "REPLICATE_NATIVE_FETCH=false" in message
+    assert "\n" not in message
+    monkeypatch.delenv("REPLICATE_KAFKA_NO_SUCH_PROPERTY")
+    assert native_fetcher(load_settings()) is not None  # the same settings without it start
