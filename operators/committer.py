@@ -14,7 +14,12 @@ units they are the end of a burst or backlog (each partition's last position arr
 next marker), and commit after `REPLICATE_BATCH_MS` like units: a restart then replays nothing
 of it, and lag reads zero promptly.
 
-A due commit waits while the previous transaction is still running, so the worker decodes on
+A commit is also due at once when the worker holds units and the source has caught up with every
+partition (the last markers of all say `caught_up`): there is nothing to batch them with, and
+waiting out `REPLICATE_BATCH_MS` would only add latency (the end of a backlog or burst, a trickle
+of events). It waits for the transaction still running, if any: the worker has nothing else to do.
+
+Otherwise, a due commit waits while the previous transaction is still running, so the worker decodes on
 instead of blocking, up to `BACKLOG_BATCHES` batches: when Postgres is the slower side, batches
 grow and each transaction carries more rows.
 """
@@ -28,7 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import psycopg
 
 from operators import metrics
-from operators.events import TruncateEvent
+from operators.events import ProgressMarker, TruncateEvent
 from operators.native_shard import expand
 from operators.pg_session import PgSession, flow_key, thread_session
 from operators.pg_writer import ShardBatch
@@ -53,6 +58,7 @@ class Committer:
         self._units_committed_at = float("-inf")  # when a commit last carried units
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-commit")
         self._in_flight: tuple[list[Work], list[ShardBatch], Future[None], float] | None = None
+        self._caught_up: dict[Position, bool] = {}  # by each partition's last marker
 
     def register(self, shard: Shard) -> None:
         self.settle()  # the connection is free only between transactions
@@ -70,8 +76,21 @@ class Committer:
         if self._since is None:
             self._since = time.monotonic()
 
+    def track_sources(self, items: list) -> None:
+        """Note the caught-up state of the markers that close a shard's `items` (the decode step
+        sends every marker to every shard, after the shard's other items)."""
+        start = len(items)
+        while start and type(items[start - 1]) is ProgressMarker:
+            start -= 1
+        for marker in items[start:]:
+            self._caught_up[(marker.topic, marker.partition)] = marker.caught_up
+
     def commit_if_due(self) -> None:
         if self._since is None:
+            return
+        caught_up = self._caught_up
+        if self._units and caught_up and all(caught_up.values()):  # nothing more to read now
+            self.commit_all()
             return
         now = time.monotonic()
         batch_size = self._settings.batch_size

@@ -129,11 +129,13 @@ class DlqRecord:
 
 
 class ProgressMarker(NamedTuple):
-    """Every message of (topic, partition) below `next_offset` that belongs to a shard was sent."""
+    """Every message of (topic, partition) below `next_offset` that belongs to a shard was sent.
+    `caught_up`: the source had nothing more of the partition to read."""
 
     topic: str
     partition: int
     next_offset: int
+    caught_up: bool = False
 
 
 ShardItem = ChangeEvent | TruncateEvent | DlqRecord | ProgressMarker

@@ -128,6 +128,11 @@ class WorkerConsumer(ABC):
     def _pause(self, topic: str, partition: int, held: bool) -> None:
         """Pause (or resume) fetching one partition."""
 
+    @abstractmethod
+    def known_end(self, topic: str, partition: int) -> int | None:
+        """The partition's end offset as the last fetch told it (librdkafka's cached high
+        watermark; the last stable offset under `read_committed`), None before any fetch."""
+
     def take(self, topic: str, partition: int) -> list[SourceItem]:
         """The messages fetched for one partition; fetches for all when it has none. Each
         item has the `next_offset` after its messages."""
@@ -172,6 +177,14 @@ class PythonConsumer(WorkerConsumer):
         change = self._consumer.pause if held else self._consumer.resume
         change([TopicPartition(topic, partition)])
 
+    def known_end(self, topic: str, partition: int) -> int | None:
+        try:
+            _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                           cached=True)
+        except KafkaException:  # nothing cached yet
+            return None
+        return high if high >= 0 else None
+
     def _fetch(self) -> int:
         buffers = self._buffers
         messages = self._consumer.consume(self._settings.poll_batch_size, FETCH_WAIT_S)
@@ -211,6 +224,9 @@ class NativeConsumer(WorkerConsumer):
 
     def _pause(self, topic: str, partition: int, held: bool) -> None:
         self._fetcher.hold(topic, partition, held)
+
+    def known_end(self, topic: str, partition: int) -> int | None:
+        return self._fetcher.known_end(topic, partition)
 
     def _fetch(self) -> int:
         count, warnings = self._fetcher.fetch(self._settings.poll_batch_size,
@@ -264,6 +280,7 @@ class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
         self._window = CommitWindow(settings, topic, partition, start, partitions)
         self._marker_due = 0.0
         self._idle = False
+        self._caught_up = False
         log.info("source %s[%d]: starting at offset %d", topic, partition, start)
 
     def next_batch(self) -> list[SourceItem]:
@@ -273,11 +290,19 @@ class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
         if batch:
             self._next_offset = batch[-1].next_offset
         self._idle = not batch
+        caught_up = not batch and allowed and self._read_to_end()
         now = time.monotonic()
-        if now >= self._marker_due:
-            batch.append(ProgressMarker(self._topic, self._partition, self._next_offset))
+        if now >= self._marker_due or caught_up != self._caught_up:
+            batch.append(ProgressMarker(self._topic, self._partition, self._next_offset,
+                                        caught_up))
             self._marker_due = now + self._settings.marker_ms / 1000
+        self._caught_up = caught_up
         return batch
+
+    def _read_to_end(self) -> bool:
+        """Whether this part has read all its partition holds, as far as the last fetch knows."""
+        end = self._consumer.known_end(self._topic, self._partition)
+        return end is not None and self._next_offset >= end
 
     def next_awake(self) -> datetime | None:
         return datetime.now(UTC) + IDLE_WAIT if self._idle else None

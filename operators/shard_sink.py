@@ -32,9 +32,11 @@ class ShardPartition(StatefulSinkPartition[list[ShardItem], None]):
         self._committer.register(self.shard)
 
     def write_batch(self, values: list[list[ShardItem]]) -> None:
-        accept = self.shard.accept
-        self._committer.accepted(sum(accept(items) for items in values))
-        self._committer.commit_if_due()
+        accept, committer = self.shard.accept, self._committer
+        committer.accepted(sum(accept(items) for items in values))
+        for items in values:
+            committer.track_sources(items)
+        committer.commit_if_due()
 
     def snapshot(self) -> None:
         self._committer.commit_all(wait=True)

@@ -6,14 +6,17 @@
 //! there (`FastPlan.decode_runs`); Python objects are made only of the messages Python decodes.
 //! Offsets stay in Postgres: the consumer never commits, like the Python one.
 
+use std::ffi::CString;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
+use rdkafka::bindings::rd_kafka_get_watermark_offsets;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::optional_bytes;
@@ -290,6 +293,25 @@ impl Fetcher {
             }
             Ok((count, warnings))
         })
+    }
+
+    /// The partition's end as the last fetch response told it (librdkafka's cached high
+    /// watermark; with `read_committed`, its last stable offset), or None before any.
+    fn known_end(&self, topic: &str, partition: i32) -> PyResult<Option<i64>> {
+        let topic = CString::new(topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let (mut low, mut high) = (-1_i64, -1_i64);
+        // SAFETY: the client outlives the call; librdkafka only reads `topic` and writes the two
+        // offsets (it answers from its cache, without a request)
+        let err = unsafe {
+            rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        Ok((err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high))
     }
 
     /// The messages fetched for a partition and not taken yet, if any.

@@ -93,3 +93,27 @@ def test_a_message_larger_than_a_partition_fetch_still_arrives(kafka_bootstrap, 
     consumer.remove(topic, 0)
 
     assert values == [b"before", big, b"after"]
+
+
+@consumers
+def test_a_consumer_knows_where_a_partition_ends_once_it_has_fetched(kafka_bootstrap, make_topic,
+                                                                      consumer_kind):
+    """`known_end` (librdkafka's cached high watermark) is what tells a part it has caught up:
+    unknown before a fetch, the offset after the last message once it was read."""
+    topic = make_topic("ends")
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for value in (b"a", b"b", b"c"):
+        producer.produce(topic, value, partition=0)
+    assert producer.flush(30) == 0
+
+    consumer = consumer_kind(Settings(topics=topic, kafka_bootstrap=kafka_bootstrap,
+                                      flow_id="known-end-test"))
+    consumer.add(topic, 0, 0)
+    assert consumer.known_end(topic, 0) is None
+    offsets: list[int] = []
+    deadline = time.monotonic() + 30
+    while len(offsets) < 3 and time.monotonic() < deadline:
+        offsets += [m.offset for m in raw_messages(consumer.take(topic, 0))]
+    assert offsets == [0, 1, 2]
+    assert consumer.known_end(topic, 0) == 3
+    consumer.remove(topic, 0)

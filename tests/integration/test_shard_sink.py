@@ -166,7 +166,8 @@ def _offset_reaches(settings: Settings, expected: int, wait_s: float) -> bool:
     deadline = time.monotonic() + wait_s
     while True:
         with psycopg.connect(settings.pg_dsn) as conn:
-            row = conn.execute("SELECT next_offset FROM cdc.offsets WHERE flow_id = %s",
+            row = conn.execute("SELECT next_offset FROM cdc.offsets WHERE flow_id = %s"
+                               " AND partition = 0",
                                (settings.flow_id,)).fetchone()
         if row and row[0] >= expected:
             return True
@@ -205,6 +206,29 @@ def test_markers_after_a_burst_commit_promptly_then_idle_ones_wait(pg_dsn, tmp_p
         time.sleep(flush_s / 2)
         shard.write_batch([])  # the markers are MARKER_ONLY_FLUSH_S old
         assert _offset_reaches(settings, 80, wait_s=10)
+    finally:
+        shard.close()
+        drop_flows(pg_dsn, name)
+
+
+def test_units_commit_at_once_when_the_source_has_caught_up_with_every_partition(pg_dsn,
+                                                                               tmp_path):
+    """With every partition's last marker `caught_up`, there is nothing to batch the units
+    with: they commit without waiting out batch_ms (here a minute); one partition still being
+    read holds them to the usual rules."""
+    name = f"sink{uuid.uuid4().hex[:10]}"
+    settings = Settings(topics=TOPIC, pg_dsn=pg_dsn, state_dir=tmp_path, flow_id=name,
+                        target_schema=name, shards=1, batch_ms=60_000)
+    things = Things(name)
+    shard = ShardPartition(settings, 0)
+    try:
+        shard.write_batch([[things.event(1, 10), ProgressMarker(TOPIC, 0, 2, caught_up=True),
+                            ProgressMarker(TOPIC, 1, 7, caught_up=False)]])
+        assert not _offset_reaches(settings, 2, wait_s=1), "committed with partition 1 unread"
+        shard.write_batch([[ProgressMarker(TOPIC, 1, 7, caught_up=True)]])
+        assert _offset_reaches(settings, 2, wait_s=10), "caught up, yet the units waited"
+        shard.write_batch([[things.event(2, 20), ProgressMarker(TOPIC, 0, 3, caught_up=False)]])
+        assert not _offset_reaches(settings, 3, wait_s=1), "committed while partition 0 is read"
     finally:
         shard.close()
         drop_flows(pg_dsn, name)
