@@ -152,6 +152,10 @@ class Decoder:
                     [[] for _ in range(shards)])
         return self._fast.decode_runs(messages, shards, self._decode_reference)
 
+    def newest_plans(self) -> dict[str, Any]:
+        """Each topic's newest native plan (none without the fast path)."""
+        return {} if self._fast is None else self._fast.newest()
+
     def _decode_reference(self, msg: RawMessage) -> Decoded | None:
         """The Python decoder, which never raises for bad input."""
         topic = msg.topic

@@ -17,7 +17,7 @@ from operator import itemgetter
 
 from operators.decode import Decoder
 from operators.events import ChangeEvent, DlqRecord, ProgressMarker, ShardItem
-from operators.kafka_source import SourceItem
+from operators.kafka_source import SourceItem, running_consumer
 from operators.keys import shard_of, shard_of_position
 from operators.native_decode import run_events
 from operators.pg_session import connect
@@ -34,6 +34,7 @@ class DecodeStep:
                  if settings.schema_registry_url else None)
         self._decoder = Decoder(settings.target_schema, settings.table_map, catalog, fetch,
                                 native=settings.native_decode)
+        self._settings = settings
         self._shards = settings.shards
         self._names = [shard_part_name(k) for k in range(settings.shards)]
 
@@ -41,6 +42,9 @@ class DecodeStep:
         shards = self._shards
         messages = [item for item in items if type(item) is not ProgressMarker]
         decoded, runs = self._decoder.decode_runs(messages, shards)
+        consumer = running_consumer(self._settings)
+        if consumer is not None:  # the plans it may have learned read ahead from now on
+            consumer.teach(self._decoder.newest_plans())
         routed: list[list[tuple[int, ShardItem]]] = [[] for _ in range(shards)]
         ordered: set[int] = set()  # shards with a Python event or truncate among their runs
         for position, item in decoded:

@@ -133,6 +133,9 @@ class WorkerConsumer(ABC):
         """The partition's end offset as the last fetch told it (librdkafka's cached high
         watermark; the last stable offset under `read_committed`), None before any fetch."""
 
+    def teach(self, plans: dict[str, Any]) -> None:
+        """The decoder's newest plan of each topic (`NativeConsumer` reads ahead with them)."""
+
     def take(self, topic: str, partition: int) -> list[SourceItem]:
         """The messages fetched for one partition; fetches for all when it has none. Each
         item has the `next_offset` after its messages."""
@@ -208,15 +211,20 @@ class PythonConsumer(WorkerConsumer):
 
 
 class NativeConsumer(WorkerConsumer):
-    """librdkafka from native code (`cdc_native.Fetcher`): a `Fetched` batch per partition and
-    fetch, no Python object per message."""
+    """librdkafka from native code (`cdc_native.Fetcher`): a thread of its own reads ahead
+    (copying each partition's messages into one buffer, and making the records of the plain ones
+    with the plans the decoder `teach`es it); a part takes a `Fetched` batch, no Python object
+    per message."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self._fetcher = native_fetcher(settings)
+        self._taught: dict[str, Any] = {}
+        self._parts = 0
 
     def add(self, topic: str, partition: int, start: int) -> None:
         self._fetcher.add(topic, partition, start)
+        self._parts += 1
 
     def _taken(self, topic: str, partition: int) -> list[SourceItem]:
         fetched = self._fetcher.take(topic, partition)
@@ -228,15 +236,23 @@ class NativeConsumer(WorkerConsumer):
     def known_end(self, topic: str, partition: int) -> int | None:
         return self._fetcher.known_end(topic, partition)
 
+    def teach(self, plans: dict[str, Any]) -> None:
+        for topic, plan in plans.items():
+            if self._taught.get(topic) is not plan:
+                self._fetcher.teach(topic, plan)
+                self._taught[topic] = plan
+
     def _fetch(self) -> int:
-        count, warnings = self._fetcher.fetch(self._settings.poll_batch_size,
-                                              int(FETCH_WAIT_S * 1000))
+        count, warnings = self._fetcher.fetch(int(FETCH_WAIT_S * 1000))
         for warning in warnings:
             log.warning("source: %s", warning)
         return count
 
     def remove(self, topic: str, partition: int) -> None:
         self._fetcher.remove(topic, partition)
+        self._parts -= 1
+        if not self._parts:
+            self._fetcher.close()
 
 
 def native_fetcher(settings: Settings) -> Any:
@@ -245,7 +261,7 @@ def native_fetcher(settings: Settings) -> Any:
     config = [(name, str(value).lower() if isinstance(value, bool) else str(value))
               for name, value in worker_consumer_config(settings).items()]
     try:
-        return Fetcher(config)
+        return Fetcher(config, settings.shards)
     except ValueError as exc:
         raise ConfigError(f"REPLICATE_NATIVE_FETCH: {exc} (set REPLICATE_NATIVE_FETCH=false to "
                           "read with the Python client)") from None
@@ -257,6 +273,11 @@ def reads_natively(settings: Settings) -> bool:
 
 
 _local = threading.local()
+
+
+def running_consumer(settings: Settings) -> WorkerConsumer | None:
+    """The calling worker thread's consumer for this flow, if its source has made one."""
+    return _local.__dict__.get("consumers", {}).get(settings.flow_id)
 
 
 def worker_consumer(settings: Settings) -> WorkerConsumer:

@@ -131,6 +131,10 @@ class FastPath:
                    for index in indexes or ()]
         return others
 
+    def newest(self) -> dict[str, FastPlan]:
+        """Each topic's most recently learned plan."""
+        return {topic: plans[0].plan for topic, plans in self._plans.items()}
+
     def learn(self, msg: RawMessage, value_prefix: bytes, key_prefix: bytes,
               shape: NativeShape) -> None:
         """`msg` was decoded by Python with `shape`; `value_prefix` and `key_prefix` are the

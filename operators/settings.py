@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     delete_mode: DeleteMode = DeleteMode.HARD
     batch_size: int = Field(5000, ge=1)
     batch_ms: int = Field(500, ge=1)
-    poll_batch_size: int = Field(2000, ge=1, description="messages per Kafka poll per partition")
+    poll_batch_size: int = Field(
+        2000, ge=1, description="messages per Kafka poll of the Python client")
     max_in_flight: int = Field(
         100_000, ge=100, description="messages the flow may read past its committed offsets")
     marker_ms: int = Field(500, ge=10, description="progress-marker period per partition")

@@ -1,13 +1,17 @@
 //! The source's native Kafka consumer (`cdc_native.Fetcher`) and what it reads (`Fetched`).
 //!
 //! The Python consumer made a `Message`, two `bytes` and a `RawMessage` of every message on the
-//! worker thread, under the interpreter lock: a third of the replicator's time. This one copies
-//! each partition's messages into one buffer without the lock, and the decoder reads them from
-//! there (`FastPlan.decode_runs`); Python objects are made only of the messages Python decodes.
-//! Offsets stay in Postgres: the consumer never commits, like the Python one.
+//! worker thread, under the interpreter lock: a third of the replicator's time. This one reads
+//! on a thread of its own, ahead of the worker (bounded by `MAX_AHEAD_BYTES`): it copies each
+//! partition's messages into one buffer and, where the decoder has taught it the topic's plan
+//! (`Fetcher.teach`), already makes the records of the plain ones (`Prepared`), which
+//! `FastPlan.decode_runs` then takes as they are. Python objects are made only of the messages
+//! Python decodes. Offsets stay in Postgres: the consumer never commits, like the Python one.
 
 use std::ffi::CString;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyValueError};
@@ -16,10 +20,21 @@ use pyo3::types::{PyBytes, PyString, PyTuple};
 use rdkafka::bindings::rd_kafka_get_watermark_offsets;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-use crate::optional_bytes;
+use rustc_hash::FxHashMap;
+
+use crate::run::Record;
+use crate::{optional_bytes, FastPlan};
+
+/// How far (message bytes not yet taken) the reading thread may read ahead of the worker.
+const MAX_AHEAD_BYTES: usize = 32 << 20;
+/// How many messages the reading thread polls before it hands them over.
+const READ_BATCH: usize = 256;
+/// How long the reading thread waits for a message before it looks whether it should stop.
+const POLL_WAIT: Duration = Duration::from_millis(50);
 
 /// Where one message's key and value are in its batch's buffer.
 struct Entry {
@@ -28,18 +43,30 @@ struct Entry {
     value: Option<(usize, usize)>,
 }
 
+/// What the reading thread made of a batch with one plan: its plain messages' records by shard
+/// (a record's position is its message's index in the batch), and the indexes of the messages
+/// it left for the decoder.
+pub(crate) struct Prepared {
+    pub plan: Arc<Py<FastPlan>>,
+    pub records: Vec<Vec<Record>>,
+    pub unread: Vec<u32>,
+}
+
 /// One partition's messages as they accumulate.
 #[derive(Default)]
 struct Pending {
     entries: Vec<Entry>,
     data: Vec<u8>,
+    prepared: Option<Prepared>,
 }
 
 impl Pending {
-    fn push(&mut self, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
+    /// Adds a message; returns its index.
+    fn push(&mut self, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> u32 {
         let key = key.map(|k| self.append(k));
         let value = value.map(|v| self.append(v));
         self.entries.push(Entry { offset, key, value });
+        (self.entries.len() - 1) as u32
     }
 
     fn append(&mut self, bytes: &[u8]) -> (usize, usize) {
@@ -62,6 +89,8 @@ pub(crate) struct Fetched {
     topic: Py<PyString>,
     partition: i32,
     messages: Pending,
+    /// The reading thread's records, until the decoder takes them.
+    prepared: Mutex<Option<Prepared>>,
 }
 
 impl Fetched {
@@ -85,6 +114,17 @@ impl Fetched {
     pub(crate) fn key_value(&self, index: usize) -> Option<(&[u8], &[u8])> {
         let entry = &self.messages.entries[index];
         Some((self.slice(entry.key?), self.slice(entry.value?)))
+    }
+
+    /// The records the reading thread made with `plan` for `shards` shards, once.
+    pub(crate) fn take_prepared(&self, plan: &Py<FastPlan>, shards: u32) -> Option<Prepared> {
+        let mut prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+        match prepared.as_ref() {
+            Some(p) if p.plan.as_ptr() == plan.as_ptr() && p.records.len() == shards as usize => {
+                prepared.take()
+            }
+            _ => None,
+        }
     }
 
     fn slice(&self, (start, end): (usize, usize)) -> &[u8] {
@@ -116,6 +156,7 @@ impl Fetched {
             topic: topic.unbind(),
             partition,
             messages: pending,
+            prepared: Mutex::new(None),
         }
     }
 
@@ -127,6 +168,15 @@ impl Fetched {
     #[getter(partition)]
     fn py_partition(&self) -> i32 {
         self.partition
+    }
+
+    /// How many records the reading thread made ahead (not yet taken by the decoder).
+    #[getter]
+    fn ahead(&self) -> usize {
+        let prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+        prepared
+            .as_ref()
+            .map_or(0, |p| p.records.iter().map(Vec::len).sum())
     }
 
     /// The offset after the batch's last message.
@@ -161,7 +211,7 @@ impl Fetched {
     }
 }
 
-/// A partition's messages fetched and not yet taken.
+/// A partition's messages read and not yet taken.
 struct Part {
     topic: String,
     partition: i32,
@@ -171,12 +221,187 @@ struct Part {
     sizes: (usize, usize),
 }
 
-/// One librdkafka consumer for the partitions a worker reads (see `WorkerConsumer` in
-/// `operators/kafka_source.py`, whose interface this follows).
+/// A message the reading thread polled, with the record it made of it outside the lock.
+struct Polled<'c> {
+    msg: BorrowedMessage<'c>,
+    plan: Option<Arc<Py<FastPlan>>>,
+    read: Option<(u32, Record)>,
+}
+
+impl Polled<'_> {
+    fn bytes(&self) -> usize {
+        self.msg.key().map_or(0, <[u8]>::len) + self.msg.payload().map_or(0, <[u8]>::len)
+    }
+}
+
+impl Part {
+    /// Adds one message, with its record if it was made with the plan of the batch's first.
+    fn push(&mut self, polled: Polled<'_>, shards: u32) {
+        let pending = &mut self.pending;
+        let msg = &polled.msg;
+        if pending.entries.capacity() == 0 {
+            pending.entries.reserve(self.sizes.0);
+            pending.data.reserve(self.sizes.1);
+            pending.prepared = polled.plan.as_ref().map(|plan| Prepared {
+                plan: plan.clone(),
+                records: (0..shards).map(|_| Vec::new()).collect(),
+                unread: Vec::new(),
+            });
+        }
+        let index = pending.push(msg.offset(), msg.key(), msg.payload());
+        let Some(prepared) = pending.prepared.as_mut() else {
+            return; // no plan when the batch began: the decoder reads all of it
+        };
+        let same_plan = polled
+            .plan
+            .is_some_and(|plan| Arc::ptr_eq(&plan, &prepared.plan));
+        match polled.read {
+            Some((shard, mut record)) if same_plan => {
+                record.position = index;
+                prepared.records[shard as usize].push(record);
+            }
+            _ => prepared.unread.push(index),
+        }
+    }
+}
+
+/// What the worker thread and the reading thread share.
+#[derive(Default)]
+struct Shared {
+    parts: Mutex<Vec<Part>>,
+    /// Each topic's newest plan, as the decoder taught it.
+    plans: Mutex<FxHashMap<String, Arc<Py<FastPlan>>>>,
+    /// Signalled when messages arrive (`fetch` waits on it) and when the worker takes some
+    /// (the reading thread waits on it while it is `MAX_AHEAD_BYTES` ahead).
+    changed: Condvar,
+    ahead_bytes: AtomicUsize,
+    arrived: AtomicUsize,
+    problems: Mutex<Problems>,
+    stop: AtomicBool,
+}
+
+#[derive(Default)]
+struct Problems {
+    warnings: Vec<String>,
+    fatal: Option<String>,
+}
+
+impl Shared {
+    fn parts(&self) -> MutexGuard<'_, Vec<Part>> {
+        self.parts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn problems(&self) -> MutexGuard<'_, Problems> {
+        self.problems.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn plan_of(&self, topic: &str) -> Option<Arc<Py<FastPlan>>> {
+        let plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+        plans.get(topic).cloned()
+    }
+
+    /// The reading thread: poll, make records, copy, until told to stop. It polls up to
+    /// `READ_BATCH` messages and makes their records before it takes the lock once for them.
+    fn read(&self, consumer: &BaseConsumer, shards: u32) {
+        let mut plans: FxHashMap<String, Option<Arc<Py<FastPlan>>>> = FxHashMap::default();
+        while !self.stop.load(Ordering::Relaxed) {
+            if self.ahead_bytes.load(Ordering::Relaxed) >= MAX_AHEAD_BYTES {
+                let parts = self.parts();
+                drop(self.changed.wait_timeout(parts, POLL_WAIT));
+                continue;
+            }
+            plans.clear(); // a plan taught since the last round counts from this one
+            let mut polled = Vec::with_capacity(READ_BATCH);
+            let mut wait = POLL_WAIT;
+            while polled.len() < READ_BATCH {
+                match consumer.poll(wait) {
+                    None => break,
+                    Some(Ok(msg)) => {
+                        let plan = match plans.get(msg.topic()) {
+                            Some(plan) => plan.clone(),
+                            None => {
+                                let plan = self.plan_of(msg.topic());
+                                plans.insert(msg.topic().to_owned(), plan.clone());
+                                plan
+                            }
+                        };
+                        let read = match (&plan, msg.key(), msg.payload()) {
+                            (Some(plan), Some(key), Some(value)) => plan.get().plain_record(
+                                value,
+                                key,
+                                0, // its index in its batch, set under the lock
+                                msg.partition(),
+                                msg.offset(),
+                                shards,
+                            ),
+                            _ => None,
+                        };
+                        polled.push(Polled { msg, plan, read });
+                    }
+                    Some(Err(err)) => {
+                        if !self.note(consumer, err) {
+                            return;
+                        }
+                    }
+                }
+                wait = Duration::ZERO;
+            }
+            if !polled.is_empty() {
+                self.add(polled, shards);
+            }
+        }
+    }
+
+    /// Notes a librdkafka error; false when it is fatal (the thread stops; `fetch` raises).
+    fn note(&self, consumer: &BaseConsumer, err: KafkaError) -> bool {
+        let fatal = consumer.client().fatal_error();
+        let mut problems = self.problems();
+        match fatal {
+            Some((code, reason)) => {
+                problems.fatal = Some(format!("Kafka: fatal error {code:?}: {reason}"));
+                false
+            }
+            None => {
+                problems.warnings.push(err.to_string());
+                true
+            }
+        }
+    }
+
+    /// Hands polled messages to their parts, under the lock once.
+    fn add(&self, polled: Vec<Polled<'_>>, shards: u32) {
+        let count = polled.len();
+        let mut bytes = 0;
+        let mut parts = self.parts();
+        let mut last = usize::MAX; // the part of the previous message
+        for one in polled {
+            let (topic, partition) = (one.msg.topic(), one.msg.partition());
+            let found = match parts.get(last) {
+                Some(p) if p.partition == partition && p.topic == topic => Some(last),
+                _ => parts
+                    .iter()
+                    .position(|p| p.partition == partition && p.topic == topic),
+            };
+            if let Some(at) = found {
+                bytes += one.bytes();
+                parts[at].push(one, shards);
+                last = at;
+            } // else: removed since it was fetched
+        }
+        self.ahead_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.arrived.fetch_add(count, Ordering::Relaxed);
+        drop(parts);
+        self.changed.notify_all();
+    }
+}
+
+/// One librdkafka consumer for the partitions a worker reads, read by a thread of its own (see
+/// `WorkerConsumer` in `operators/kafka_source.py`, whose interface this follows).
 #[pyclass(frozen, module = "cdc_native")]
 pub(crate) struct Fetcher {
-    consumer: BaseConsumer,
-    parts: Mutex<Vec<Part>>,
+    consumer: Arc<BaseConsumer>,
+    shared: Arc<Shared>,
+    reader: Mutex<Option<JoinHandle<()>>>,
 }
 
 fn kafka_error(what: &str, err: KafkaError) -> PyErr {
@@ -196,25 +421,40 @@ fn one_partition(topic: &str, partition: i32, offset: Option<i64>) -> PyResult<T
 
 #[pymethods]
 impl Fetcher {
-    /// `config`: librdkafka properties; a property this build does not know is a ValueError.
+    /// `config`: librdkafka properties (one this build does not know is a ValueError);
+    /// `shards`: the flow's shard count, which the records are made for.
     #[new]
-    fn new(config: Vec<(String, String)>) -> PyResult<Self> {
+    fn new(config: Vec<(String, String)>, shards: u32) -> PyResult<Self> {
+        if shards == 0 {
+            return Err(PyValueError::new_err("native Kafka consumer: no shards"));
+        }
         let mut client = ClientConfig::new();
         for (name, value) in config {
             client.set(name, value);
         }
-        let consumer = client
-            .create()
-            .map_err(|e| PyValueError::new_err(format!("native Kafka consumer: {e}")))?;
+        let consumer: Arc<BaseConsumer> = Arc::new(
+            client
+                .create()
+                .map_err(|e| PyValueError::new_err(format!("native Kafka consumer: {e}")))?,
+        );
+        let shared = Arc::new(Shared::default());
+        let reader = {
+            let (consumer, shared) = (consumer.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("cdc-kafka-read".into())
+                .spawn(move || shared.read(&consumer, shards))
+                .map_err(|e| PyRuntimeError::new_err(format!("native Kafka consumer: {e}")))?
+        };
         Ok(Fetcher {
             consumer,
-            parts: Mutex::new(Vec::new()),
+            shared,
+            reader: Mutex::new(Some(reader)),
         })
     }
 
     /// Start reading a partition at `offset`.
     fn add(&self, topic: &str, partition: i32, offset: i64) -> PyResult<()> {
-        self.lock().push(Part {
+        self.shared.parts().push(Part {
             topic: topic.to_owned(),
             partition,
             pending: Pending::default(),
@@ -226,14 +466,23 @@ impl Fetcher {
             .map_err(|e| kafka_error("assign", e))
     }
 
-    /// Stop reading a partition; what was fetched of it and not taken is dropped.
+    /// Stop reading a partition; what was read of it and not taken is dropped.
     fn remove(&self, topic: &str, partition: i32) -> PyResult<()> {
-        self.lock()
-            .retain(|p| !(p.topic == topic && p.partition == partition));
         let list = one_partition(topic, partition, None)?;
         self.consumer
             .incremental_unassign(&list)
-            .map_err(|e| kafka_error("unassign", e))
+            .map_err(|e| kafka_error("unassign", e))?;
+        let mut parts = self.shared.parts();
+        if let Some(at) = parts
+            .iter()
+            .position(|p| p.topic == topic && p.partition == partition)
+        {
+            let part = parts.swap_remove(at);
+            self.shared
+                .ahead_bytes
+                .fetch_sub(part.pending.data.len(), Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Pause (`held`) or resume fetching a partition.
@@ -247,52 +496,36 @@ impl Fetcher {
         done.map_err(|e| kafka_error("pause", e))
     }
 
-    /// Fetch up to `max` messages of every partition, waiting up to `timeout_ms` for the
-    /// first; returns how many came and librdkafka's non-fatal errors. A fatal error raises.
-    fn fetch(&self, py: Python<'_>, max: usize, timeout_ms: u64) -> PyResult<(usize, Vec<String>)> {
-        py.allow_threads(|| {
-            let mut parts = self.lock();
-            let mut warnings = Vec::new();
-            let mut count = 0;
-            let mut wait = Duration::from_millis(timeout_ms);
-            let mut last = usize::MAX;
-            while count < max {
-                match self.consumer.poll(wait) {
-                    None => break,
-                    Some(Ok(msg)) => {
-                        let at = match parts.get(last) {
-                            Some(p) if p.partition == msg.partition() && p.topic == msg.topic() => {
-                                last
-                            }
-                            _ => match parts.iter().position(|p| {
-                                p.partition == msg.partition() && p.topic == msg.topic()
-                            }) {
-                                Some(at) => at,
-                                None => continue, // removed since it was fetched
-                            },
-                        };
-                        let part = &mut parts[at];
-                        if part.pending.entries.capacity() == 0 {
-                            part.pending.entries.reserve(part.sizes.0);
-                            part.pending.data.reserve(part.sizes.1);
-                        }
-                        part.pending.push(msg.offset(), msg.key(), msg.payload());
-                        last = at;
-                        count += 1;
-                    }
-                    Some(Err(err)) => {
-                        if let Some((code, reason)) = self.consumer.client().fatal_error() {
-                            return Err(PyRuntimeError::new_err(format!(
-                                "Kafka: fatal error {code:?}: {reason}"
-                            )));
-                        }
-                        warnings.push(err.to_string());
-                    }
+    /// `topic`'s newest plan: the reading thread makes records with it from now on.
+    fn teach(&self, topic: String, plan: Py<FastPlan>) {
+        let mut plans = self.shared.plans.lock().unwrap_or_else(|p| p.into_inner());
+        plans.insert(topic, Arc::new(plan));
+    }
+
+    /// How many messages arrived since the last call, and librdkafka's non-fatal errors since;
+    /// waits up to `timeout_ms` for a message when none is waiting to be taken. A fatal error
+    /// raises.
+    fn fetch(&self, py: Python<'_>, timeout_ms: u64) -> PyResult<(usize, Vec<String>)> {
+        let shared = &self.shared;
+        let nothing = || {
+            shared.arrived.load(Ordering::Relaxed) == 0
+                && shared.ahead_bytes.load(Ordering::Relaxed) == 0
+        };
+        if nothing() {
+            py.allow_threads(|| {
+                let parts = shared.parts();
+                if nothing() {
+                    let wait = Duration::from_millis(timeout_ms);
+                    drop(shared.changed.wait_timeout(parts, wait));
                 }
-                wait = Duration::ZERO;
-            }
-            Ok((count, warnings))
-        })
+            });
+        }
+        let mut problems = shared.problems();
+        if let Some(fatal) = &problems.fatal {
+            return Err(PyRuntimeError::new_err(fatal.clone()));
+        }
+        let warnings = std::mem::take(&mut problems.warnings);
+        Ok((shared.arrived.swap(0, Ordering::Relaxed), warnings))
     }
 
     /// The partition's end as the last fetch response told it (librdkafka's cached high
@@ -314,10 +547,10 @@ impl Fetcher {
         Ok((err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high))
     }
 
-    /// The messages fetched for a partition and not taken yet, if any.
+    /// The messages read of a partition and not taken yet, if any.
     fn take(&self, topic: Bound<'_, PyString>, partition: i32) -> PyResult<Option<Fetched>> {
         let name = topic.to_str()?;
-        let mut parts = self.lock();
+        let mut parts = self.shared.parts();
         let part = parts
             .iter_mut()
             .find(|p| p.partition == partition && p.topic == name)
@@ -326,20 +559,39 @@ impl Fetcher {
             return Ok(None);
         }
         part.sizes = (part.pending.entries.len(), part.pending.data.len());
-        let messages = std::mem::take(&mut part.pending);
+        let mut messages = std::mem::take(&mut part.pending);
         drop(parts);
+        self.shared
+            .ahead_bytes
+            .fetch_sub(messages.data.len(), Ordering::Relaxed);
+        self.shared.changed.notify_all();
+        let prepared = messages.prepared.take();
         Ok(Some(Fetched {
             topic: topic.unbind(),
             partition,
             messages,
+            prepared: Mutex::new(prepared),
         }))
+    }
+
+    /// Stop the reading thread (also when the fetcher is dropped).
+    fn close(&self, py: Python<'_>) {
+        py.allow_threads(|| self.stop_reading());
     }
 }
 
 impl Fetcher {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Part>> {
-        self.parts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn stop_reading(&self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(reader) = reader {
+            let _ = reader.join(); // it only ever returns
+        }
+    }
+}
+
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        self.stop_reading();
     }
 }

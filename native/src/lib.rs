@@ -160,7 +160,25 @@ impl FastPlan {
         if shards == 0 || indexes.as_ref().is_some_and(beyond) {
             return Err(PyValueError::new_err("decode_runs: inconsistent arguments"));
         }
-        let indexes = indexes.unwrap_or_else(|| (0..batch.count() as u32).collect());
+        // what the reading thread already made of the batch with this plan, if anything
+        let prepared = match indexes {
+            None => batch.take_prepared(slf.as_unbound(), shards),
+            Some(_) => None,
+        };
+        let (mut records, indexes) = match prepared {
+            Some(prepared) => {
+                let mut records = prepared.records;
+                for record in records.iter_mut().flatten() {
+                    record.position += base;
+                }
+                (records, prepared.unread)
+            }
+            None => (
+                (0..shards).map(|_| Vec::new()).collect(),
+                indexes.unwrap_or_else(|| (0..batch.count() as u32).collect()),
+            ),
+        };
+        let merge = records.iter().any(|r| !r.is_empty());
         let mut others = Vec::new();
         let mut readable = Vec::with_capacity(indexes.len());
         let mut messages = Vec::with_capacity(indexes.len());
@@ -181,16 +199,21 @@ impl FastPlan {
                     let index = readable[i];
                     let offset = batch.offset_of(index as usize);
                     let record = p.record(base + index, partition, offset);
-                    Read::Plain(crc32fast::hash(record.state_key()) % shards, record)
+                    Read::Plain(shard_of(&record, shards), record)
                 }
                 other => Read::Other(other),
             })
         });
-        let mut records: Vec<Vec<Record>> = (0..shards).map(|_| Vec::new()).collect();
         for (i, read) in read.into_iter().enumerate() {
             match read {
                 Read::Plain(shard, record) => records[shard as usize].push(record),
                 Read::Other(parsed) => others.push((base + readable[i], plan.parts(py, parsed)?)),
+            }
+        }
+        if merge {
+            // the prepared records and those read here, in the batch's order
+            for shard in &mut records {
+                shard.sort_unstable_by_key(|r| r.position);
             }
         }
         let runs = records
@@ -277,7 +300,27 @@ enum Read<'a> {
 const PARALLEL_MIN: usize = 256;
 const MAX_READERS: usize = 4;
 
+/// The shard of a record's state key.
+fn shard_of(record: &Record, shards: u32) -> u32 {
+    crc32fast::hash(record.state_key()) % shards
+}
+
 impl FastPlan {
+    /// A plain message's shard and record, or None (declined, or not plain).
+    pub(crate) fn plain_record(
+        &self,
+        value: &[u8],
+        key: &[u8],
+        position: u32,
+        partition: i32,
+        offset: i64,
+        shards: u32,
+    ) -> Option<(u32, Record)> {
+        let parsed = self.parse(value, key).filter(Parsed::is_plain)?;
+        let record = parsed.record(position, partition, offset);
+        Some((shard_of(&record, shards), record))
+    }
+
     /// The length of every state key's table prefix.
     pub(crate) fn state_prefix_len(&self) -> usize {
         self.state_prefix.len()
