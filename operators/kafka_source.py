@@ -122,7 +122,8 @@ class WorkerConsumer(ABC):
 
     @abstractmethod
     def _fetch(self) -> int:
-        """Fetch up to `REPLICATE_POLL_BATCH_SIZE` messages of any partition; how many came."""
+        """Fetch what there is of any partition, waiting up to `FETCH_WAIT_S` for a message;
+        how many messages came."""
 
     @abstractmethod
     def _pause(self, topic: str, partition: int, held: bool) -> None:
