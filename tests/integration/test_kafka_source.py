@@ -10,8 +10,8 @@ import time
 import pytest
 from confluent_kafka import Producer
 
-from operators.events import raw_messages
-from operators.kafka_source import FETCH_TUNING, NativeConsumer, PythonConsumer
+from operators.events import ProgressMarker, raw_messages
+from operators.kafka_source import FETCH_TUNING, KafkaPartition, NativeConsumer, PythonConsumer
 from operators.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -117,3 +117,49 @@ def test_a_consumer_knows_where_a_partition_ends_once_it_has_fetched(kafka_boots
     assert offsets == [0, 1, 2]
     assert consumer.known_end(topic, 0) == 3
     consumer.remove(topic, 0)
+
+
+@pytest.mark.parametrize("native_fetch", [False, True])
+def test_a_part_says_when_it_has_caught_up_and_when_messages_come_again(
+        kafka_bootstrap, make_topic, native_fetch):
+    """Markers on the transitions only (the marker period is a minute here): caught up once
+    the part has read what the partition holds, not caught up when messages come again."""
+    topic = make_topic("caught-up")
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+
+    def produce(values: list[bytes]) -> None:
+        for value in values:
+            producer.produce(topic, value, partition=0)
+        assert producer.flush(30) == 0
+
+    def read_until(count: int) -> tuple[list[int], list[ProgressMarker]]:
+        offsets: list[int] = []
+        markers: list[ProgressMarker] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (len(offsets) >= count and markers
+                                                   and markers[-1].caught_up):
+            for item in part.next_batch():
+                if type(item) is ProgressMarker:
+                    markers.append(item)
+                else:
+                    offsets += [m.offset for m in raw_messages([item])]
+        return offsets, markers
+
+    produce([b"a", b"b", b"c"])
+    settings = Settings(topics=topic, kafka_bootstrap=kafka_bootstrap, marker_ms=60_000,
+                        flow_id=f"caught-up-{native_fetch}", native_fetch=native_fetch)
+    part = KafkaPartition(settings, topic, 0, 0, 1)
+    try:
+        offsets, markers = read_until(3)
+        assert offsets == [0, 1, 2]
+        assert markers[-1] == ProgressMarker(topic, 0, 3, caught_up=True)
+        assert not any(m.caught_up for m in markers[:-1]), "caught up before reading it all"
+        assert not any(type(i) is ProgressMarker for _ in range(5) for i in part.next_batch()), \
+            "a marker without a transition"
+        produce([b"d", b"e"])
+        offsets, markers = read_until(2)
+        assert offsets == [3, 4]
+        assert [m.caught_up for m in markers] == [False, True]
+        assert markers[-1].next_offset == 5
+    finally:
+        part.close()
