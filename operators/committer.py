@@ -19,9 +19,9 @@ partition (the last markers of all say `caught_up`): there is nothing to batch t
 waiting out `REPLICATE_BATCH_MS` would only add latency (the end of a backlog or burst, a trickle
 of events). It waits for the transaction still running, if any: the worker has nothing else to do.
 
-Otherwise, a due commit waits while the previous transaction is still running, so the worker decodes on
-instead of blocking, up to `BACKLOG_BATCHES` batches: when Postgres is the slower side, batches
-grow and each transaction carries more rows.
+Otherwise, a due commit waits while the previous transaction is still running, so the worker
+decodes on instead of blocking, up to `BACKLOG_BATCHES` batches: when Postgres is the slower
+side, batches grow and each transaction carries more rows.
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
 """The items that travel through the dataflow, from Kafka message to shard sink.
 
-source ──RawMessage | cdc_native.Fetched (a partition's messages, native)──► decode ──ChangeEvent | TruncateEvent | DlqRecord | ProgressMarker──► shards
+source ──RawMessage | cdc_native.Fetched──► decode ──ChangeEvent | TruncateEvent | DlqRecord
+                                                    | ProgressMarker──► shards
+(a `Fetched` is one partition's messages as the native consumer read them)
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
-from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 from operators.keys import state_key
@@ -27,6 +29,11 @@ class RawMessage(NamedTuple):
         return self.offset + 1
 
 
+def raw_message(batch: Any, index: int) -> RawMessage:
+    """Message `index` of a `cdc_native.Fetched` batch."""
+    return RawMessage(*batch.message(index))
+
+
 def raw_messages(items: Iterable[Any]) -> Iterator[RawMessage]:
     """The messages of a batch of `RawMessage`s and `cdc_native.Fetched` batches, in order."""
     for item in items:
@@ -34,7 +41,7 @@ def raw_messages(items: Iterable[Any]) -> Iterator[RawMessage]:
             yield item
         else:
             for index in range(len(item)):
-                yield RawMessage(*item.message(index))
+                yield raw_message(item, index)
 
 
 class TableName(NamedTuple):

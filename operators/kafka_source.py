@@ -134,6 +134,7 @@ class WorkerConsumer(ABC):
         """The partition's end offset as the last fetch told it (librdkafka's cached high
         watermark; the last stable offset under `read_committed`), None before any fetch."""
 
+    @abstractmethod
     def teach(self, plans: dict[str, Any]) -> None:
         """The decoder's newest plan of each topic (`NativeConsumer` reads ahead with them)."""
 
@@ -180,6 +181,9 @@ class PythonConsumer(WorkerConsumer):
     def _pause(self, topic: str, partition: int, held: bool) -> None:
         change = self._consumer.pause if held else self._consumer.resume
         change([TopicPartition(topic, partition)])
+
+    def teach(self, plans: dict[str, Any]) -> None:
+        pass  # it makes no records ahead: the decoder reads every message itself
 
     def known_end(self, topic: str, partition: int) -> int | None:
         try:

@@ -24,7 +24,7 @@ import copyreg
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from operators.events import ChangeEvent, Op, RawMessage, TableSchema
+from operators.events import ChangeEvent, Op, RawMessage, TableSchema, raw_message
 from operators.keys import state_key_prefix
 from operators.pg_writer import stage_columns
 from operators.settings import ConfigError
@@ -103,10 +103,11 @@ class FastPath:
         """`decode_runs` of one batch: adds its runs to `runs`, returns its other messages."""
         topic = batch.topic
         others: list[tuple[int, Any]] = []
-        indexes: list[int] | None = None  # what the next plan reads (None: the whole batch)
+        indexes: list[int] | None = None  # what the next plan reads (None: the whole batch);
+        # after the first plan, always a list
         if topic not in self._plans:  # the Python decoder may learn one from any message
             for index in range(len(batch)):
-                others.append((base + index, reference(RawMessage(*batch.message(index)))))
+                others.append((base + index, reference(raw_message(batch, index))))
                 if topic in self._plans:
                     break
             indexes = list(range(index + 1, len(batch)))
@@ -127,8 +128,7 @@ class FastPath:
                                                            offset, parts)))
             if not indexes:
                 return others
-        others += [(base + index, reference(RawMessage(*batch.message(index))))
-                   for index in indexes or ()]
+        others += [(base + index, reference(raw_message(batch, index))) for index in indexes]
         return others
 
     def newest(self) -> dict[str, FastPlan]:

@@ -9,11 +9,11 @@ import time
 import pytest
 from confluent_kafka import Producer
 
+from operators.decode import Decoder
 from operators.events import ChangeEvent, raw_messages
 from operators.kafka_source import NativeConsumer
 from operators.native_decode import run_events
 from operators.settings import Settings
-from operators.decode import Decoder
 from tests.integration.test_native_shard import TOPICS, message
 
 pytestmark = pytest.mark.integration
