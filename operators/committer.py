@@ -39,7 +39,7 @@ from operators.pg_session import PgSession, flow_key, thread_session
 from operators.pg_writer import ShardBatch
 from operators.retry import is_transient, retrying
 from operators.settings import Settings
-from operators.shard import Position, Shard, Unit, refused_to_dlq
+from operators.shard import Decided, Position, Shard, Unit, refused_to_dlq
 
 MARKER_ONLY_FLUSH_S = 5.0
 BACKLOG_BATCHES = 4  # pending units, in batches, past which a due commit waits for Postgres
@@ -106,38 +106,57 @@ class Committer:
 
         The Postgres transaction runs on a background thread while the worker goes on decoding
         (psycopg releases the GIL while it waits); the next commit first settles it. With
-        `wait`, it is settled before returning.
+        `wait`, it is settled before returning. While the previous transaction runs, the
+        shards decide what they can of the next commit (`Shard.decide_ahead`): only its RocksDB
+        write is left for after the settle.
         """
-        self.settle()
         work = [(shard, *shard.pending.take()) for shard in self._shards
                 if shard.pending.since is not None]
         if self._units:
             self._units_committed_at = time.monotonic()
         self._units, self._since = 0, None
         plain = [w for w in work if w[1] or w[2]]
-        if any(type(u) is TruncateEvent for w in plain for u in w[1]):
+        truncating = any(type(u) is TruncateEvent for w in plain for u in w[1])
+        ahead = None
+        if self._in_flight is not None and plain and not truncating:
+            tables = self.session.tables
+            ahead = [shard.decide_ahead(units, markers, tables) for shard, units, markers in plain]
+        if not self.settle():
+            ahead = None  # the running commit was redone: decide again
+        if truncating:
             for shard, units, markers in plain:
                 self._commit_around_truncates(shard, units, markers)
         elif plain:
-            self._start(plain)
+            self._start(plain, ahead)
         if wait:
             self.settle()
 
-    def _start(self, work: list[Work]) -> None:
-        """Prepare `work` (LWW, RocksDB) here and write it to Postgres in the background."""
+    def _start(self, work: list[Work], ahead: list[Decided | None] | None) -> None:
+        """Prepare `work` (LWW, RocksDB) here and write it to Postgres in the background;
+        `ahead`: what the shards decided while the previous transaction ran (first try only)."""
+        decided = ahead or [None] * len(work)
+
+        def prepare() -> list[ShardBatch]:
+            nonlocal decided
+            try:
+                return self._prepare(work, decided)
+            finally:
+                decided = [None] * len(work)  # a retry decides again, once in step
+
         try:
-            batches = retrying("prepare commit", lambda: self._prepare(work),
-                               on_retry=self._after_failure, cap_s=self._settings.retry_max_s)
+            batches = retrying("prepare commit", prepare, on_retry=self._after_failure,
+                               cap_s=self._settings.retry_max_s)
         except REFUSED:
             self._commit(work)  # the synchronous path isolates what Postgres refuses
             return
         future = self._writer.submit(self.session.writer.write, batches)
         self._in_flight = (work, batches, future, time.perf_counter())
 
-    def settle(self) -> None:
-        """Wait for the background transaction; confirm it, or redo its work synchronously."""
+    def settle(self) -> bool:
+        """Wait for the background transaction; confirm it, or redo its work synchronously.
+        False when it was redone."""
         if self._in_flight is None:
-            return
+            return True
         work, batches, future, started = self._in_flight
         self._in_flight = None
         try:
@@ -147,8 +166,9 @@ class Committer:
                 raise
             self._after_failure()
             self._commit(work)
-            return
+            return False
         self._confirm(work, batches, started)
+        return True
 
     def _commit_around_truncates(self, shard: Shard, units: list[Unit],
                                  markers: dict[Position, int]) -> None:
@@ -192,13 +212,15 @@ class Committer:
 
     def _commit_once(self, work: list[Work]) -> None:
         started = time.perf_counter()
-        batches = self._prepare(work)
+        batches = self._prepare(work, [None] * len(work))
         self.session.writer.write(batches)
         self._confirm(work, batches, started)
 
-    def _prepare(self, work: list[Work]) -> list[ShardBatch]:
+    def _prepare(self, work: list[Work], decided: list[Decided | None]) -> list[ShardBatch]:
         conn, tables = self.session.conn, self.session.tables
-        return [shard.prepare(units, markers, conn, tables) for shard, units, markers in work]
+        return [shard.prepare(units, markers, conn, tables) if one is None
+                else shard.write_decided(one)
+                for (shard, units, markers), one in zip(work, decided, strict=True)]
 
     @staticmethod
     def _confirm(work: list[Work], batches: list[ShardBatch], started: float) -> None:
@@ -216,7 +238,7 @@ class Committer:
         """Every shard re-checks its state against Postgres before its next commit."""
         metrics.RETRIES.labels("commit").inc()
         for shard in self._shards:
-            shard.in_step = False
+            shard.distrust()
         self.session.reset()
 
 

@@ -46,6 +46,15 @@ class Pending:
         return units, markers
 
 
+@dataclass(slots=True)
+class Decided:
+    """A shard's next commit, decided natively and not yet written to RocksDB."""
+
+    batch: ShardBatch
+    states: list[tuple[bytes, bytes]]
+    replaced: list[tuple[bytes, bytes | None]]
+
+
 def offsets_of(units: list[Unit], markers: dict[Position, int]) -> dict[Position, int]:
     """The next offset per partition once `units` and `markers` are committed."""
     offsets = dict(markers)
@@ -79,6 +88,7 @@ class Shard:
         self.number = number
         self.pending = Pending()
         self.in_step = False
+        self._written_seq: int | None = None  # the commit written to RocksDB, awaiting Postgres
         self._store = store
         self._flow_id = flow_id
         self._shards = shards
@@ -114,6 +124,9 @@ class Shard:
         if not self.in_step:
             self.bring_in_step(conn)
         units = uncommitted(units, self._committed)
+        decided = self._decide_native(units, markers, tables)
+        if decided is not None:
+            return self.write_decided(decided)
         batch = ShardBatch(shard=self.number, seq=self._store.seq + 1,
                            offsets=offsets_of(units, markers))
         floors: dict[str, bytes] = {}
@@ -126,20 +139,57 @@ class Shard:
                 name = str(unit.table)
                 if unit.version > max(self._floors.get(name, b""), floors.get(name, b"")):
                     floors[name] = unit.version
-        runs = [u for u in units if type(u) is Run]
-        native = None
-        if runs and not any(type(u) is ChangeEvent for u in units):
-            native = decide_runs(runs, self._store, tables, {**self._floors, **floors})
-        self.in_step = False  # until Postgres confirms this seq
-        if native is None:
-            self._decide_events([u for u in expand(units) if type(u) is ChangeEvent], batch,
-                                tables, floors)
-        else:
-            batch.staged, batch.stale = native.staged, native.stale
-            batch.applied, batch.duplicates = native.applied, native.duplicates
-            self._store.commit_encoded(batch.seq, native.states, native.replaced, floors)
+        self._awaiting(batch.seq)
+        self._decide_events([u for u in expand(units) if type(u) is ChangeEvent], batch,
+                            tables, floors)
         batch.floors = floors
         return batch
+
+    def decide_ahead(self, units: list[Unit], markers: dict[Position, int],
+                     tables: TargetTables) -> Decided | None:
+        """The decision `prepare` will make for `units`, made while this worker's previous
+        commit is still in Postgres, or None. RocksDB already holds that commit's states, so
+        the decision is the same once Postgres confirms it; `write_decided` then writes it.
+        Only the native path qualifies: it needs no connection (no table to create or change)."""
+        if not (self.in_step or self._written_seq == self._store.seq):
+            return None  # after a failure: `prepare` first brings the store in step
+        return self._decide_native(uncommitted(units, self._committed), markers, tables)
+
+    def write_decided(self, decided: Decided) -> ShardBatch:
+        """Write a native decision to RocksDB as the next commit, with its undo record."""
+        batch = decided.batch
+        if batch.seq != self._store.seq + 1:
+            raise RuntimeError(f"shard {self.number}: a decision for commit {batch.seq} cannot "
+                               f"follow commit {self._store.seq}")
+        self._awaiting(batch.seq)
+        self._store.commit_encoded(batch.seq, decided.states, decided.replaced, {})
+        return batch
+
+    def _decide_native(self, units: list[Unit], markers: dict[Position, int],
+                       tables: TargetTables) -> Decided | None:
+        """`units` decided in Rust: when they are runs (and DLQ records) only."""
+        runs = [u for u in units if type(u) is Run]
+        if not runs or any(type(u) in (ChangeEvent, TruncateEvent) for u in units):
+            return None
+        native = decide_runs(runs, self._store, tables, self._floors)
+        if native is None:
+            return None
+        batch = ShardBatch(shard=self.number, seq=self._store.seq + 1,
+                           offsets=offsets_of(units, markers))
+        batch.dlq = [u for u in units if type(u) is DlqRecord]
+        batch.staged, batch.stale = native.staged, native.stale
+        batch.applied, batch.duplicates = native.applied, native.duplicates
+        return Decided(batch, native.states, native.replaced)
+
+    def _awaiting(self, seq: int) -> None:
+        """Commit `seq` goes to RocksDB now: out of step until Postgres confirms it."""
+        self.in_step = False
+        self._written_seq = seq
+
+    def distrust(self) -> None:
+        """A commit failed: check the store against Postgres before the next one."""
+        self.in_step = False
+        self._written_seq = None
 
     def _decide_events(self, events: list[ChangeEvent], batch: ShardBatch, tables: TargetTables,
                        floors: dict[str, bytes]) -> None:

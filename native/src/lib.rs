@@ -18,6 +18,11 @@ mod run;
 mod values;
 mod version;
 
+/// Records and fetched batches are made on the reading thread and freed on the worker's: mimalloc
+/// frees across threads without contending for glibc's arena locks, and reuses freed pages.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyTuple};
