@@ -7,7 +7,12 @@
 //! (`Fetcher.teach`), already makes the records of the plain ones (`Prepared`), which
 //! `FastPlan.decode_runs` then takes as they are. Python objects are made only of the messages
 //! Python decodes. Offsets stay in Postgres: the consumer never commits, like the Python one.
+//!
+//! A message whose record was made starts with its plan's schema bytes (most of a Debezium JSON
+//! message): the buffer keeps only the rest, and the value is put together again in the rare
+//! case it is read (a batch decoded with another plan than the one that made its records).
 
+use std::borrow::Cow;
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -29,7 +34,7 @@ use rustc_hash::FxHashMap;
 use crate::run::Record;
 use crate::{optional_bytes, FastPlan};
 
-/// How far (message bytes not yet taken) the reading thread may read ahead of the worker.
+/// How far (buffered bytes not yet taken) the reading thread may read ahead of the worker.
 const MAX_AHEAD_BYTES: usize = 32 << 20;
 /// How many messages the reading thread polls before it hands them over.
 const READ_BATCH: usize = 256;
@@ -41,6 +46,8 @@ struct Entry {
     offset: i64,
     key: Option<(usize, usize)>,
     value: Option<(usize, usize)>,
+    /// The value starts with the batch plan's value prefix, which the buffer does not hold.
+    elided: bool,
 }
 
 /// What the reading thread made of a batch with one plan: its plain messages' records by shard
@@ -58,14 +65,23 @@ struct Pending {
     entries: Vec<Entry>,
     data: Vec<u8>,
     prepared: Option<Prepared>,
+    /// The plan whose value prefix the elided values start with (the batch's first plan).
+    prefix_of: Option<Arc<Py<FastPlan>>>,
 }
 
 impl Pending {
-    /// Adds a message; returns its index.
-    fn push(&mut self, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> u32 {
+    /// Adds a message, without the first `elide` bytes of its value (the batch plan's value
+    /// prefix, which it starts with); returns its index.
+    fn push(&mut self, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>, elide: usize) -> u32 {
         let key = key.map(|k| self.append(k));
-        let value = value.map(|v| self.append(v));
-        self.entries.push(Entry { offset, key, value });
+        let value = value.map(|v| self.append(&v[elide..]));
+        let elided = elide > 0;
+        self.entries.push(Entry {
+            offset,
+            key,
+            value,
+            elided,
+        });
         (self.entries.len() - 1) as u32
     }
 
@@ -111,9 +127,18 @@ impl Fetched {
     }
 
     /// The key and value of a message that has both.
-    pub(crate) fn key_value(&self, index: usize) -> Option<(&[u8], &[u8])> {
+    pub(crate) fn key_value(&self, index: usize) -> Option<(&[u8], Cow<'_, [u8]>)> {
         let entry = &self.messages.entries[index];
-        Some((self.slice(entry.key?), self.slice(entry.value?)))
+        Some((self.slice(entry.key?), self.value(entry)?))
+    }
+
+    fn value(&self, entry: &Entry) -> Option<Cow<'_, [u8]>> {
+        let kept = self.slice(entry.value?);
+        if !entry.elided {
+            return Some(Cow::Borrowed(kept));
+        }
+        let plan = self.messages.prefix_of.as_ref()?;
+        Some(Cow::Owned([plan.get().value_prefix(), kept].concat()))
     }
 
     /// The records the reading thread made with `plan` for `shards` shards, once.
@@ -150,6 +175,7 @@ impl Fetched {
                 *offset,
                 key.as_ref().map(|k| k.as_bytes()),
                 value.as_ref().map(|v| v.as_bytes()),
+                0,
             );
         }
         Fetched {
@@ -205,7 +231,7 @@ impl Fetched {
                 self.partition.into_pyobject(py)?.into_any(),
                 entry.offset.into_pyobject(py)?.into_any(),
                 optional_bytes(py, entry.key.map(|range| self.slice(range))),
-                optional_bytes(py, entry.value.map(|range| self.slice(range))),
+                optional_bytes(py, self.value(entry).as_deref()),
             ],
         )
     }
@@ -228,15 +254,10 @@ struct Polled<'c> {
     read: Option<(u32, Record)>,
 }
 
-impl Polled<'_> {
-    fn bytes(&self) -> usize {
-        self.msg.key().map_or(0, <[u8]>::len) + self.msg.payload().map_or(0, <[u8]>::len)
-    }
-}
-
 impl Part {
-    /// Adds one message, with its record if it was made with the plan of the batch's first.
-    fn push(&mut self, polled: Polled<'_>, shards: u32) {
+    /// Adds one message, with its record if it was made with the plan of the batch's first;
+    /// returns the bytes it added to the buffer.
+    fn push(&mut self, polled: Polled<'_>, shards: u32) -> usize {
         let pending = &mut self.pending;
         let msg = &polled.msg;
         if pending.entries.capacity() == 0 {
@@ -247,21 +268,32 @@ impl Part {
                 records: (0..shards).map(|_| Vec::new()).collect(),
                 unread: Vec::new(),
             });
+            pending.prefix_of = polled.plan.clone();
         }
-        let index = pending.push(msg.offset(), msg.key(), msg.payload());
-        let Some(prepared) = pending.prepared.as_mut() else {
-            return; // no plan when the batch began: the decoder reads all of it
+        let before = pending.data.len();
+        let batch_plan = pending.prepared.as_ref().map(|p| Arc::as_ptr(&p.plan));
+        let Some(batch_plan) = batch_plan else {
+            // no plan when the batch began: the decoder reads all of it
+            pending.push(msg.offset(), msg.key(), msg.payload(), 0);
+            return pending.data.len() - before;
         };
-        let same_plan = polled
-            .plan
-            .is_some_and(|plan| Arc::ptr_eq(&plan, &prepared.plan));
-        match polled.read {
-            Some((shard, mut record)) if same_plan => {
+        let made = match (polled.read, &polled.plan) {
+            (Some(read), Some(plan)) if Arc::as_ptr(plan) == batch_plan => {
+                Some((read, plan.get().value_prefix().len()))
+            }
+            _ => None,
+        };
+        let elide = made.as_ref().map_or(0, |(_, prefix)| *prefix);
+        let index = pending.push(msg.offset(), msg.key(), msg.payload(), elide);
+        let prepared = pending.prepared.as_mut().expect("the batch has a plan");
+        match made {
+            Some(((shard, mut record), _)) => {
                 record.position = index;
                 prepared.records[shard as usize].push(record);
             }
-            _ => prepared.unread.push(index),
+            None => prepared.unread.push(index),
         }
+        pending.data.len() - before
     }
 }
 
@@ -383,8 +415,7 @@ impl Shared {
                     .position(|p| p.partition == partition && p.topic == topic),
             };
             if let Some(at) = found {
-                bytes += one.bytes();
-                parts[at].push(one, shards);
+                bytes += parts[at].push(one, shards);
                 last = at;
             } // else: removed since it was fetched
         }

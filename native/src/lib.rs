@@ -196,6 +196,7 @@ impl FastPlan {
                 None => others.push((base + index, None)),
             }
         }
+        let messages: Vec<(&[u8], &[u8])> = messages.iter().map(|(v, k)| (&**v, *k)).collect();
         let partition = batch.partition();
         // a plain message becomes its record on the reader threads too
         let read = py.allow_threads(|| {
@@ -324,6 +325,11 @@ impl FastPlan {
         let parsed = self.parse(value, key).filter(Parsed::is_plain)?;
         let record = parsed.record(position, partition, offset);
         Some((shard_of(&record, shards), record))
+    }
+
+    /// What every value this plan reads starts with (the envelope up to its payload).
+    pub(crate) fn value_prefix(&self) -> &[u8] {
+        &self.value_prefix
     }
 
     /// The length of every state key's table prefix.

@@ -57,6 +57,11 @@ def test_records_made_ahead_decode_as_the_worker_decodes_them(kafka_bootstrap, m
     assert made_ahead == 300, "every plain message made ahead"
     messages = list(raw_messages(batches))
     assert [m.offset for m in messages] == list(range(305))
+    # a made message's buffer lacks the schema bytes; its value is put together when read
+    assert [m.value for m in messages] == [m.value for m in plain[:100]] + [None] * 5 + [
+        m.value for m in plain[100:]]
+    # records made for another shard count are not used: every message is read again
+    assert _decoded(decoder, batches, SHARDS + 1) == _decoded(decoder, messages, SHARDS + 1)
     ahead = _decoded(decoder, batches, SHARDS)
     assert sum(batch.ahead for batch in batches) == 0, "the decoder took them"
     assert ahead == _decoded(decoder, messages, SHARDS)
