@@ -2,8 +2,10 @@
 
 A shard does not talk to Postgres on its own; the worker's committer (`operators/committer.py`)
 writes the batches of all its shards in one transaction. What a shard guarantees: before it
-prepares a batch its RocksDB state equals what Postgres committed (invariant 5), and a prepared
-batch is written to RocksDB, with its undo record, before the transaction that commits it.
+writes a batch to RocksDB its state there equals what Postgres committed (invariant 5), and the
+batch is written, with its undo record, before the transaction that commits it. It may decide a
+batch earlier, while the previous one is still in Postgres (`decide_ahead`): that decision is
+written only once the previous transaction is confirmed.
 """
 
 from __future__ import annotations
