@@ -134,14 +134,14 @@ class Committer:
     def _start(self, work: list[Work], ahead: list[Decided | None] | None) -> None:
         """Prepare `work` (LWW, RocksDB) here and write it to Postgres in the background;
         `ahead`: what the shards decided while the previous transaction ran (first try only)."""
-        decided = ahead or [None] * len(work)
+        decided = ahead
 
         def prepare() -> list[ShardBatch]:
             nonlocal decided
             try:
                 return self._prepare(work, decided)
             finally:
-                decided = [None] * len(work)  # a retry decides again, once in step
+                decided = None  # a retry decides again, once in step
 
         try:
             batches = retrying("prepare commit", prepare, on_retry=self._after_failure,
@@ -212,12 +212,15 @@ class Committer:
 
     def _commit_once(self, work: list[Work]) -> None:
         started = time.perf_counter()
-        batches = self._prepare(work, [None] * len(work))
+        batches = self._prepare(work)
         self.session.writer.write(batches)
         self._confirm(work, batches, started)
 
-    def _prepare(self, work: list[Work], decided: list[Decided | None]) -> list[ShardBatch]:
+    def _prepare(self, work: list[Work], decided: list[Decided | None] | None = None,
+                 ) -> list[ShardBatch]:
+        """LWW and RocksDB for `work`; a shard's decision in `decided` is only written."""
         conn, tables = self.session.conn, self.session.tables
+        decided = decided or [None] * len(work)
         return [shard.prepare(units, markers, conn, tables) if one is None
                 else shard.write_decided(one)
                 for (shard, units, markers), one in zip(work, decided, strict=True)]
