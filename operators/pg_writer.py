@@ -281,10 +281,17 @@ class PgShardWriter:
     @staticmethod
     def _hard_delete_sql(table: TargetTable, key_columns: tuple[str, ...],
                          stage: sql.Identifier) -> tuple[sql.Composed, ...]:
-        """Delete the rows and leave a tombstone that fences older upserts of the same key."""
+        """Delete the rows and leave a tombstone that fences older upserts of the same key.
+
+        The delete probes the target's primary key once per staged row. Left to itself the
+        planner, which never sees statistics for the stage, estimates it at ~800 rows and hashes
+        the whole target table instead: ~8 ms per commit for 30k rows, growing with the table,
+        for a few hundred deletes (~0.4 ms by index)."""
         version = sql.Identifier(VERSION_COLUMN)
         delete = sql.SQL(
-            "DELETE FROM {target} t USING {stage} s WHERE {match} AND t.{version} < s.{version}"
+            "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; "
+            "DELETE FROM {target} t USING {stage} s WHERE {match} AND t.{version} < s.{version}; "
+            "RESET enable_hashjoin; RESET enable_mergejoin"
         ).format(
             target=table.ident, stage=stage, version=version,
             match=sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(c))

@@ -114,6 +114,44 @@ def test_sql_guard_holds_whatever_the_cache_says(settings):
     assert rows(settings.pg_dsn, things.table)[3] == ("newer", 1)
 
 
+def _scans(dsn: str, table: TableName) -> tuple[int, int]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables "
+                            "WHERE schemaname = %s AND relname = %s",
+                            (table.schema, table.name)).fetchone()
+
+
+def _flush_statistics(conn: psycopg.Connection) -> None:
+    """Publish the session's table statistics now (a backend does so before it answers)."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT 1")
+
+
+def test_hard_deletes_probe_the_key_instead_of_scanning_the_table(settings):
+    """A few deletes in a large table go by its primary key: the planner, which has no
+    statistics for the stage, would otherwise hash the whole table on every commit."""
+    things = Things(settings.target_schema)
+    shard = ShardPartition(settings, 0)
+    shard.write_batch([[things.event(1, 10)]])
+    shard.snapshot()
+    session = thread_session(settings)
+    ident = f'"{things.table.schema}"."{things.table.name}"'
+    with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {ident} (id, name, qty, _cdc_version) "
+                     "SELECT n, 'bulk', 1, %s FROM generate_series(2, 40000) n", (pg_version(5),))
+        conn.execute(f"ANALYZE {ident}")
+        _flush_statistics(conn)
+    _flush_statistics(session.conn)
+    before = _scans(settings.pg_dsn, things.table)
+    shard.write_batch([[things.event(k, 20, Op.DELETE) for k in range(100, 105)]])
+    shard.snapshot()
+    _flush_statistics(session.conn)
+    seq_scans, index_scans = _scans(settings.pg_dsn, things.table)
+    assert seq_scans == before[0], "the delete scanned the whole table"
+    assert index_scans > before[1]
+    assert not {100, 101, 102, 103, 104} & set(rows(settings.pg_dsn, things.table))
+
+
 def test_truncate_clears_rows_and_fences_older_events(settings):
     things = Things(settings.target_schema)
     shard = ShardPartition(settings, 0)
