@@ -1,4 +1,5 @@
-"""Resident memory and CPU time of a process tree, sampled from /proc (Linux only)."""
+"""Resident memory and CPU time of a process tree, sampled from /proc (Linux only), with the
+CPU time of the machine's Postgres server processes and of the whole machine alongside."""
 
 from __future__ import annotations
 
@@ -54,6 +55,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds() -> float:
+    """User + system CPU time so far of every running Postgres server process (`postgres`)."""
+    total = 0.0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if Path(entry.path, "comm").read_text().startswith("postgres"):
+                    total += cpu_seconds(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                continue
+    return total
+
+
+def machine_cpu_seconds() -> float:
+    """CPU time the machine spent busy so far, all cores together (not idle, not I/O wait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+CPU_OF = ("process", "postgres", "machine")  # what `RssSampler.cpu_between` can read
+
+
 class RssSampler:
     """Samples the tree RSS of `pid` every `interval_s` in a thread; `peak_mb` is the maximum of
     the samples and of the root's VmHWM read at `stop()`."""
@@ -63,7 +86,8 @@ class RssSampler:
         self.interval_s = interval_s
         self.peak_kb = 0
         self.samples: list[int] = []
-        self.cpu: list[tuple[float, float]] = []  # (wall time, CPU seconds of the root)
+        # (wall time, CPU seconds of the root, of Postgres, of the machine)
+        self.cpu: list[tuple[float, float, float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -81,16 +105,19 @@ class RssSampler:
         if kb:
             self.samples.append(kb)
             self.peak_kb = max(self.peak_kb, kb, hwm_kb(self.pid))
-            self.cpu.append((time.time(), cpu_seconds(self.pid)))
+            self.cpu.append((time.time(), cpu_seconds(self.pid), postgres_cpu_seconds(),
+                             machine_cpu_seconds()))
 
-    def cpu_between(self, start: float, end: float) -> float | None:
-        """The root's CPU seconds between two wall times, read off the samples (within one
-        sampling interval at each end); None without samples around the span."""
-        times = [t for t, _ in self.cpu]
+    def cpu_between(self, start: float, end: float, of: str = "process") -> float | None:
+        """CPU seconds between two wall times of the root process, of Postgres or of the
+        machine (`of`, one of `CPU_OF`), read off the samples (within one sampling interval at
+        each end); None without samples around the span."""
+        column = CPU_OF.index(of) + 1
+        times = [sample[0] for sample in self.cpu]
         first, last = bisect.bisect_left(times, start), bisect.bisect_right(times, end) - 1
         if first >= len(times) or last < 0 or first >= last:
             return None
-        return self.cpu[last][1] - self.cpu[first][1]
+        return self.cpu[last][column] - self.cpu[first][column]
 
     def stop(self) -> float:
         """Stop sampling (call while the process is still alive); returns the peak in MB."""

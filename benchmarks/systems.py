@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from benchmarks.procmon import RssSampler
+from benchmarks.procmon import CPU_OF, RssSampler
 from benchmarks.replicator_run import Run, assert_matches_oracle, table_rows
 from benchmarks.stats import RowDiff, SystemResult, diff_rows
 from benchmarks.workload import Workload
@@ -148,9 +148,11 @@ def run_replicator(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir:
     res.peak_rss_mb = peak
     res.note = f"{run.shards} shards, batch_ms/marker_ms at defaults" + (
         "; Python decoder and shard step only (REPLICATE_NATIVE_DECODE=false)" if suffix else "")
-    cpu = sampler.cpu_between(t_first, t_end)
-    if cpu:
-        res.note += f"; {cpu / wl.message_count * 1e6:.1f} µs of process CPU per message"
+    cpu = {of: sampler.cpu_between(t_first, t_end, of) for of in CPU_OF}
+    if all(cpu.values()):
+        per = {of: seconds / wl.message_count * 1e6 for of, seconds in cpu.items()}
+        res.note += (f"; {per['process']:.1f} µs of process CPU per message (Postgres "
+                     f"{per['postgres']:.1f}, the whole machine {per['machine']:.1f})")
     return res
 
 

@@ -178,4 +178,7 @@ def test_sampler_reads_the_cpu_a_process_spent_between_two_times():
     idle = sampler.cpu_between(go + 0.8, go + 1.15)
     assert busy is not None and 0.2 <= busy <= 0.6
     assert idle is not None and idle < 0.1
+    machine = sampler.cpu_between(go + 0.1, go + 0.5, "machine")
+    assert machine is not None and machine >= 0.8 * busy  # the machine ran the child too
+    assert sampler.cpu_between(go + 0.1, go + 0.5, "postgres") is not None
     assert sampler.cpu_between(go + 10, go + 20) is None
