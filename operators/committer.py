@@ -14,10 +14,15 @@ units they are the end of a burst or backlog (each partition's last position arr
 next marker), and commit after `REPLICATE_BATCH_MS` like units: a restart then replays nothing
 of it, and lag reads zero promptly.
 
-A commit is also due at once when the worker holds units and the source has caught up with every
-partition (the last markers of all say `caught_up`): there is nothing to batch them with, and
+A commit is also due at once when the source has caught up with every partition (the last
+markers of all say `caught_up`) and the worker holds units, or markers within
+`MARKER_ONLY_FLUSH_S` of a commit that carried units: there is nothing to batch them with, and
 waiting out `REPLICATE_BATCH_MS` would only add latency (the end of a backlog or burst, a trickle
 of events). It waits for the transaction still running, if any: the worker has nothing else to do.
+The decode step sends every marker to every shard, after the shard's other items of its step, so
+this is judged once every shard of the worker has had its markers: then each holds what its
+partitions sent it, and one commit takes it all (judged at the first shard, the others' final
+offsets would wait for another commit).
 
 Otherwise, a due commit waits while the previous transaction is still running, so the worker
 decodes on instead of blocking, up to `BACKLOG_BATCHES` batches: when Postgres is the slower
@@ -59,6 +64,7 @@ class Committer:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-commit")
         self._in_flight: tuple[list[Work], list[ShardBatch], Future[None], float] | None = None
         self._caught_up: dict[Position, bool] = {}  # by each partition's last marker
+        self._marked: set[int] = set()  # shards that had markers since all last had them
 
     def register(self, shard: Shard) -> None:
         self.settle()  # the connection is free only between transactions
@@ -76,25 +82,31 @@ class Committer:
         if self._since is None:
             self._since = time.monotonic()
 
-    def track_sources(self, items: list) -> None:
-        """Note the caught-up state of the markers that close a shard's `items` (the decode step
+    def track_sources(self, shard: Shard, items: list) -> None:
+        """Note the caught-up state of the markers that close `shard`'s `items` (the decode step
         sends every marker to every shard, after the shard's other items)."""
         start = len(items)
         while start and type(items[start - 1]) is ProgressMarker:
             start -= 1
+        if start == len(items):
+            return
+        self._marked.add(shard.number)
         for marker in items[start:]:
             self._caught_up[(marker.topic, marker.partition)] = marker.caught_up
 
     def commit_if_due(self) -> None:
+        marked = len(self._marked) >= len(self._shards)  # every shard has had its markers
+        if marked:
+            self._marked.clear()
         if self._since is None:
             return
+        now = time.monotonic()
+        data_recent = self._units > 0 or now - self._units_committed_at < MARKER_ONLY_FLUSH_S
         caught_up = self._caught_up
-        if self._units and caught_up and all(caught_up.values()):  # nothing more to read now
+        if marked and data_recent and caught_up and all(caught_up.values()):  # nothing to read
             self.commit_all()
             return
-        now = time.monotonic()
         batch_size = self._settings.batch_size
-        data_recent = self._units > 0 or now - self._units_committed_at < MARKER_ONLY_FLUSH_S
         wait_s = self._settings.batch_ms / 1000 if data_recent else MARKER_ONLY_FLUSH_S
         due = self._units >= batch_size or now - self._since >= wait_s
         busy = self._in_flight is not None and not self._in_flight[2].done()
@@ -110,7 +122,7 @@ class Committer:
         shards decide what they can of the next commit (`Shard.decide_ahead`): only its RocksDB
         write is left for after the settle.
         """
-        work = [(shard, *shard.pending.take()) for shard in self._shards
+        work = [(shard, *shard.take()) for shard in self._shards
                 if shard.pending.since is not None]
         if self._units:
             self._units_committed_at = time.monotonic()
@@ -134,6 +146,9 @@ class Committer:
     def _start(self, work: list[Work], ahead: list[Decided | None] | None) -> None:
         """Prepare `work` (LWW, RocksDB) here and write it to Postgres in the background;
         `ahead`: what the shards decided while the previous transaction ran (first try only)."""
+        if ahead is not None and None not in ahead:
+            self._start_decided(work, ahead)
+            return
         decided = ahead
 
         def prepare() -> list[ShardBatch]:
@@ -151,6 +166,25 @@ class Committer:
             return
         future = self._writer.submit(self.session.writer.write, batches)
         self._in_flight = (work, batches, future, time.perf_counter())
+
+    def _start_decided(self, work: list[Work], decided: list[Decided]) -> None:
+        """Start the transaction of `work`, which every shard decided ahead, at once, and write
+        the decisions to RocksDB while its statements run: the transaction waits for them only
+        before its COMMIT (a batch is in RocksDB before Postgres commits it, invariant 5), so
+        Postgres does not sit idle while the worker writes RocksDB."""
+        stored: Future[None] = Future()
+        batches = [one.batch for one in decided]
+        future = self._writer.submit(self.session.writer.write, batches, stored.result)
+        self._in_flight = (work, batches, future, time.perf_counter())
+        try:
+            for (shard, _, _), one in zip(work, decided, strict=True):
+                shard.write_decided(one)
+        except BaseException as exc:
+            stored.set_exception(exc)  # the transaction rolls back
+            self._in_flight = None
+            future.exception()
+            raise
+        stored.set_result(None)
 
     def settle(self) -> bool:
         """Wait for the background transaction; confirm it, or redo its work synchronously.

@@ -118,8 +118,10 @@ class PgShardWriter:
         self._soft = delete_mode is DeleteMode.SOFT
         self._plans: dict[tuple[str, _Kind, tuple[str, ...]], _Plan] = {}
 
-    def write(self, batches: list[ShardBatch]) -> None:
-        """Commit `batches` in one transaction (the caller retries transient failures)."""
+    def write(self, batches: list[ShardBatch],
+              before_commit: Callable[[], object] | None = None) -> None:
+        """Commit `batches` in one transaction (the caller retries transient failures);
+        `before_commit` is called last inside it: if it raises, the transaction rolls back."""
         with self._conn.transaction():
             for batch in batches:
                 for table, truncate in batch.truncates:
@@ -158,6 +160,8 @@ class PgShardWriter:
                    DO UPDATE SET seq = excluded.seq, committed_at = now()""",
                 (self._flow_id, [b.shard for b in batches], [b.seq for b in batches]),
             )
+            if before_commit is not None:
+                before_commit()
 
     def _groups(self, writes: list[tuple[TargetTable, RowWrite]]):
         """Writes grouped by (table, kind, columns), columns as key columns + sorted others

@@ -95,11 +95,22 @@ class Shard:
         self._flow_id = flow_id
         self._shards = shards
         self._committed: dict[Position, int] = {}
+        self._taken: dict[Position, int] = {}  # marker offsets taken for a commit in flight
         self._floors: dict[str, bytes] = {}
 
+    def take(self) -> tuple[list[Unit], dict[Position, int]]:
+        """What this shard holds, for a commit: its markers then count as handled."""
+        units, markers = self.pending.take()
+        taken = self._taken
+        for pos, offset in markers.items():
+            if offset > taken.get(pos, 0):
+                taken[pos] = offset
+        return units, markers
+
     def accept(self, items: list[ShardItem | Run]) -> int:
-        """Buffer `items`, dropping what this shard already committed; returns events added."""
-        pending, committed = self.pending, self._committed
+        """Buffer `items`, dropping what this shard already committed or took for a commit;
+        returns events added."""
+        pending, committed, taken = self.pending, self._committed, self._taken
         units: list[Unit] = []
         for item in items:
             if type(item) is RunEvents:  # a run from another process
@@ -109,7 +120,8 @@ class Shard:
                 units.append(item)
                 continue
             pos = (item.topic, item.partition)
-            if item.next_offset > max(committed.get(pos, 0), pending.markers.get(pos, 0)):
+            if item.next_offset > max(committed.get(pos, 0), taken.get(pos, 0),
+                                      pending.markers.get(pos, 0)):
                 pending.markers[pos] = item.next_offset
                 if pending.since is None:
                     pending.since = time.monotonic()

@@ -33,9 +33,11 @@ class ShardPartition(StatefulSinkPartition[list[ShardItem], None]):
 
     def write_batch(self, values: list[list[ShardItem]]) -> None:
         accept, committer = self.shard.accept, self._committer
-        committer.accepted(sum(accept(items) for items in values))
+        units = sum(accept(items) for items in values)
+        if self.shard.pending.since is not None:
+            committer.accepted(units)
         for items in values:
-            committer.track_sources(items)
+            committer.track_sources(self.shard, items)
         committer.commit_if_due()
 
     def snapshot(self) -> None:

@@ -272,6 +272,51 @@ def test_units_commit_at_once_when_the_source_has_caught_up_with_every_partition
         drop_flows(pg_dsn, name)
 
 
+def test_the_end_of_a_backlog_commits_every_shards_offsets_at_once(pg_dsn, tmp_path):
+    """Every shard gets the markers that say the source has caught up, one after another in
+    the same step: one commit, once the last shard has them, takes every shard's final offsets
+    (none waits out batch_ms, here a minute). A marker taken for that commit and sent again is
+    nothing left to commit; offsets that move on right after data commit at once too."""
+    name = f"sink{uuid.uuid4().hex[:10]}"
+    settings = Settings(topics=TOPIC, pg_dsn=pg_dsn, state_dir=tmp_path, flow_id=name,
+                        target_schema=name, shards=2, batch_ms=60_000)
+    things = Things(name)
+    first, second = ShardPartition(settings, 0), ShardPartition(settings, 1)
+
+    def caught_up(offset: int) -> list[ProgressMarker]:
+        return [ProgressMarker(TOPIC, 0, offset, caught_up=True)]
+
+    def offsets_reach(offset: int) -> None:
+        deadline = time.monotonic() + 10
+        while _shard_offsets(settings) != {0: offset, 1: offset}:
+            assert time.monotonic() < deadline, f"offsets held back: {_shard_offsets(settings)}"
+            time.sleep(0.05)
+
+    try:
+        first.write_batch([[things.event(1, 10), *caught_up(9)]])
+        second.write_batch([caught_up(9)])  # none of partition 0's last messages was for it
+        offsets_reach(9)
+        with psycopg.connect(pg_dsn) as conn:  # now() is the transaction's start
+            assert conn.execute("SELECT count(DISTINCT committed_at) FROM cdc.shard_commits "
+                                "WHERE flow_id = %s", (name,)).fetchone() == (1,)
+        for part in (first, second):
+            part.write_batch([caught_up(9)])
+            assert part.shard.pending.since is None, "a marker already taken is pending again"
+        for part in (first, second):  # e.g. tombstones after the last change
+            part.write_batch([caught_up(12)])
+        offsets_reach(12)
+    finally:
+        first.close()
+        second.close()
+        drop_flows(pg_dsn, name)
+
+
+def _shard_offsets(settings: Settings) -> dict[int, int]:
+    with psycopg.connect(settings.pg_dsn) as conn:
+        return dict(conn.execute("SELECT shard, next_offset FROM cdc.offsets WHERE flow_id = %s "
+                                 "AND partition = 0", (settings.flow_id,)).fetchall())
+
+
 def test_state_one_commit_ahead_is_rolled_back(settings):
     """Invariant 5: a RocksDB commit whose Postgres transaction never happened is undone."""
     things = Things(settings.target_schema)
