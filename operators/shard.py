@@ -20,7 +20,7 @@ import psycopg
 from operators.events import ChangeEvent, DlqRecord, ProgressMarker, ShardItem, TruncateEvent
 from operators.keys import key_json
 from operators.lww import decide_batch
-from operators.native_decode import Run, RunEvents
+from operators.native_decode import Run, RunEvents, run_events
 from operators.native_shard import decide_runs, expand
 from operators.offsets import shard_offsets, shard_seq
 from operators.pg_writer import ShardBatch
@@ -138,6 +138,7 @@ class Shard:
         if not self.in_step:
             self.bring_in_step(conn)
         units = uncommitted(units, self._committed)
+        _resolve_run_tables(units, tables)
         decided = self._decide_native(units, markers, tables)
         if decided is not None:
             return self.write_decided(decided)
@@ -254,6 +255,18 @@ class Shard:
 
     def close(self) -> None:
         self._store.close()
+
+
+def _resolve_run_tables(units: list[Unit], tables: TargetTables) -> None:
+    """Create or change the tables of runs whose schema is new to this process, from each such
+    run's first event, so that the runs can be decided natively (which needs no connection).
+    A table problem is left to the Python path, which sends the events to the DLQ."""
+    for unit in units:
+        if type(unit) is Run and tables.known(unit.schema) is None:
+            try:
+                tables.for_event(run_events(unit)[0][1])
+            except TableProblem:
+                continue
 
 
 def dlq_for(event: ChangeEvent, error_type: str, error: str) -> DlqRecord:

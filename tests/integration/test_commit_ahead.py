@@ -16,6 +16,7 @@ from operators.native_decode import Run
 from operators.settings import Settings
 from operators.shard import Shard
 from operators.shard_sink import ShardPartition
+from operators.target_tables import TargetTables
 from tests.integration.test_native_shard import TOPICS, message
 
 pytestmark = pytest.mark.integration
@@ -123,4 +124,28 @@ def test_a_decision_made_ahead_is_dropped_when_the_running_commit_is_redone(sett
     assert table_rows(settings) == {0: 1, 1: 20, 2: 10}
     assert audit(settings) == ([4], [(1, "write_refused")])
     assert written_ahead == [], "decided again after the redo"
+    feed.part.close()
+
+
+def test_runs_of_a_table_new_to_the_process_are_decided_natively(settings, monkeypatch):
+    """The first commit of a table this process has not resolved yet (a new table, or any
+    table after a restart) creates or reads it first and then decides its runs in Rust: the
+    Python path would make every event of the batch a Python object."""
+    feed = Feed(settings)
+    feed.send(("c", 0, 1))
+    feed.part.snapshot()
+    session = feed.part._committer.session
+    session.tables = TargetTables(session.conn, settings.flow_id, settings.delete_mode)
+    python_path: list[int] = []
+    decide_events = Shard._decide_events
+
+    def noting(shard: Shard, events, *args):
+        python_path.append(len(events))
+        return decide_events(shard, events, *args)
+
+    monkeypatch.setattr(Shard, "_decide_events", noting)
+    assert feed.send(("u", 1, 50), ("u", 2, 50)) == [Run, ProgressMarker]
+    feed.part.snapshot()
+    assert python_path == []
+    assert table_rows(settings) == {0: 1, 1: 50, 2: 50}
     feed.part.close()
