@@ -307,9 +307,17 @@ class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
         self._marker_due = 0.0
         self._idle = False
         self._caught_up = False
+        self._started = False
         log.info("source %s[%d]: starting at offset %d", topic, partition, start)
 
     def next_batch(self) -> list[SourceItem]:
+        if not self._started:
+            # The first batch is only the start position: its marker reaches every shard, so
+            # bytewax builds the shard parts (opens their stores) while the consumer reads ahead,
+            # not when the first messages are already waiting.
+            self._started = True
+            self._marker_due = time.monotonic() + self._settings.marker_ms / 1000
+            return [ProgressMarker(self._topic, self._partition, self._next_offset, False)]
         allowed = self._window.allows(self._next_offset)
         self._consumer.hold(self._topic, self._partition, not allowed)
         batch: list[SourceItem] = self._consumer.take(self._topic, self._partition)
