@@ -158,6 +158,10 @@ class Run:
                 time.sleep(0.5)
 
     def partitions_behind(self, conn: psycopg.Connection, ends: dict[tuple[str, int], int]):
+        """The partitions some shard has not committed to their end (every partition while the
+        replicator has not yet created its control tables on a fresh database)."""
+        if conn.execute("SELECT to_regclass('cdc.offsets')").fetchone()[0] is None:
+            return [(tp, None, end) for tp, end in ends.items()]
         rows = conn.execute(
             "SELECT topic, partition, count(*), min(next_offset) FROM cdc.offsets "
             "WHERE flow_id = %s GROUP BY topic, partition", (self.flow_id,)).fetchall()
