@@ -146,8 +146,8 @@ def profile(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir: Path,
         (store, "get_encoded", "RocksDB"),
         (store, "commit", "RocksDB"),
         (store, "commit_encoded", "RocksDB"),
-        (pg_writer.PgShardWriter, "write", "Postgres: grouping, audit, DLQ, offsets, commit"),
-        (pg_writer.PgShardWriter, "_apply", "Postgres: row building, COPY and merge per group"),
+        (pg_writer.PgShardWriter, "write", "Postgres: merges, audit, DLQ, offsets, commit"),
+        (pg_writer.PgShardWriter, "_copy", "Postgres: row building and COPY per group"),
     ]
     # the deciders are imported by name into the module that calls them: patch them there
     for module in ("operators.shard", "operators.shard_sink", "operators.committer"):
@@ -174,8 +174,8 @@ def profile(wl: Workload, prefix: str, bootstrap: str, dsn: str, workdir: Path,
     rows = [(name, s[name]) for name in (
         "decode: Decoder.decode_runs", "decode: shard routing (rest of DecodeStep)",
         "LWW: decide_batch, native decide_runs", "RocksDB",
-        "Postgres: row building, COPY and merge per group",
-        "Postgres: grouping, audit, DLQ, offsets, commit")]
+        "Postgres: row building and COPY per group",
+        "Postgres: merges, audit, DLQ, offsets, commit")]
     accounted = sum(v for _, v in rows)
     rows.append(("shard sink other (buffering, table lookup, open/close)", wall - accounted))
     out = [{"stage": name, "seconds": sec, "share": sec / wall if wall else 0.0,

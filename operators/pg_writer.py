@@ -121,7 +121,11 @@ class PgShardWriter:
     def write(self, batches: list[ShardBatch],
               before_commit: Callable[[], object] | None = None) -> None:
         """Commit `batches` in one transaction (the caller retries transient failures);
-        `before_commit` is called last inside it: if it raises, the transaction rolls back."""
+        `before_commit` is called last inside it: if it raises, the transaction rolls back.
+
+        Every stage is filled first (`COPY` cannot share a round trip), then every guarded
+        statement, the offsets and the commit sequences go in one round trip: each round trip
+        is a wait after which this thread must get the interpreter lock back from the worker."""
         with self._conn.transaction():
             for batch in batches:
                 for table, truncate in batch.truncates:
@@ -132,36 +136,49 @@ class PgShardWriter:
             for batch in batches:
                 for rows in batch.staged:
                     staged[self._staged_group(rows)].append(rows.rows)
+            statements: list[sql.Composable] = []
             for group in dict.fromkeys([*groups, *staged]):
-                self._apply(self._plan(*group), groups.get(group, []), staged.get(group, []))
+                plan = self._plan(*group)
+                self._copy(plan, groups.get(group, []), staged.get(group, []))
+                statements += plan.statements
             self._stale([s for batch in batches for s in batch.stale])
             self._dlq([r for batch in batches for r in batch.dlq])
-            shards: list[int] = []
-            topics: list[str] = []
-            partitions: list[int] = []
-            next_offsets: list[int] = []
-            for b in batches:
-                for (topic, partition), offset in b.offsets.items():
-                    shards.append(b.shard)
-                    topics.append(topic)
-                    partitions.append(partition)
-                    next_offsets.append(offset)
-            self._conn.execute(  # one statement for every (shard, partition), not one each
-                """INSERT INTO cdc.offsets (flow_id, shard, topic, partition, next_offset)
-                   SELECT %s, u.* FROM unnest(%s::int[], %s::text[], %s::int[], %s::bigint[]) u
-                   ON CONFLICT (flow_id, shard, topic, partition)
-                   DO UPDATE SET next_offset = excluded.next_offset, updated_at = now()""",
-                (self._flow_id, shards, topics, partitions, next_offsets),
-            )
-            self._conn.execute(
-                """INSERT INTO cdc.shard_commits (flow_id, shard, seq)
-                   SELECT %s, u.* FROM unnest(%s::int[], %s::bigint[]) u
-                   ON CONFLICT (flow_id, shard)
-                   DO UPDATE SET seq = excluded.seq, committed_at = now()""",
-                (self._flow_id, [b.shard for b in batches], [b.seq for b in batches]),
-            )
+            statements += self._progress_sql(batches)
+            self._conn.execute(sql.SQL("; ").join(statements))
             if before_commit is not None:
                 before_commit()
+
+    def _progress_sql(self, batches: list[ShardBatch]) -> tuple[sql.Composed, sql.Composed]:
+        """The upserts of every (shard, partition)'s next offset and every shard's commit
+        sequence, one statement each (values as literals: the statements share a round trip
+        with others, which leaves no room for bound parameters)."""
+        shards: list[int] = []
+        topics: list[str] = []
+        partitions: list[int] = []
+        next_offsets: list[int] = []
+        for b in batches:
+            for (topic, partition), offset in b.offsets.items():
+                shards.append(b.shard)
+                topics.append(topic)
+                partitions.append(partition)
+                next_offsets.append(offset)
+        flow = sql.Literal(self._flow_id)
+        offsets = sql.SQL(
+            """INSERT INTO cdc.offsets (flow_id, shard, topic, partition, next_offset)
+               SELECT {flow}, u.* FROM unnest({shards}::int[], {topics}::text[],
+                                              {partitions}::int[], {offsets}::bigint[]) u
+               ON CONFLICT (flow_id, shard, topic, partition)
+               DO UPDATE SET next_offset = excluded.next_offset, updated_at = now()"""
+        ).format(flow=flow, shards=sql.Literal(shards), topics=sql.Literal(topics),
+                 partitions=sql.Literal(partitions), offsets=sql.Literal(next_offsets))
+        commits = sql.SQL(
+            """INSERT INTO cdc.shard_commits (flow_id, shard, seq)
+               SELECT {flow}, u.* FROM unnest({shards}::int[], {seqs}::bigint[]) u
+               ON CONFLICT (flow_id, shard)
+               DO UPDATE SET seq = excluded.seq, committed_at = now()"""
+        ).format(flow=flow, shards=sql.Literal([b.shard for b in batches]),
+                 seqs=sql.Literal([b.seq for b in batches]))
+        return offsets, commits
 
     def _groups(self, writes: list[tuple[TargetTable, RowWrite]]):
         """Writes grouped by (table, kind, columns), columns as key columns + sorted others
@@ -187,8 +204,8 @@ class PgShardWriter:
         kind = _Kind.UPSERT if rows.kind is StagedKind.UPSERT else _Kind.SOFT_DELETE
         return rows.table, kind, stage_columns(key, tuple(c.name for c in rows.schema.columns))
 
-    def _apply(self, plan: _Plan, writes: list[RowWrite], staged: list[bytes]) -> None:
-        """COPY the group's rows into its stage, then run its statements. A row the native
+    def _copy(self, plan: _Plan, writes: list[RowWrite], staged: list[bytes]) -> None:
+        """COPY the group's rows into its stage (its statements run later). A row the native
         decoder formatted (`ChangeEvent.copy_row`: every column, in stage order) goes as is
         when the write's values are that event's own and no column needs `Jsonb`; `staged`
         rows, formatted by the native shard step, go as they are."""
@@ -214,8 +231,6 @@ class PgShardWriter:
                 copy.write_row((*row, _key_text(event.row_id), write.version))
             if formatted:
                 copy.write(b"".join(formatted))
-        for statement in plan.statements:
-            self._conn.execute(statement)
 
     def _plan(self, table: TargetTable, kind: _Kind, columns: tuple[str, ...]) -> _Plan:
         cache_key = (str(table.name), kind, columns)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
+from unittest import mock
 
 import psycopg
 import pytest
@@ -150,6 +151,33 @@ def test_hard_deletes_probe_the_key_instead_of_scanning_the_table(settings):
     assert seq_scans == before[0], "the delete scanned the whole table"
     assert index_scans > before[1]
     assert not {100, 101, 102, 103, 104} & set(rows(settings.pg_dsn, things.table))
+
+
+def test_a_commits_statements_go_to_postgres_in_one_round_trip(settings):
+    """Once the stages are filled, a commit's guarded statements (upserts, hard deletes with
+    their tombstones), its offsets and its commit sequence go in one round trip: after every
+    round trip the writer thread waits for the interpreter lock, which the worker holds."""
+    things = Things(settings.target_schema)
+    shard = ShardPartition(settings, 0)
+    shard.write_batch([[things.event(1, 10), things.event(2, 10), things.event(3, 10, Op.DELETE),
+                        ProgressMarker(TOPIC, 0, 4)]])
+    shard.snapshot()  # the table and both stages exist from here on
+    conn = thread_session(settings).conn
+    sent: list[object] = []
+    execute = psycopg.Connection.execute
+
+    def counting(self, query, *args, **kwargs):
+        if self is conn:
+            sent.append(query)
+        return execute(self, query, *args, **kwargs)
+
+    with mock.patch.object(psycopg.Connection, "execute", counting):
+        shard.write_batch([[things.event(1, 20), things.event(2, 20, Op.DELETE),
+                            ProgressMarker(TOPIC, 0, 6)]])
+        shard.snapshot()
+    assert len(sent) == 1, f"{len(sent)} round trips besides COPY"
+    assert rows(settings.pg_dsn, things.table) == {1: ("v20", 1)}
+    assert _shard_offsets(settings) == {0: 6}
 
 
 def test_truncate_clears_rows_and_fences_older_events(settings):
