@@ -160,11 +160,12 @@ class Run:
     def partitions_behind(self, conn: psycopg.Connection, ends: dict[tuple[str, int], int]):
         """The partitions some shard has not committed to their end (every partition while the
         replicator has not yet created its control tables on a fresh database)."""
-        if conn.execute("SELECT to_regclass('cdc.offsets')").fetchone()[0] is None:
-            return [(tp, None, end) for tp, end in ends.items()]
-        rows = conn.execute(
-            "SELECT topic, partition, count(*), min(next_offset) FROM cdc.offsets "
-            "WHERE flow_id = %s GROUP BY topic, partition", (self.flow_id,)).fetchall()
+        try:
+            rows = conn.execute(
+                "SELECT topic, partition, count(*), min(next_offset) FROM cdc.offsets "
+                "WHERE flow_id = %s GROUP BY topic, partition", (self.flow_id,)).fetchall()
+        except psycopg.errors.UndefinedTable:
+            rows = []
         got = {(t, p): (n, low) for t, p, n, low in rows}
         return [(tp, got.get(tp), end) for tp, end in ends.items()
                 if got.get(tp) != (self.shards, end)]
