@@ -9,14 +9,15 @@ and logical-decoding messages (op `m`). Catalog lookups (schemaless messages) wa
 outage inside `TableCatalog`.
 
 DLQ error types: malformed_json, malformed_envelope, missing_op, unknown_op, missing_source,
-bad_version, missing_after, malformed_key, missing_key, bad_schema, bad_value, no_schema,
-unknown_table, unknown_column; for Avro also malformed_avro, unknown_schema_id,
-no_schema_registry.
+bad_version, missing_after, malformed_key, missing_key, unsupported_key, bad_schema, bad_value,
+no_schema, unknown_table, unknown_column; for Avro also malformed_avro, unknown_schema_id,
+no_schema_registry; decode_failed for an unexpected error (a defect) met by one message.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 from typing import Any, NamedTuple
 
 import orjson
@@ -33,11 +34,14 @@ from operators.events import (
     TruncateEvent,
     raw_messages,
 )
+from operators.keys import UnsupportedKey
 from operators.native_decode import FastPath, NativeShape, Run, native_kind
+from operators.retry import is_transient
 from operators.versions import version_for_source
 from schemas.catalog import TableCatalog, coerce_for_column
 from schemas.debezium_types import Converter, FieldType, field_type
 
+log = logging.getLogger(__name__)
 Decoded = ChangeEvent | TruncateEvent | DlqRecord
 
 _TOAST = "__debezium_unavailable_value"
@@ -166,12 +170,12 @@ class Decoder:
         try:
             return self._decode(msg)
         except (_Reject, AvroProblem) as exc:
-            error = str(exc)
-            if len(error) > _MAX_ERROR_CHARS:  # the value itself may be megabytes
-                error = error[:_MAX_ERROR_CHARS] + "..."
-            return DlqRecord(
-                msg.topic, msg.partition, msg.offset, msg.key, msg.value, exc.error_type, error
-            )
+            return _dlq(msg, exc.error_type, str(exc))
+        except Exception as exc:  # a defect met by one message must not stop the flow forever
+            if is_transient(exc):
+                raise
+            log.exception("decoding %s[%d]@%d failed", msg.topic, msg.partition, msg.offset)
+            return _dlq(msg, "decode_failed", f"{type(exc).__name__}: {exc}")
 
     def _decode(self, msg: RawMessage) -> Decoded | None:
         value_schema, schema_id, payload = self._values.split(msg.topic, msg.value)
@@ -224,21 +228,15 @@ class Decoder:
         if None in key:
             missing = [n for n, v in zip(key_names, key, strict=True) if v is None]
             raise _Reject("missing_key", f"key column(s) {missing} are null")
-        if shape is not None and self._fast is not None:
-            self._fast.learn(msg, schema_id, key_id, shape.native)
         op_kind = Op.DELETE if op == "d" else Op.UPSERT
-        return ChangeEvent(
-            table,
-            key_names,
-            key,
-            op_kind,
-            version,
-            values,
-            schema,
-            msg.topic,
-            msg.partition,
-            msg.offset,
-        )
+        try:
+            event = ChangeEvent(table, key_names, key, op_kind, version, values, schema,
+                                msg.topic, msg.partition, msg.offset)
+        except UnsupportedKey as exc:
+            raise _Reject("unsupported_key", f"key {list(key_names)}: {exc}") from None
+        if shape is not None and self._fast is not None:  # only a shape that makes events
+            self._fast.learn(msg, schema_id, key_id, shape.native)
+        return event
 
     # --- tables ---------------------------------------------------------------------------
 
@@ -332,6 +330,12 @@ class Decoder:
             cached = (columns, {name: coerce_for_column(t) for name, t in columns.items()})
             self._plain[table] = cached
         return cached[1]
+
+
+def _dlq(msg: RawMessage, error_type: str, error: str) -> DlqRecord:
+    if len(error) > _MAX_ERROR_CHARS:  # the value itself may be megabytes
+        error = error[:_MAX_ERROR_CHARS] + "..."
+    return DlqRecord(msg.topic, msg.partition, msg.offset, msg.key, msg.value, error_type, error)
 
 
 def _plain_value(converters: dict[str, Converter], table: TableName, name: str, v: Any) -> Any:

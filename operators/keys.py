@@ -17,17 +17,25 @@ if TYPE_CHECKING:  # events.py computes each event's state key with this module
     from operators.events import TableName
 
 
+class UnsupportedKey(TypeError):
+    """A key column holds a value no state key can be made of (e.g. an `interval`)."""
+
+
 def _default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, bytes):
         return value.hex()
-    raise TypeError(f"key value of type {type(value).__name__} is not supported")
+    raise TypeError
 
 
 def key_json(key: tuple[Any, ...]) -> bytes:
     """The key as a JSON array: what `cdc.stale_events.key` and `cdc.tombstones.key` hold."""
-    return orjson.dumps(key, default=_default)
+    try:
+        return orjson.dumps(key, default=_default)
+    except orjson.JSONEncodeError:
+        kinds = ", ".join(type(v).__name__ for v in key)
+        raise UnsupportedKey(f"no state key can be made of values of types ({kinds})") from None
 
 
 def state_key_prefix(table: TableName) -> str:
