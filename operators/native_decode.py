@@ -85,8 +85,11 @@ class FastPath:
         `messages` are `Fetched` batches and `RawMessage`s (which become batches here). The
         newest plan of a batch's topic reads the batch at once, in parallel, without the
         interpreter lock; the older plans, then `reference` (the Python decoder), decode what it
-        declines, in turn. A topic without a plan yet has its messages decoded by `reference`
-        until one of them teaches it a plan, so even a topic's first batch mostly runs native.
+        declines, in turn. A shard's events of one batch stay in offset order: where two plans
+        (schema versions) made runs for one shard, their events are returned among the others
+        instead, each in its place. A topic without a plan yet has its messages decoded by
+        `reference` until one of them teaches it a plan, so even a topic's first batch mostly
+        runs native.
         """
         others: list[tuple[int, Any]] = []
         runs: list[list[Run]] = [[] for _ in range(shards)]
@@ -113,9 +116,10 @@ class FastPath:
             indexes = list(range(index + 1, len(batch)))
             if not indexes:
                 return others
+        made: list[list[Run]] = [[] for _ in range(shards)]  # this batch's runs, per shard
         for plan in self._plans[topic]:
             batch_runs, rest = plan.plan.decode_runs(batch, base, shards, indexes)
-            for shard_runs, run in zip(runs, batch_runs, strict=True):
+            for shard_runs, run in zip(made, batch_runs, strict=True):
                 if run is not None:
                     shard_runs.append(run)
             indexes = []
@@ -127,8 +131,13 @@ class FastPath:
                     others.append((position, _change_event(plan.schema, topic, batch.partition,
                                                            offset, parts)))
             if not indexes:
-                return others
+                break
         others += [(base + index, reference(raw_message(batch, index))) for index in indexes]
+        for shard_runs, batch_runs in zip(runs, made, strict=True):
+            if len(batch_runs) == 1:
+                shard_runs += batch_runs
+            else:  # runs of two plans interleave: their events go in offset order as Python's
+                others += [pair for run in batch_runs for pair in run_events(run)]
         return others
 
     def newest(self) -> dict[str, FastPlan]:

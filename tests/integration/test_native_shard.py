@@ -21,7 +21,7 @@ from operators.events import ChangeEvent, Op, ProgressMarker, RawMessage, TableN
 from operators.keys import key_json
 from operators.lww import KeyState, decide_batch
 from operators.native_decode import NativeBatch, Run, RunEvents, run_events
-from operators.native_shard import _REASONS
+from operators.native_shard import _REASONS, expand
 from operators.pg_writer import StagedKind, stage_columns
 from operators.settings import Settings
 from operators.state_store import encode_state
@@ -159,10 +159,11 @@ def test_a_key_applied_under_two_schema_versions_is_left_to_python() -> None:
     wider = envelope(topic, [*FIELDS, ds.field("extra", "string")])
     decoder = taught()
     assert type(decoder.decode(message(topic, 0, "c", 9, 1, wider, extra="e"))) is ChangeEvent
-    _, runs = decoder.decode_runs([message(topic, 1, "u", 1, 2, wider, extra="e"),
-                                   message(topic, 2, "u", 1, 3)], 1)
-    assert len(runs[0]) == 2
-    batch = NativeBatch(runs[0])
+    _, first = decoder.decode_runs([message(topic, 1, "u", 1, 2, wider, extra="e")], 1)
+    _, second = decoder.decode_runs([message(topic, 2, "u", 1, 3)], 1)
+    runs = first[0] + second[0]
+    assert len(runs) == 2
+    batch = NativeBatch(runs)
     assert batch.decide([None] * len(batch.keys()), [None, None], False) is None
     _, one_plan = decoder.decode_runs([message(topic, 3, "u", 1, 4)], 1)
     assert NativeBatch(one_plan[0]).decide([None], [None], False) is not None
@@ -203,3 +204,24 @@ def test_a_run_keeps_what_is_at_or_past_the_committed_offsets() -> None:
     kept = run.since({(topic, 0): 3, ("other", 0): 9})
     assert sorted(e.offset for _, e in run_events(kept)) == [3, 4, 5]
     assert run.since({(topic, 0): 9}) is None
+
+
+@pytest.mark.parametrize("newer_first", [True, False])
+def test_a_shard_gets_one_batchs_events_of_two_schema_versions_in_offset_order(
+        newer_first: bool) -> None:
+    """Key 1 updated under one schema version, then under another, in one batch: each plan
+    makes a run, and the shard must not decide the later change before the earlier one."""
+    topic = TOPICS[0]
+    wider = envelope(topic, [*FIELDS, ds.field("note", "string")])
+    step = DecodeStep(Settings(topics=topic, shards=1))
+    step([message(topic, 0, "c", 5, 1), message(topic, 1, "c", 6, 2, wider, note="x")])
+    schemas = [SCHEMAS[topic], wider] if newer_first else [wider, SCHEMAS[topic]]
+    batch = [message(topic, 10 + n, "u", 1, 10 + n, schema, note="y")
+             if schema is wider else message(topic, 10 + n, "u", 1, 10 + n, schema)
+             for n, schema in enumerate(schemas * 2)]
+    (_, items), = step([*batch, ProgressMarker(topic, 0, 14)])
+    events = expand([item for item in items if type(item) is not ProgressMarker])
+    assert [e.offset for e in events] == [10, 11, 12, 13]
+    python = Decoder("public", {}, None, native=False)
+    assert [(e.row_id, e.version, e.values) for e in events] == [
+        (e.row_id, e.version, e.values) for e in map(python.decode, batch)]
