@@ -219,7 +219,12 @@ class Committer:
 
     def _commit(self, work: list[Work]) -> None:
         """Commit `work`; a unit Postgres refuses (a bad value) is isolated by bisection and goes
-        to the DLQ alone, so the rest still lands."""
+        to the DLQ alone, so the rest still lands.
+
+        A shard's units are split in offset order (they arrive in another: the decode step puts
+        DLQ records ahead of runs, a topic's runs of several plans interleave), so the first
+        half's committed offsets never pass an event of the second half, which `prepare` would
+        then drop as already committed. The markers go with the second half."""
         work = [w for w in work if w[1] or w[2]]
         if not work:
             return
@@ -233,7 +238,7 @@ class Committer:
                     self._commit([one])
                 return
             shard, units, markers = work[0]
-            units = expand(units)  # a run's events are isolated one by one too
+            units = sorted(expand(units), key=_position)  # a run's events one by one too
             if len(units) > 1:
                 half = len(units) // 2
                 self._commit([(shard, units[:half], {})])
@@ -277,6 +282,11 @@ class Committer:
         for shard in self._shards:
             shard.distrust()
         self.session.reset()
+
+
+def _position(unit: Unit) -> tuple[str, int, int]:
+    """Where a unit (a single event: no run) stands in its partition, for sorting."""
+    return unit.topic, unit.partition, unit.offset
 
 
 def thread_committer(settings: Settings) -> Committer:
