@@ -12,9 +12,10 @@ from typing import Any
 import fastavro
 import orjson
 
+# Connect type (as JsonConverter names it: FLOAT32 is "float", FLOAT64 is "double") → Avro type
 _PRIMITIVE = {
-    "int8": "int", "int16": "int", "int32": "int", "int64": "long", "float32": "float",
-    "float64": "double", "boolean": "boolean", "string": "string", "bytes": "bytes",
+    "int8": "int", "int16": "int", "int32": "int", "int64": "long", "float": "float",
+    "double": "double", "boolean": "boolean", "string": "string", "bytes": "bytes",
 }
 DECIMAL = "org.apache.kafka.connect.data.Decimal"
 

@@ -24,8 +24,10 @@ import orjson
 AVRO_MAGIC = (0, 1)  # first byte of a framed message; JSON never starts with either
 _ID_LENGTH = {0: 4, 1: 16}
 
+# Avro type → the Connect type name JsonConverter writes for it (FLOAT32 is "float", FLOAT64 is
+# "double"), so that a schema reads the same in either encoding.
 _CONNECT_TYPES = {
-    "int": "int32", "long": "int64", "float": "float32", "double": "float64",
+    "int": "int32", "long": "int64", "float": "float", "double": "double",
     "boolean": "boolean", "string": "string", "bytes": "bytes", "enum": "string",
     "fixed": "bytes", "array": "array", "map": "map", "record": "struct",
 }

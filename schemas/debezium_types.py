@@ -138,15 +138,22 @@ def _array_type(elem: FieldType) -> FieldType:
 
 _INT32 = FieldType("integer", _int_range(32), ("int", 32))
 _TEXT = FieldType("text", to_str, ("str", 0))
+_REAL = FieldType("real", to_float, ("float", 0))
+_DOUBLE = FieldType("double precision", to_float, ("float", 0))
 
+# Keyed by the names Kafka Connect's JsonConverter writes (`JsonSchema.*_TYPE_NAME`: FLOAT32 is
+# "float", FLOAT64 is "double"); "float32" / "float64" (Connect's `Schema.Type` names) are
+# accepted too.
 _PLAIN: dict[str, FieldType] = {
     "boolean": FieldType("boolean", to_bool, ("bool", 0)),
     "int8": FieldType("smallint", _int_range(8), ("int", 8)),
     "int16": FieldType("smallint", _int_range(16), ("int", 16)),
     "int32": _INT32,
     "int64": FieldType("bigint", _int_range(64), ("int", 64)),
-    "float32": FieldType("real", to_float, ("float", 0)),
-    "float64": FieldType("double precision", to_float, ("float", 0)),
+    "float": _REAL,
+    "float32": _REAL,
+    "double": _DOUBLE,
+    "float64": _DOUBLE,
     "string": _TEXT,
     "bytes": FieldType("bytea", decode_base64, ("bytes", 0)),
     "map": FieldType("jsonb", _passthrough),
