@@ -51,7 +51,19 @@ class TableName(NamedTuple):
     name: str
 
     def __str__(self) -> str:
-        return f"{self.schema}.{self.name}"
+        """`schema.name`, each part double-quoted when it holds a dot or a quote, so that two
+        tables never share a string (`"a.b".c` and `a."b.c"`): it keys control rows and state.
+
+        >>> [str(TableName(*parts)) for parts in (("public", "t"), ("a.b", "c"), ("a", "b.c"))]
+        ['public.t', '"a.b".c', 'a."b.c"']
+        """
+        return f"{_quoted(self.schema)}.{_quoted(self.name)}"
+
+
+def _quoted(part: str) -> str:
+    if "." in part or '"' in part:
+        return '"' + part.replace('"', '""') + '"'
+    return part
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,7 @@ def key_json(key: tuple[Any, ...]) -> bytes:
 
 def state_key_prefix(table: TableName) -> str:
     """What every state key of `table` starts with."""
-    return f"{table.schema}.{table.name}\x00"
+    return f"{table}\x00"
 
 
 def state_key(table: TableName, key: tuple[Any, ...]) -> bytes:

@@ -20,6 +20,7 @@ from schemas.control import DDL_LOCK
 VERSION_COLUMN = "_cdc_version"
 UPDATED_AT_COLUMN = "_cdc_updated_at"
 DELETED_COLUMN = "_cdc_deleted"
+_MAX_SCHEMA_OBJECTS = 1024
 
 
 class TableProblem(Exception):
@@ -51,6 +52,15 @@ def metadata_columns(delete_mode: DeleteMode) -> list[tuple[str, str]]:
     return columns
 
 
+def _check_key(table: TargetTable, event: ChangeEvent) -> None:
+    if set(table.key) != set(event.key_columns):
+        raise TableProblem(
+            "key_mismatch",
+            f"table {event.table} has primary key {list(table.key)} but the message key has "
+            f"{list(event.key_columns)}",
+        )
+
+
 def _read_table(conn: psycopg.Connection, name: TableName) -> TargetTable | None:
     columns = read_columns(conn, name)
     return None if columns is None else TargetTable(name, columns, read_primary_key(conn, name))
@@ -63,8 +73,13 @@ class TargetTables:
         self._conn = conn
         self._flow_id = flow_id
         self._delete_mode = delete_mode
+        # by the schema object, which events of one process share; and by value, for events
+        # from other processes (each arrives with a schema object of its own, so the first map
+        # is emptied when it fills)
         self._by_schema: dict[int, tuple[TableSchema, TargetTable]] = {}
+        self._by_value: dict[TableSchema, TargetTable] = {}
         self._by_name: dict[TableName, TargetTable] = {}
+        self._registered: set[TableName] = set()
 
     @property
     def delete_mode(self) -> DeleteMode:
@@ -78,11 +93,16 @@ class TargetTables:
     def for_event(self, event: ChangeEvent) -> TargetTable:
         if event.schema is None:
             return self._existing(event)
-        table = self.known(event.schema)
+        schema = event.schema
+        table = self.known(schema)
         if table is not None:
             return table
-        table = self._ensure(event)
-        self._by_schema[id(event.schema)] = (event.schema, table)
+        table = self._by_value.get(schema)
+        if table is None:
+            table = self._by_value[schema] = self._ensure(event)
+        if len(self._by_schema) >= _MAX_SCHEMA_OBJECTS:
+            self._by_schema.clear()
+        self._by_schema[id(schema)] = (schema, table)
         return table
 
     def lookup(self, name: TableName) -> TargetTable | None:
@@ -102,15 +122,11 @@ class TargetTables:
                 f"table {event.table} does not exist and the message carries no schema to create "
                 "it from (enable the JSON converter's schemas, or create the table)",
             )
+        _check_key(table, event)
         missing_meta = [c for c, _ in metadata_columns(self._delete_mode) if c not in table.columns]
-        if set(table.key) != set(event.key_columns):
-            raise TableProblem(
-                "key_mismatch",
-                f"table {event.table} has primary key {list(table.key)} but the message key has "
-                f"{list(event.key_columns)}",
-            )
         if missing_meta:
-            table = self._ddl(event, add_columns=[], add_meta=missing_meta)
+            return self._ddl(event, add_columns=[], add_meta=missing_meta)
+        self._register(event)
         return table
 
     def _ensure(self, event: ChangeEvent) -> TargetTable:
@@ -119,10 +135,12 @@ class TargetTables:
         table = self.lookup(event.table)
         if table is None:
             return self._ddl(event, create=True)
+        _check_key(table, event)
         new_columns = [c for c in schema.columns if c.name not in table.columns]
         missing_meta = [c for c, _ in metadata_columns(self._delete_mode) if c not in table.columns]
         if new_columns or missing_meta:
             return self._ddl(event, add_columns=new_columns, add_meta=missing_meta)
+        self._register(event)
         return table
 
     def _ddl(self, event: ChangeEvent, create: bool = False,
@@ -146,13 +164,21 @@ class TargetTables:
             assert table is not None
             if not table.key:
                 raise TableProblem("no_primary_key", f"table {name} has no primary key")
-            self._conn.execute(
-                """INSERT INTO cdc.tables (flow_id, table_schema, table_name, key_columns)
-                   VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""",
-                (self._flow_id, name.schema, name.name, list(event.key_columns)),
-            )
+            self._register(event)
         self._by_name[name] = table
         return table
+
+    def _register(self, event: ChangeEvent) -> None:
+        """Record that the flow writes `event.table`, whoever created it: a state rebuild reads
+        the rows and tombstones of the flow's tables only."""
+        if event.table in self._registered:
+            return
+        self._conn.execute(
+            """INSERT INTO cdc.tables (flow_id, table_schema, table_name, key_columns)
+               VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+            (self._flow_id, event.table.schema, event.table.name, list(event.key_columns)),
+        )
+        self._registered.add(event.table)
 
     def _create(self, schema: TableSchema) -> None:
         name = schema.table
