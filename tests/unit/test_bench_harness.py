@@ -155,30 +155,34 @@ def test_scenario_parameters():
 
 
 def test_sampler_reads_the_cpu_a_process_spent_between_two_times():
-    """A child busy for 0.6 s, then idle: the CPU read off the samples follows it. (A child, not
-    a thread here: a spinning thread would starve the sampler of the interpreter lock.)"""
+    """A child spends 0.4 s of CPU, then idles: the CPU read off the samples follows it, however
+    loaded the machine is (the child spins for CPU time, not wall time). A child, not a thread
+    here: a spinning thread would starve the sampler of the interpreter lock."""
     import subprocess
     import sys
     import time
 
     from benchmarks.procmon import RssSampler
 
-    script = ("import time\nprint('go', flush=True)\nend = time.time() + 0.6\n"
-              "while time.time() < end:\n    pass\ntime.sleep(0.8)\n")
+    script = ("import time\nprint('go', flush=True)\nend = time.process_time() + 0.4\n"
+              "while time.process_time() < end:\n    pass\nprint('done', flush=True)\n"
+              "time.sleep(1.0)\n")
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         sampler = RssSampler(child.pid, interval_s=0.02).start()
         assert child.stdout.readline().strip() == "go"
         go = time.time()
-        time.sleep(1.2)
+        assert child.stdout.readline().strip() == "done"
+        done = time.time()
+        time.sleep(0.7)
         sampler.stop()
     finally:
-        child.wait(timeout=10)
-    busy = sampler.cpu_between(go + 0.1, go + 0.5)
-    idle = sampler.cpu_between(go + 0.8, go + 1.15)
-    assert busy is not None and 0.2 <= busy <= 0.6
+        child.wait(timeout=30)
+    busy = sampler.cpu_between(go, done)
+    idle = sampler.cpu_between(done + 0.1, done + 0.6)
+    assert busy is not None and 0.25 <= busy <= 0.55
     assert idle is not None and idle < 0.1
-    machine = sampler.cpu_between(go + 0.1, go + 0.5, "machine")
+    machine = sampler.cpu_between(go, done, "machine")
     assert machine is not None and machine >= 0.8 * busy  # the machine ran the child too
-    assert sampler.cpu_between(go + 0.1, go + 0.5, "postgres") is not None
+    assert sampler.cpu_between(go, done, "postgres") is not None
     assert sampler.cpu_between(go + 10, go + 20) is None
