@@ -21,7 +21,12 @@ _local = threading.local()
 
 
 def connect(dsn: str) -> psycopg.Connection:
-    return psycopg.connect(dsn, autocommit=True, application_name="cdc-replicator")
+    """A connection of the replicator. Its session reads timestamptz values in UTC, as the
+    decoder makes them: in another time zone a key read back from a table (a state rebuild)
+    would be other state key bytes, and hash to another shard."""
+    conn = psycopg.connect(dsn, autocommit=True, application_name="cdc-replicator")
+    conn.execute("SET TIME ZONE 'UTC'")
+    return conn
 
 
 class PgSession:
