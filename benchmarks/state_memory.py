@@ -19,6 +19,7 @@ import orjson
 from operators.events import TableName
 from operators.keys import shard_of, state_key
 from operators.lww import KeyState
+from operators.pg_writer import new_commit_id
 from operators.state_store import ShardStateStore
 from operators.versions import pg_version
 
@@ -43,7 +44,7 @@ def measure(keys: int, shards: int, directory: Path, batch: int = 5000,
             per_shard[shard_of(skey, shards)][skey] = KeyState(pg_version(key + 1), False)
         for store, states in zip(stores, per_shard, strict=True):
             if states:
-                store.commit(store.seq + 1, states, {}, dict.fromkeys(states))
+                store.commit(store.seq + 1, new_commit_id(), states, {}, dict.fromkeys(states))
         done = min(keys, start + batch)
         if done % every == 0 or done == keys:
             results.append({"keys": done, "rss": rss_bytes()})

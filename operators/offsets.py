@@ -69,7 +69,9 @@ def shard_offsets(conn: psycopg.Connection, flow_id: str, shard: int) -> dict[tu
     return {(t, p): o for t, p, o in rows}
 
 
-def shard_seq(conn: psycopg.Connection, flow_id: str, shard: int) -> int:
-    row = conn.execute("SELECT seq FROM cdc.shard_commits WHERE flow_id = %s AND shard = %s",
-                       (flow_id, shard)).fetchone()
-    return row[0] if row else 0
+def shard_commit(conn: psycopg.Connection, flow_id: str, shard: int) -> tuple[int, bytes | None]:
+    """The sequence number and id of the shard's last commit; (0, None) before its first."""
+    row = conn.execute(
+        "SELECT seq, commit_id FROM cdc.shard_commits WHERE flow_id = %s AND shard = %s",
+        (flow_id, shard)).fetchone()
+    return (row[0], row[1]) if row else (0, None)

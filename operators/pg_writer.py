@@ -7,6 +7,7 @@ Rows go through staged `COPY` into a temporary table and one version-guarded sta
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,12 +52,24 @@ class StagedRows:
     rows: bytes
 
 
+class ShardOwnershipError(RuntimeError):
+    """Postgres holds another commit of a shard than the one this process follows: another
+    process committed it too (two owners of one shard). Not retried: the flow stops."""
+
+
+def new_commit_id() -> bytes:
+    return os.urandom(16)
+
+
 @dataclass(slots=True)
 class ShardBatch:
-    """Everything one shard commits at once (several shards' batches share a transaction)."""
+    """Everything one shard commits at once (several shards' batches share a transaction):
+    commit `seq`, which follows commit `seq - 1`, with a random id that tells it from another
+    owner's commit `seq` of the same shard."""
 
     shard: int
     seq: int
+    commit_id: bytes = field(default_factory=new_commit_id)
     writes: list[tuple[TargetTable, RowWrite]] = field(default_factory=list)
     staged: list[StagedRows] = field(default_factory=list)
     stale: list[StaleEvent] = field(default_factory=list)
@@ -102,6 +115,12 @@ def json_columns(table: TargetTable, columns: tuple[str, ...]) -> tuple[int, ...
     return tuple(i for i, c in enumerate(columns) if table.columns.get(c) in ("jsonb", "json"))
 
 
+def older_than(row_version: sql.Composable, version: sql.Composable) -> sql.Composable:
+    """`row_version` ranks below `version`: a row the table held before the flow first wrote to
+    it has no version (NULL) and ranks below every change."""
+    return sql.SQL("({0} IS NULL OR {0} < {1})").format(row_version, version)
+
+
 def _values_getter(columns: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     if len(columns) == 1:
         only = columns[0]
@@ -125,7 +144,9 @@ class PgShardWriter:
 
         Every stage is filled first (`COPY` cannot share a round trip), then every guarded
         statement, the offsets and the commit sequences go in one round trip: each round trip
-        is a wait after which this thread must get the interpreter lock back from the worker."""
+        is a wait after which this thread must get the interpreter lock back from the worker.
+        Each shard's sequence moves from `seq - 1` only: if another process committed the shard
+        meanwhile, `ShardOwnershipError` rolls the transaction back."""
         with self._conn.transaction():
             for batch in batches:
                 for table, truncate in batch.truncates:
@@ -136,22 +157,25 @@ class PgShardWriter:
             for batch in batches:
                 for rows in batch.staged:
                     staged[self._staged_group(rows)].append(rows.rows)
-            statements: list[sql.Composable] = []
+            commits, offsets = self._progress_sql(batches)
+            statements: list[sql.Composable] = [commits]  # its result is the cursor's first
             for group in dict.fromkeys([*groups, *staged]):
                 plan = self._plan(*group)
                 self._copy(plan, groups.get(group, []), staged.get(group, []))
                 statements += plan.statements
             self._stale([s for batch in batches for s in batch.stale])
             self._dlq([r for batch in batches for r in batch.dlq])
-            statements += self._progress_sql(batches)
-            self._conn.execute(sql.SQL("; ").join(statements))
+            statements.append(offsets)
+            moved = self._conn.execute(sql.SQL("; ").join(statements)).fetchall()
+            self._check_commits(batches, {shard for shard, in moved})
             if before_commit is not None:
                 before_commit()
 
     def _progress_sql(self, batches: list[ShardBatch]) -> tuple[sql.Composed, sql.Composed]:
-        """The upserts of every (shard, partition)'s next offset and every shard's commit
-        sequence, one statement each (values as literals: the statements share a round trip
-        with others, which leaves no room for bound parameters)."""
+        """Every shard's commit, which returns the shards whose sequence it moved, and the
+        upsert of every (shard, partition)'s next offset: one statement each (values as
+        literals: the statements share a round trip with others, which leaves no room for bound
+        parameters)."""
         shards: list[int] = []
         topics: list[str] = []
         partitions: list[int] = []
@@ -172,13 +196,28 @@ class PgShardWriter:
         ).format(flow=flow, shards=sql.Literal(shards), topics=sql.Literal(topics),
                  partitions=sql.Literal(partitions), offsets=sql.Literal(next_offsets))
         commits = sql.SQL(
-            """INSERT INTO cdc.shard_commits (flow_id, shard, seq)
-               SELECT {flow}, u.* FROM unnest({shards}::int[], {seqs}::bigint[]) u
+            """INSERT INTO cdc.shard_commits (flow_id, shard, seq, commit_id)
+               SELECT {flow}, u.* FROM unnest({shards}::int[], {seqs}::bigint[],
+                                              {ids}::bytea[]) u
                ON CONFLICT (flow_id, shard)
-               DO UPDATE SET seq = excluded.seq, committed_at = now()"""
+               DO UPDATE SET seq = excluded.seq, commit_id = excluded.commit_id,
+                             committed_at = now()
+               WHERE cdc.shard_commits.seq = excluded.seq - 1
+               RETURNING shard"""
         ).format(flow=flow, shards=sql.Literal([b.shard for b in batches]),
-                 seqs=sql.Literal([b.seq for b in batches]))
-        return offsets, commits
+                 seqs=sql.Literal([b.seq for b in batches]),
+                 ids=sql.Literal([b.commit_id for b in batches]))
+        return commits, offsets
+
+    def _check_commits(self, batches: list[ShardBatch], moved: set[int]) -> None:
+        """Raise unless every batch moved its shard's sequence."""
+        lost = [b for b in batches if b.shard not in moved]
+        if lost:
+            raise ShardOwnershipError(
+                f"flow {self._flow_id!r}: cdc.shard_commits is no longer at the commit before "
+                + ", ".join(f"shard {b.shard}'s commit {b.seq}" for b in lost)
+                + ": another process committed the shard (is it owned twice? only one "
+                "replicator may run a flow's shard); rolled back")
 
     def _groups(self, writes: list[tuple[TargetTable, RowWrite]]):
         """Writes grouped by (table, kind, columns), columns as key columns + sorted others
@@ -266,7 +305,7 @@ class PgShardWriter:
                SELECT {s_cols}, s.{version}, {extra_vals} FROM {stage} s
                WHERE s.{version} > {floor} {fence}
                ON CONFLICT ({key}) DO UPDATE SET {updates}
-               WHERE {target}.{version} < excluded.{version}"""
+               WHERE {older}"""
         ).format(
             target=table.ident,
             cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
@@ -280,6 +319,8 @@ class PgShardWriter:
             fence=sql.SQL("") if self._soft else self._tombstone_fence(table),
             key=sql.SQL(", ").join(map(sql.Identifier, table.key)),
             updates=sql.SQL(", ").join(updates),
+            older=older_than(sql.SQL("{}.{}").format(table.ident, sql.Identifier(VERSION_COLUMN)),
+                             sql.SQL("excluded.{}").format(sql.Identifier(VERSION_COLUMN))),
         )
 
     @staticmethod
@@ -309,10 +350,11 @@ class PgShardWriter:
         version = sql.Identifier(VERSION_COLUMN)
         delete = sql.SQL(
             "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; "
-            "DELETE FROM {target} t USING {stage} s WHERE {match} AND t.{version} < s.{version}; "
+            "DELETE FROM {target} t USING {stage} s WHERE {match} AND {older}; "
             "RESET enable_hashjoin; RESET enable_mergejoin"
         ).format(
-            target=table.ident, stage=stage, version=version,
+            target=table.ident, stage=stage,
+            older=older_than(sql.SQL("t.{}").format(version), sql.SQL("s.{}").format(version)),
             match=sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(c))
                                         for c in key_columns),
         )
@@ -334,7 +376,7 @@ class PgShardWriter:
             (str(event.table), event.version),
         )
         if table is not None:
-            self._conn.execute(sql.SQL("DELETE FROM {} WHERE {} <= %s").format(
+            self._conn.execute(sql.SQL("DELETE FROM {0} WHERE {1} IS NULL OR {1} <= %s").format(
                 table.ident, sql.Identifier(VERSION_COLUMN)), (event.version,))
         self._conn.execute("DELETE FROM cdc.tombstones WHERE table_name = %s AND version <= %s",
                            (str(event.table), event.version))

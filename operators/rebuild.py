@@ -2,7 +2,8 @@
 
 Used when a shard's state directory is missing, empty, or out of step with Postgres by more than
 the one commit its undo record covers. Every key's version comes from its row (`_cdc_version`,
-`_cdc_deleted` in soft mode), its hard-delete tombstone, and its table's truncate floor.
+`_cdc_deleted` in soft mode), its hard-delete tombstone, and its table's truncate floor. A row
+without a version (there before the flow first wrote to its table) leaves its key without state.
 """
 
 from __future__ import annotations
@@ -50,9 +51,11 @@ def committed_states(
             continue
         deleted = (sql.Identifier(DELETED_COLUMN) if _has_column(conn, table, DELETED_COLUMN)
                    else sql.SQL("false"))
-        query = sql.SQL("SELECT {}, {}, {} FROM {}").format(
-            sql.SQL(", ").join(map(sql.Identifier, key_columns)),
-            sql.Identifier(VERSION_COLUMN), deleted, sql.Identifier(table.schema, table.name))
+        # a row the table held before the flow first wrote to it has no version: no state, so
+        # that every change of its key applies (the SQL guards rank NULL below every version)
+        query = sql.SQL("SELECT {}, {version}, {} FROM {} WHERE {version} IS NOT NULL").format(
+            sql.SQL(", ").join(map(sql.Identifier, key_columns)), deleted,
+            sql.Identifier(table.schema, table.name), version=sql.Identifier(VERSION_COLUMN))
         with conn.cursor(name=f"rebuild_{shard}") as cur:
             cur.itersize = FETCH_ROWS
             for row in cur.execute(query):

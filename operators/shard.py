@@ -22,7 +22,7 @@ from operators.keys import key_json
 from operators.lww import decide_batch
 from operators.native_decode import Run, RunEvents, run_events
 from operators.native_shard import decide_runs, expand
-from operators.offsets import shard_offsets, shard_seq
+from operators.offsets import shard_commit, shard_offsets
 from operators.pg_writer import ShardBatch
 from operators.rebuild import committed_floors, committed_states
 from operators.retry import first_line
@@ -177,7 +177,8 @@ class Shard:
             raise RuntimeError(f"shard {self.number}: a decision for commit {batch.seq} cannot "
                                f"follow commit {self._store.seq}")
         self._awaiting(batch.seq)
-        self._store.commit_encoded(batch.seq, decided.states, decided.replaced, {})
+        self._store.commit_encoded(batch.seq, batch.commit_id, decided.states, decided.replaced,
+                                   {})
         return batch
 
     def _decide_native(self, units: list[Unit], markers: dict[Position, int],
@@ -225,7 +226,7 @@ class Shard:
         batch.stale = decision.stale
         batch.duplicates = decision.duplicates
         batch.applied = decision.applied
-        self._store.commit(batch.seq, decision.new_states, floors, states)
+        self._store.commit(batch.seq, batch.commit_id, decision.new_states, floors, states)
 
     def confirm(self, batch: ShardBatch) -> None:
         """Postgres committed `batch`."""
@@ -234,20 +235,26 @@ class Shard:
         self._committed.update(batch.offsets)
 
     def bring_in_step(self, conn: psycopg.Connection) -> None:
-        """Make RocksDB equal to what Postgres committed for this shard (invariant 5)."""
-        pg_seq = shard_seq(conn, self._flow_id, self.number)
+        """Make RocksDB equal to what Postgres committed for this shard (invariant 5). A commit
+        is known by its sequence number and id: the store's commit N is trusted only if it is
+        the commit N Postgres holds, not another owner's commit N of the same shard."""
+        pg_seq, pg_id = committed = shard_commit(conn, self._flow_id, self.number)
         local_seq = self._store.seq
-        if local_seq == pg_seq + 1:
+        if (local_seq, self._store.commit_id) == committed:
+            pass  # in step
+        elif self._store.undo_target() == committed:
             log.info("shard %d: undoing commit %d that Postgres did not keep", self.number,
                      local_seq)
             self._store.rollback()
-        elif local_seq != pg_seq:
-            log.warning("shard %d: state at commit %d, Postgres at %d: rebuilding from Postgres",
-                        self.number, local_seq, pg_seq)
+        else:
+            log.warning("shard %d: state at commit %d, Postgres at commit %d%s: rebuilding from "
+                        "Postgres", self.number, local_seq, pg_seq,
+                        " of another owner" if local_seq == pg_seq else "")
             self._store.clear()
             with conn.transaction():
                 self._store.load(
-                    pg_seq, committed_states(conn, self._flow_id, self.number, self._shards),
+                    pg_seq, pg_id,
+                    committed_states(conn, self._flow_id, self.number, self._shards),
                     committed_floors(conn, self._flow_id))
         self._committed = shard_offsets(conn, self._flow_id, self.number)
         self._floors = self._store.floors()

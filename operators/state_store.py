@@ -1,10 +1,13 @@
 """A shard's per-key state in RocksDB, behind a narrow interface.
 
 Keys are opaque bytes (see `operators.keys.state_key`); values encode a `KeyState`. Each commit is
-one atomic RocksDB write batch that also records the commit sequence number and an *undo record*
-(the previous values of every key it changes). The sink writes it before the Postgres commit of
-the same sequence number, so after a crash the store is either in step with Postgres or exactly
-one commit ahead, and `rollback()` undoes that one commit (DESIGN invariant 5).
+one atomic RocksDB write batch that also records the commit sequence number, the commit's random
+id and an *undo record* (the previous values of every key it changes, and the previous sequence
+number and id). The sink writes it before the Postgres commit of the same sequence number and id,
+so after a crash the store is either in step with Postgres or exactly one commit ahead, and
+`rollback()` undoes that one commit (DESIGN invariant 5). The id tells this store's commit N from
+another owner's commit N of the same shard (a host that wrote N to RocksDB and died before its
+Postgres commit, while another host committed its own N).
 
 Memory: every store of the process shares one block cache and one write-buffer budget
 (`StoreMemory`, from `REPLICATE_STATE_CACHE_MB` and `REPLICATE_STATE_WRITE_BUFFER_MB`), so 64
@@ -25,6 +28,7 @@ import rocksdict
 from operators.lww import KeyState
 
 _SEQ = b"\x00meta:seq"
+_COMMIT_ID = b"\x00meta:commit_id"
 _UNDO = b"\x00meta:undo"
 _FLOOR_PREFIX = b"\x00floor:"
 _DELETED, _LIVE = b"D", b"L"
@@ -87,6 +91,23 @@ class ShardStateStore:
         raw = self._db.get(_SEQ)
         return int(raw) if raw is not None else 0
 
+    @property
+    def commit_id(self) -> bytes | None:
+        """The id of commit `seq`; None before the first commit."""
+        return self._db.get(_COMMIT_ID)
+
+    def undo_target(self) -> tuple[int, bytes | None] | None:
+        """The (sequence number, id) `rollback` returns to; None without an undo record."""
+        undo = self._undo()
+        return None if undo is None else undo[:2]
+
+    def _undo(self) -> tuple[int, bytes | None, list[tuple[bytes, bytes | None]]] | None:
+        raw = self._db.get(_UNDO)
+        if raw is None:
+            return None
+        previous_seq, entries, *previous_id = pickle.loads(raw)  # no id: written before ids
+        return previous_seq, previous_id[0] if previous_id else None, entries
+
     def get_many(self, keys: list[bytes]) -> list[KeyState | None]:
         return [None if raw is None else decode_state(raw) for raw in self.get_encoded(keys)]
 
@@ -103,17 +124,17 @@ class ShardStateStore:
             found[key[len(_FLOOR_PREFIX) :].decode()] = value
         return found
 
-    def commit(self, seq: int, states: dict[bytes, KeyState], floors: dict[str, bytes],
-               replaced: Mapping[bytes, KeyState | None]) -> None:
-        """Write `states` and `floors` as commit `seq`, with an undo record of what they replace.
-        `replaced` holds the state each key of `states` had before (as read by `get_many`), which
-        spares reading them again."""
+    def commit(self, seq: int, commit_id: bytes, states: dict[bytes, KeyState],
+               floors: dict[str, bytes], replaced: Mapping[bytes, KeyState | None]) -> None:
+        """Write `states` and `floors` as commit `seq` with id `commit_id`, with an undo record of
+        what they replace. `replaced` holds the state each key of `states` had before (as read by
+        `get_many`), which spares reading them again."""
         self.commit_encoded(
-            seq, [(key, encode_state(state)) for key, state in states.items()],
+            seq, commit_id, [(key, encode_state(state)) for key, state in states.items()],
             [(key, None if (old := replaced[key]) is None else encode_state(old))
              for key in states], floors)
 
-    def commit_encoded(self, seq: int, states: list[tuple[bytes, bytes]],
+    def commit_encoded(self, seq: int, commit_id: bytes, states: list[tuple[bytes, bytes]],
                        replaced: list[tuple[bytes, bytes | None]],
                        floors: dict[str, bytes]) -> None:
         """`commit` with states encoded: `(key, state)` pairs, and `(key, previous state or
@@ -125,18 +146,20 @@ class ShardStateStore:
             batch.put(key, state)
         for key, version in zip(floor_keys, floors.values(), strict=True):
             batch.put(key, version)
-        batch.put(_UNDO, pickle.dumps((self.seq, undo_entries), protocol=pickle.HIGHEST_PROTOCOL))
+        batch.put(_UNDO, pickle.dumps((self.seq, undo_entries, self.commit_id),
+                                      protocol=pickle.HIGHEST_PROTOCOL))
         batch.put(_SEQ, str(seq).encode())
+        batch.put(_COMMIT_ID, commit_id)
         self._db.write(batch)
 
     def rollback(self) -> None:
         """Undo the last commit (its Postgres transaction did not commit)."""
-        raw = self._db.get(_UNDO)
-        if raw is None:
+        undo = self._undo()
+        if undo is None:
             raise RuntimeError(f"{self.path}: no undo record to roll back")
-        previous_seq, entries = pickle.loads(raw)
+        previous_seq, previous_id, entries = undo
         batch = rocksdict.WriteBatch(raw_mode=True)
-        for key, value in entries:
+        for key, value in [*entries, (_COMMIT_ID, previous_id)]:
             if value is None:
                 batch.delete(key)
             else:
@@ -145,10 +168,10 @@ class ShardStateStore:
         batch.put(_SEQ, str(previous_seq).encode())
         self._db.write(batch)
 
-    def load(
-        self, seq: int, states: Iterable[tuple[bytes, KeyState]], floors: dict[str, bytes]
-    ) -> None:
-        """Bulk-load rebuilt state (after `clear`) in chunks and mark it as commit `seq`."""
+    def load(self, seq: int, commit_id: bytes | None, states: Iterable[tuple[bytes, KeyState]],
+             floors: dict[str, bytes]) -> None:
+        """Bulk-load rebuilt state (after `clear`) in chunks and mark it as commit `seq` with id
+        `commit_id` (None: Postgres holds no id for it)."""
         batch = rocksdict.WriteBatch(raw_mode=True)
         for key, state in states:
             batch.put(key, encode_state(state))
@@ -158,6 +181,8 @@ class ShardStateStore:
         for table, version in floors.items():
             batch.put(_FLOOR_PREFIX + table.encode(), version)
         batch.put(_SEQ, str(seq).encode())
+        if commit_id is not None:
+            batch.put(_COMMIT_ID, commit_id)
         self._db.write(batch)
 
     def clear(self) -> None:

@@ -28,9 +28,11 @@ CREATE TABLE IF NOT EXISTS cdc.shard_commits (
     flow_id      text NOT NULL,
     shard        integer NOT NULL,
     seq          bigint NOT NULL,
+    commit_id    bytea,
     committed_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (flow_id, shard)
 );
+ALTER TABLE cdc.shard_commits ADD COLUMN IF NOT EXISTS commit_id bytea;  -- databases made before it
 
 CREATE TABLE IF NOT EXISTS cdc.stale_events (
     flow_id         text NOT NULL,

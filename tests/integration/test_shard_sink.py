@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import time
 import uuid
@@ -28,7 +29,7 @@ from operators.events import (
 from operators.keys import state_key
 from operators.lww import KeyState, RowWrite
 from operators.pg_session import thread_session
-from operators.pg_writer import ShardBatch
+from operators.pg_writer import ShardBatch, new_commit_id
 from operators.settings import DeleteMode, Settings
 from operators.shard_sink import ShardPartition
 from operators.versions import pg_version
@@ -101,9 +102,10 @@ def test_sql_guard_holds_whatever_the_cache_says(settings):
     shard.snapshot()
     session = thread_session(settings)
     table = session.tables.for_event(things.event(1, 1))
+    seqs = itertools.count(shard.shard._store.seq + 1)
 
     def write(event: ChangeEvent) -> None:
-        batch = ShardBatch(shard=0, seq=shard.shard._store.seq)  # bypasses the state store
+        batch = ShardBatch(shard=0, seq=next(seqs))  # bypasses the state store
         batch.writes = [(table, RowWrite(event, event.op, event.version, event.values))]
         session.writer.write([batch])
 
@@ -353,7 +355,7 @@ def test_state_one_commit_ahead_is_rolled_back(settings):
     shard.snapshot()
     key = state_key(things.table, (1,))
     store = shard.shard._store
-    store.commit(store.seq + 1, {key: KeyState(pg_version(99), True)}, {},
+    store.commit(store.seq + 1, new_commit_id(), {key: KeyState(pg_version(99), True)}, {},
                  dict(zip([key], store.get_many([key]), strict=True)))
     shard.close()  # as if the process died before its Postgres commit
     reopened = ShardPartition(settings, 0)
