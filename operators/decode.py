@@ -17,7 +17,9 @@ no_schema_registry; decode_failed for an unexpected error (a defect) met by one 
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
+import uuid
 from typing import Any, NamedTuple
 
 import orjson
@@ -44,10 +46,20 @@ from schemas.debezium_types import Converter, FieldType, field_type
 log = logging.getLogger(__name__)
 Decoded = ChangeEvent | TruncateEvent | DlqRecord
 
+# Debezium's placeholder for an unchanged TOASTed column, in each form its Postgres connector
+# writes it (tests/fixtures/debezium/README.md, "Unchanged TOAST placeholders").
 _TOAST = "__debezium_unavailable_value"
-_TOAST_BYTES = base64.b64encode(_TOAST.encode()).decode()
-_TOAST_TEXT_ARRAY = [_TOAST]
-_TOAST_INT_ARRAY = list(_TOAST.encode())
+_TOAST_RAW = _TOAST.encode()
+_TOAST_BASE64 = base64.b64encode(_TOAST_RAW).decode()
+_TOAST_MAP = {_TOAST: _TOAST}  # hstore, hstore.handling.mode=map
+_TOAST_HSTORE_JSON = orjson.dumps(_TOAST_MAP).decode()  # hstore, hstore.handling.mode=json
+_TOAST_INTS = list(_TOAST_RAW)  # integer[], date[], bigint[]
+# uuid[]: Java's UUID.nameUUIDFromBytes of the placeholder (an MD5 name-based UUID)
+_TOAST_UUID = str(uuid.UUID(bytes=hashlib.md5(_TOAST_RAW).digest(), version=3))
+_TOAST_TEXTS = frozenset((_TOAST, _TOAST_BASE64, _TOAST_HSTORE_JSON))
+_TOAST_CONTAINERS = ([_TOAST], [_TOAST_BASE64], [_TOAST_UUID], _TOAST_INTS, _TOAST_MAP)
+_JSON = "io.debezium.data.Json"
+_UUID = "io.debezium.data.Uuid"
 _ABSENT = object()
 _CONVERSION_ERRORS = (ValueError, TypeError, OverflowError, ArithmeticError)
 _MAX_CACHED_SHAPES = 4096
@@ -61,7 +73,7 @@ class _Shape(NamedTuple):
     """Everything derived from one value schema: built once, shared by its events."""
 
     schema: TableSchema
-    columns: tuple[tuple[str, Converter, Any], ...]  # name, converter, TOAST placeholder|None
+    columns: tuple[tuple[str, Converter, tuple[Any, ...]], ...]  # name, converter, TOAST forms
     key_converters: tuple[Converter, ...]
     native: NativeShape
 
@@ -351,9 +363,10 @@ def _plain_value(converters: dict[str, Converter], table: TableName, name: str, 
 
 
 def _is_toast(v: Any) -> bool:
+    """A value without a schema is a TOAST placeholder if it has one of the placeholder's forms."""
     if type(v) is str:
-        return v == _TOAST or v == _TOAST_BYTES
-    return type(v) is list and (v == _TOAST_TEXT_ARRAY or v == _TOAST_INT_ARRAY)
+        return v in _TOAST_TEXTS
+    return (type(v) is list or type(v) is dict) and v in _TOAST_CONTAINERS
 
 
 def _convert(
@@ -369,11 +382,11 @@ def _convert(
         if image is None:
             return tuple(key), None
         values: dict[str, Any] = {}
-        for name, conv, toast in shape.columns:
+        for name, conv, toasts in shape.columns:
             v = image.get(name, _ABSENT)
             if v is None:
                 values[name] = None
-            elif v is not _ABSENT and (toast is None or v != toast):
+            elif v is not _ABSENT and v not in toasts:
                 values[name] = conv(v)
         return tuple(key), values
     except _CONVERSION_ERRORS as exc:
@@ -397,7 +410,7 @@ def _build_shape(table: TableName, value_schema: Any, key_names: tuple[str, ...]
             ft = field_type(field)
         except (ValueError, TypeError) as exc:
             raise _Reject("bad_schema", f"column {name!r}: {exc}") from None
-        columns.append((name, ft, _toast_placeholder(field, binary)))
+        columns.append((name, ft, _toast_placeholders(field, binary)))
         types[name] = ft
     missing = [n for n in key_names if n not in types]
     if missing:
@@ -427,20 +440,32 @@ def _row_schema(value_schema: Any) -> list[Any]:
     raise _Reject("bad_schema", "value schema has no 'after' or 'before' struct")
 
 
-def _toast_placeholder(field: dict[str, Any], binary: bool) -> Any:
-    """The form Debezium's TOAST placeholder takes in a column of this wire type, or None."""
+def _toast_placeholders(field: dict[str, Any], binary: bool) -> tuple[Any, ...]:
+    """The forms Debezium's TOAST placeholder takes in a column of this schema (none, one, or for
+    a Json string two: json/jsonb and hstore in json mode share the schema). `binary`: Avro."""
     wire = field.get("type")
     if wire == "string":
-        return _TOAST
+        return (_TOAST, _TOAST_HSTORE_JSON) if field.get("name") == _JSON else (_TOAST,)
     if wire == "bytes":
-        return _TOAST.encode() if binary else _TOAST_BYTES
-    if wire == "array":
-        elem = (field.get("items") or {}).get("type")
+        return (_TOAST_RAW if binary else _TOAST_BASE64,)
+    if wire == "map":
+        keys, values = field.get("keys", {"type": "string"}), field.get("values")
+        return (_TOAST_MAP,) if _is_string(keys) and _is_string(values) else ()
+    items = field.get("items")
+    if wire == "array" and isinstance(items, dict):
+        elem = items.get("type")
         if elem == "string":
-            return _TOAST_TEXT_ARRAY
+            return ([_TOAST_UUID],) if items.get("name") == _UUID else ([_TOAST],)
+        if elem == "bytes":
+            return ([_TOAST_RAW if binary else _TOAST_BASE64],)
         if elem in ("int32", "int64"):
-            return _TOAST_INT_ARRAY
-    return None
+            return (_TOAST_INTS,)
+    return ()
+
+
+def _is_string(schema: Any) -> bool:
+    """`schema` is a Connect string schema (an Avro map's keys have none: they are strings)."""
+    return isinstance(schema, dict) and schema.get("type") == "string"
 
 
 def _schema_prefix(raw: bytes, doc: dict[str, Any]) -> bytes | None:

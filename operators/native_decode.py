@@ -50,7 +50,7 @@ class NativeShape(NamedTuple):
 
     schema: TableSchema
     key: tuple[tuple[str, Any], ...]  # (name, kind)
-    columns: tuple[tuple[str, Any, Any], ...]  # (name, kind, TOAST placeholder or None)
+    columns: tuple[tuple[str, Any, tuple[Any, ...]], ...]  # (name, kind, TOAST placeholder forms)
 
 
 class _TopicPlan(NamedTuple):

@@ -56,10 +56,11 @@ impl From<std::convert::Infallible> for Fail {
 struct Column {
     name: String,
     kind: Kind,
-    /// Debezium's placeholder for an unchanged TOASTed value: as text when it is a string,
-    /// else as the Python object it decodes to (compared with `==`).
-    toast_text: Option<String>,
-    toast_object: Option<PyObject>,
+    /// The forms of Debezium's placeholder for an unchanged TOASTed value in this column: as
+    /// text where a form is a string, else as the Python object it decodes to (compared with
+    /// `==`). A Json string column has two text forms (json/jsonb, and hstore in json mode).
+    toast_texts: Vec<String>,
+    toast_objects: Vec<PyObject>,
 }
 
 #[pyclass(frozen, module = "cdc_native")]
@@ -80,7 +81,7 @@ pub(crate) struct FastPlan {
 
 #[pymethods]
 impl FastPlan {
-    /// `key` and `columns` hold `(name, kind)` and `(name, kind, toast placeholder or None)`;
+    /// `key` and `columns` hold `(name, kind)` and `(name, kind, toast placeholder forms)`;
     /// a kind is `(native kind name, parameter)` or a Python converter. `state_prefix` starts
     /// every state key of the table; `copy_order` names the columns in the order of the
     /// writer's stage for a complete row. `schema` is kept for the events of its runs.
@@ -92,7 +93,7 @@ impl FastPlan {
         key_prefix: Vec<u8>,
         state_prefix: String,
         key: Vec<(String, Bound<'_, PyAny>)>,
-        columns: Vec<(String, Bound<'_, PyAny>, Bound<'_, PyAny>)>,
+        columns: Vec<(String, Bound<'_, PyAny>, Vec<Bound<'_, PyAny>>)>,
         copy_order: Vec<String>,
         schema: PyObject,
     ) -> PyResult<Self> {
@@ -104,7 +105,7 @@ impl FastPlan {
         }
         let columns = columns
             .into_iter()
-            .map(|(name, spec, toast)| column(name, &spec, toast))
+            .map(|(name, spec, toasts)| column(name, &spec, toasts))
             .collect::<PyResult<Vec<_>>>()?;
         let copy_order = copy_order
             .iter()
@@ -234,24 +235,30 @@ impl FastPlan {
     }
 }
 
-fn column(name: String, spec: &Bound<'_, PyAny>, toast: Bound<'_, PyAny>) -> PyResult<Column> {
+fn column(
+    name: String,
+    spec: &Bound<'_, PyAny>,
+    toasts: Vec<Bound<'_, PyAny>>,
+) -> PyResult<Column> {
     let kind = Kind::from_spec(spec)?;
-    let (toast_text, toast_object) = if toast.is_none() {
-        (None, None)
-    } else if let Ok(text) = toast.extract::<String>() {
-        (Some(text), None)
-    } else if matches!(kind, Kind::Python(_)) {
-        (None, Some(toast.unbind()))
-    } else {
-        return Err(PyValueError::new_err(format!(
-            "column {name:?}: a non-text TOAST placeholder needs a Python converter"
-        )));
-    };
+    let mut toast_texts = Vec::new();
+    let mut toast_objects = Vec::new();
+    for toast in toasts {
+        if let Ok(text) = toast.extract::<String>() {
+            toast_texts.push(text);
+        } else if matches!(kind, Kind::Python(_)) {
+            toast_objects.push(toast.unbind());
+        } else {
+            return Err(PyValueError::new_err(format!(
+                "column {name:?}: a non-text TOAST placeholder needs a Python converter"
+            )));
+        }
+    }
     Ok(Column {
         name,
         kind,
-        toast_text,
-        toast_object,
+        toast_texts,
+        toast_objects,
     })
 }
 
@@ -517,8 +524,13 @@ impl FastPlan {
                     None => Some(None), // absent: the column keeps what it has
                     Some(raw) if raw.get() == "null" => Some(Some(Val::Null)),
                     Some(raw) => {
-                        if let Some(toast) = &column.toast_text {
-                            if raw.get().starts_with('"') && json_str(raw)? == toast.as_str() {
+                        if !column.toast_texts.is_empty() && raw.get().starts_with('"') {
+                            let text = json_str(raw)?;
+                            if column
+                                .toast_texts
+                                .iter()
+                                .any(|toast| toast.as_str() == text)
+                            {
                                 return Some(None); // unchanged TOAST value
                             }
                         }
@@ -573,9 +585,9 @@ impl FastPlan {
                     let converted = match (value, &column.kind) {
                         (None, _) => continue,
                         (Some(Val::Deferred(raw)), Kind::Python(convert)) => {
-                            if let Some(toast) = &column.toast_object {
+                            if !column.toast_objects.is_empty() {
                                 let loaded = self.json_loads.bind(py).call1((raw.get(),))?;
-                                if loaded.eq(toast.bind(py))? {
+                                if is_toast_object(py, &column.toast_objects, &loaded)? {
                                     continue; // unchanged TOAST value
                                 }
                                 call_converter(py, convert, loaded)?
@@ -610,6 +622,20 @@ impl FastPlan {
         let loaded = self.json_loads.bind(py).call1((raw.get(),))?;
         call_converter(py, convert, loaded)
     }
+}
+
+/// `loaded` (a column's value as Python) equals one of the column's TOAST placeholder forms.
+fn is_toast_object(
+    py: Python<'_>,
+    toasts: &[PyObject],
+    loaded: &Bound<'_, PyAny>,
+) -> PyResult<bool> {
+    for toast in toasts {
+        if loaded.eq(toast.bind(py))? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The key columns' `COPY` text, each followed by a tab (a delete's stage row starts so).
