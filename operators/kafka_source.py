@@ -22,10 +22,16 @@ from confluent_kafka.admin import AdminClient
 
 from operators.events import ProgressMarker, RawMessage
 from operators.flow_control import CommitWindow
-from operators.offsets import partition_start
+from operators.offsets import committed_starts, first_start_partitions, partition_start, record_gap
 from operators.pg_session import connect
 from operators.retry import retrying
-from operators.settings import ConfigError, Settings, StartPosition, kafka_client_config
+from operators.settings import (
+    ConfigError,
+    OffsetGapPolicy,
+    Settings,
+    StartPosition,
+    kafka_client_config,
+)
 
 try:
     from cdc_native import Fetcher
@@ -74,6 +80,59 @@ def list_partitions(settings: Settings) -> list[tuple[str, int]]:
     return sorted((t, p) for t in wanted for p in metadata.topics[t].partitions)
 
 
+def watermarks(settings: Settings, partitions: list[tuple[str, int]]
+               ) -> dict[tuple[str, int], tuple[int, int]]:
+    """(low, high) of each partition as the broker says now: its earliest offset (retention
+    moves it) and its end."""
+    consumer = Consumer(kafka_client_config(settings) | {"group.id": "cdc-probe"})
+    try:
+        return {(topic, partition): consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S)
+                for topic, partition in partitions}
+    finally:
+        consumer.close()
+
+
+def settle_gap(settings: Settings, topic: str, partition: int, expected: int,
+               earliest: int) -> None:
+    """Kafka no longer holds a partition's offsets [expected, earliest): stop with one line
+    (`ConfigError`), or, with `REPLICATE_ON_OFFSET_GAP=earliest`, record them in `cdc.gaps`."""
+    if settings.on_offset_gap is OffsetGapPolicy.STOP:
+        raise ConfigError(
+            f"REPLICATE_ON_OFFSET_GAP: {topic}[{partition}]: committed offset {expected} is no "
+            f"longer in Kafka, earliest available is {earliest} ({earliest - expected} messages "
+            f"removed by retention); set REPLICATE_ON_OFFSET_GAP=earliest to go on from "
+            f"{earliest} and record the gap in cdc.gaps")
+
+    def record() -> None:
+        with connect(settings.pg_dsn) as conn:
+            record_gap(conn, settings.flow_id, topic, partition, expected, earliest)
+
+    retrying(f"source {topic}[{partition}]: record offset gap", record, cap_s=settings.retry_max_s)
+    log.warning("source %s[%d]: offsets %d to %d are no longer in Kafka: going on from %d "
+                "(recorded in cdc.gaps)", topic, partition, expected, earliest - 1, earliest)
+
+
+def check_offset_gaps(settings: Settings, partitions: list[tuple[str, int]]) -> None:
+    """Before the flow starts: every partition's committed offset must still be in Kafka."""
+
+    def committed() -> dict[tuple[str, int], int]:
+        with connect(settings.pg_dsn) as conn:
+            return committed_starts(conn, settings.flow_id)
+
+    starts = retrying("read committed offsets", committed, cap_s=settings.retry_max_s)
+    known = [tp for tp in partitions if tp in starts]
+    if not known:
+        return
+    marks = retrying("read Kafka watermarks", lambda: watermarks(settings, known),
+                     cap_s=settings.retry_max_s,
+                     transient=lambda exc: isinstance(exc, KafkaException))
+    for topic, partition in known:
+        low, _ = marks[(topic, partition)]
+        if low > starts[(topic, partition)]:
+            settle_gap(settings, topic, partition, starts[(topic, partition)], low)
+
+
 def part_name(topic: str, partition: int) -> str:
     return f"{partition}-{topic}"
 
@@ -92,6 +151,9 @@ def worker_consumer_config(settings: Settings, environ: dict[str, str] | None = 
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "isolation.level": "read_committed",
+        # an offset Kafka no longer holds stops the partition (`WorkerConsumer.take` settles
+        # it) instead of jumping silently to the partition's end
+        "auto.offset.reset": "error",
     }
 
 
@@ -107,14 +169,33 @@ class WorkerConsumer(ABC):
         self._settings = settings
         self._paused: set[tuple[str, int]] = set()
         self._fetched_any = False
+        self._positions: dict[tuple[str, int], int] = {}  # the offset after what was taken
+        self._suspects: set[tuple[str, int]] = set()  # to check since an offset was reset
 
-    @abstractmethod
     def add(self, topic: str, partition: int, start: int) -> None:
         """Start reading a partition at offset `start`."""
+        self._positions[(topic, partition)] = start
+        self._assign(topic, partition, start)
+
+    def remove(self, topic: str, partition: int) -> None:
+        """Stop reading a partition; the last one closes the client."""
+        del self._positions[(topic, partition)]
+        self._suspects.discard((topic, partition))
+        self._unassign(topic, partition)
+        if not self._positions:
+            self._close()
 
     @abstractmethod
-    def remove(self, topic: str, partition: int) -> None:
-        """Stop reading a partition."""
+    def _assign(self, topic: str, partition: int, start: int) -> None:
+        """Start fetching a partition at offset `start`."""
+
+    @abstractmethod
+    def _unassign(self, topic: str, partition: int) -> None:
+        """Stop fetching a partition."""
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Close the client."""
 
     @abstractmethod
     def _taken(self, topic: str, partition: int) -> list[SourceItem]:
@@ -140,7 +221,7 @@ class WorkerConsumer(ABC):
 
     def take(self, topic: str, partition: int) -> list[SourceItem]:
         """The messages fetched for one partition; fetches for all when it has none. Each
-        item has the `next_offset` after its messages."""
+        item has the `next_offset` after its messages (a `ProgressMarker` past a gap)."""
         taken = self._taken(topic, partition)
         if not taken:
             fetched = self._fetch()
@@ -148,7 +229,35 @@ class WorkerConsumer(ABC):
                 self._fetched_any = True  # the benchmark times a backlog from this line
                 log.info("source: first messages fetched")
             taken = self._taken(topic, partition)
+        key = (topic, partition)
+        if taken:
+            self._positions[key] = taken[-1].next_offset
+        elif key in self._suspects:
+            self._suspects.discard(key)
+            taken = self._settle(topic, partition)
         return taken
+
+    def _offsets_reset(self) -> None:
+        """librdkafka stopped a partition whose fetch offset is out of range; the native
+        consumer is not told which, so each partition is checked once it has nothing left to
+        take."""
+        self._suspects = set(self._positions)
+
+    def _settle(self, topic: str, partition: int) -> list[SourceItem]:
+        """A partition with nothing left to take, after an offset reset: if Kafka no longer
+        holds its next offset, stop or go on from the earliest one (`settle_gap`)."""
+        position = self._positions[(topic, partition)]
+        low, high = watermarks(self._settings, [(topic, partition)])[(topic, partition)]
+        if position > high:
+            raise RuntimeError(f"source {topic}[{partition}]: committed offset {position} is past "
+                               f"the partition's end {high} (was the topic recreated?)")
+        if low <= position:
+            return []
+        settle_gap(self._settings, topic, partition, position, low)
+        self._unassign(topic, partition)
+        self._assign(topic, partition, low)
+        self._positions[(topic, partition)] = low
+        return [ProgressMarker(topic, partition, low, False)]
 
     def hold(self, topic: str, partition: int, held: bool) -> None:
         """Pause (or resume) fetching one partition."""
@@ -169,7 +278,7 @@ class PythonConsumer(WorkerConsumer):
         self._consumer = Consumer(worker_consumer_config(settings))
         self._buffers: dict[tuple[str, int], list[SourceItem]] = {}
 
-    def add(self, topic: str, partition: int, start: int) -> None:
+    def _assign(self, topic: str, partition: int, start: int) -> None:
         self._buffers[(topic, partition)] = []
         self._consumer.incremental_assign([TopicPartition(topic, partition, start)])
 
@@ -199,6 +308,8 @@ class PythonConsumer(WorkerConsumer):
         for msg in messages:
             error = msg.error()
             if error is not None:
+                if error.code() == KafkaError._AUTO_OFFSET_RESET:
+                    self._offsets_reset()
                 if error.code() == KafkaError._PARTITION_EOF or not error.fatal():
                     log.warning("source: %s", error)
                     continue
@@ -208,11 +319,12 @@ class PythonConsumer(WorkerConsumer):
                 RawMessage(topic, partition, msg.offset(), msg.key(), msg.value()))
         return len(messages)
 
-    def remove(self, topic: str, partition: int) -> None:
+    def _unassign(self, topic: str, partition: int) -> None:
         self._consumer.incremental_unassign([TopicPartition(topic, partition)])
         del self._buffers[(topic, partition)]
-        if not self._buffers:
-            self._consumer.close()
+
+    def _close(self) -> None:
+        self._consumer.close()
 
 
 class NativeConsumer(WorkerConsumer):
@@ -225,11 +337,9 @@ class NativeConsumer(WorkerConsumer):
         super().__init__(settings)
         self._fetcher = native_fetcher(settings)
         self._taught: dict[str, Any] = {}
-        self._parts = 0
 
-    def add(self, topic: str, partition: int, start: int) -> None:
+    def _assign(self, topic: str, partition: int, start: int) -> None:
         self._fetcher.add(topic, partition, start)
-        self._parts += 1
 
     def _taken(self, topic: str, partition: int) -> list[SourceItem]:
         fetched = self._fetcher.take(topic, partition)
@@ -251,13 +361,15 @@ class NativeConsumer(WorkerConsumer):
         count, warnings = self._fetcher.fetch(int(FETCH_WAIT_S * 1000))
         for warning in warnings:
             log.warning("source: %s", warning)
+        if self._fetcher.offsets_reset():
+            self._offsets_reset()
         return count
 
-    def remove(self, topic: str, partition: int) -> None:
+    def _unassign(self, topic: str, partition: int) -> None:
         self._fetcher.remove(topic, partition)
-        self._parts -= 1
-        if not self._parts:
-            self._fetcher.close()
+
+    def _close(self) -> None:
+        self._fetcher.close()
 
 
 def native_fetcher(settings: Settings) -> Any:
@@ -349,13 +461,23 @@ class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
 
 
 class KafkaCdcSource(FixedPartitionedSource[SourceItem, None]):
-    """Reads `partitions` (resolved once at start, see `list_partitions`)."""
+    """Reads `partitions` (resolved once at start, see `list_partitions`). Made before the flow
+    runs, so what stops it here (`ConfigError`) is one line: a committed offset Kafka no longer
+    holds (`check_offset_gaps`), a setting the native client refuses."""
 
     def __init__(self, settings: Settings, partitions: list[tuple[str, int]]) -> None:
         self._settings = settings
         self._partitions = partitions
         if reads_natively(settings):
             native_fetcher(settings)  # a setting the native client refuses fails the start
+
+        def first_start() -> set[tuple[str, int]]:
+            with connect(settings.pg_dsn) as conn:
+                return first_start_partitions(conn, settings.flow_id, partitions)
+
+        self._first_start = retrying("record the flow's partitions", first_start,
+                                     cap_s=settings.retry_max_s)
+        check_offset_gaps(settings, partitions)
 
     def list_parts(self) -> list[str]:
         return [part_name(t, p) for t, p in self._partitions]
@@ -374,14 +496,15 @@ class KafkaCdcSource(FixedPartitionedSource[SourceItem, None]):
         return KafkaPartition(settings, topic, partition, start, len(self._partitions))
 
     def _initial_offset(self, topic: str, partition: int) -> Callable[[], int]:
+        """`REPLICATE_START=latest` applies to the partitions of the flow's first start; one
+        found later (a new topic, an added partition) starts at its beginning: what it holds
+        was written after that start."""
+        latest = (self._settings.start is StartPosition.LATEST
+                  and (topic, partition) in self._first_start)
+
         def resolve() -> int:
-            consumer = Consumer(kafka_client_config(self._settings) | {"group.id": "cdc-probe"})
-            try:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S)
-            finally:
-                consumer.close()
-            return high if self._settings.start is StartPosition.LATEST else low
+            low, high = watermarks(self._settings, [(topic, partition)])[(topic, partition)]
+            return high if latest else low
 
         return resolve
 

@@ -34,6 +34,53 @@ def register_flow(conn: psycopg.Connection, settings: Settings) -> None:
         )
 
 
+def first_start_partitions(conn: psycopg.Connection, flow_id: str,
+                           partitions: list[tuple[str, int]]) -> set[tuple[str, int]]:
+    """The partitions of the flow's first start (recorded by the first start that lists them):
+    `REPLICATE_START=latest` applies to those only, so that a topic or partition found later
+    starts at its beginning instead of losing what it held before this start."""
+    with conn.transaction():
+        recorded = conn.execute(
+            "SELECT partitions_recorded_at IS NOT NULL FROM cdc.flows WHERE flow_id = %s "
+            "FOR UPDATE", (flow_id,)).fetchone()
+        if recorded is not None and not recorded[0]:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO cdc.flow_partitions (flow_id, topic, partition) "
+                    "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                    [(flow_id, topic, partition) for topic, partition in partitions])
+            conn.execute("UPDATE cdc.flows SET partitions_recorded_at = now() WHERE flow_id = %s",
+                         (flow_id,))
+        rows = conn.execute("SELECT topic, partition FROM cdc.flow_partitions WHERE flow_id = %s",
+                            (flow_id,)).fetchall()
+    return {(topic, partition) for topic, partition in rows}
+
+
+def committed_starts(conn: psycopg.Connection, flow_id: str) -> dict[tuple[str, int], int]:
+    """Per partition with committed offsets, where the source would start it (the minimum
+    over its shards)."""
+    rows = conn.execute(
+        "SELECT topic, partition, min(next_offset) FROM cdc.offsets WHERE flow_id = %s "
+        "GROUP BY topic, partition", (flow_id,)).fetchall()
+    return {(topic, partition): offset for topic, partition, offset in rows}
+
+
+def record_gap(conn: psycopg.Connection, flow_id: str, topic: str, partition: int,
+               expected: int, earliest: int) -> None:
+    """Record that offsets [expected, earliest) of a partition were skipped (Kafka no longer held
+    them), and move every shard's offset of it below `earliest` there, in one transaction: a
+    restart neither records the gap again nor seeks to an offset that is gone."""
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO cdc.gaps (flow_id, topic, partition, expected_offset, earliest_offset) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (flow_id, topic, partition, expected, earliest))
+        conn.execute(
+            "UPDATE cdc.offsets SET next_offset = %s, updated_at = now() "
+            "WHERE flow_id = %s AND topic = %s AND partition = %s AND next_offset < %s",
+            (earliest, flow_id, topic, partition, earliest))
+
+
 def partition_start(
     conn: psycopg.Connection,
     flow_id: str,

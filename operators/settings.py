@@ -32,6 +32,13 @@ class StartPosition(StrEnum):
     LATEST = "latest"
 
 
+class OffsetGapPolicy(StrEnum):
+    """What a partition whose next offset Kafka no longer holds (retention removed it) does."""
+
+    STOP = "stop"
+    EARLIEST = "earliest"
+
+
 class DeleteMode(StrEnum):
     HARD = "hard"
     SOFT = "soft"
@@ -50,6 +57,9 @@ class Settings(BaseSettings):
     flow_id: str = "default"
     shards: int = Field(64, ge=1, le=4096)
     start: StartPosition = StartPosition.EARLIEST
+    on_offset_gap: OffsetGapPolicy = Field(
+        OffsetGapPolicy.STOP, description="stop, or go on from the earliest offset and record "
+        "the messages lost in cdc.gaps")
     target_schema: str = "public"
     table_map: dict[str, str] = Field(
         default_factory=dict, description='topic -> "schema.table" or "table" overrides (JSON)'

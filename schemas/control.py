@@ -13,6 +13,27 @@ CREATE TABLE IF NOT EXISTS cdc.flows (
     start       text NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+-- when the partitions of the flow's first start were recorded in cdc.flow_partitions
+ALTER TABLE cdc.flows ADD COLUMN IF NOT EXISTS partitions_recorded_at timestamptz;
+
+-- the partitions that existed at the flow's first start: REPLICATE_START=latest applies to them
+CREATE TABLE IF NOT EXISTS cdc.flow_partitions (
+    flow_id   text NOT NULL,
+    topic     text NOT NULL,
+    partition integer NOT NULL,
+    PRIMARY KEY (flow_id, topic, partition)
+);
+
+-- offsets [expected_offset, earliest_offset) skipped because Kafka no longer held them
+CREATE TABLE IF NOT EXISTS cdc.gaps (
+    flow_id         text NOT NULL,
+    topic           text NOT NULL,
+    partition       integer NOT NULL,
+    expected_offset bigint NOT NULL,
+    earliest_offset bigint NOT NULL,
+    detected_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (flow_id, topic, partition, expected_offset)
+);
 
 CREATE TABLE IF NOT EXISTS cdc.offsets (
     flow_id     text NOT NULL,

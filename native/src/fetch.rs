@@ -24,7 +24,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
 use rdkafka::bindings::rd_kafka_get_watermark_offsets;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -309,6 +309,9 @@ struct Shared {
     ahead_bytes: AtomicUsize,
     arrived: AtomicUsize,
     problems: Mutex<Problems>,
+    /// librdkafka found a partition's fetch offset out of range (`auto.offset.reset=error`
+    /// then stops that partition; `Fetcher.offsets_reset` tells the source, which finds which).
+    offset_reset: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -344,6 +347,7 @@ impl Shared {
             }
             plans.clear(); // a plan taught since the last round counts from this one
             let mut polled = Vec::with_capacity(READ_BATCH);
+            let mut reset = false;
             let mut wait = POLL_WAIT;
             while polled.len() < READ_BATCH {
                 match consumer.poll(wait) {
@@ -371,6 +375,10 @@ impl Shared {
                         polled.push(Polled { msg, plan, read });
                     }
                     Some(Err(err)) => {
+                        reset |= matches!(
+                            err,
+                            KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)
+                        );
                         if !self.note(consumer, err) {
                             return;
                         }
@@ -380,6 +388,11 @@ impl Shared {
             }
             if !polled.is_empty() {
                 self.add(polled, shards);
+            }
+            if reset {
+                // after the messages polled before it: the source looks for the partition
+                // that stopped among those with nothing left to take
+                self.offset_reset.store(true, Ordering::SeqCst);
             }
         }
     }
@@ -557,6 +570,12 @@ impl Fetcher {
         }
         let warnings = std::mem::take(&mut problems.warnings);
         Ok((shared.arrived.swap(0, Ordering::Relaxed), warnings))
+    }
+
+    /// Whether librdkafka found a fetch offset out of range since the last call: that partition
+    /// stopped, and the message did not say which (`rdkafka` drops the partition of an error).
+    fn offsets_reset(&self) -> bool {
+        self.shared.offset_reset.swap(false, Ordering::SeqCst)
     }
 
     /// The partition's end as the last fetch response told it (librdkafka's cached high
