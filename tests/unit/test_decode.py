@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
@@ -494,53 +496,241 @@ def test_truncate_without_source_table_goes_to_dlq() -> None:
     assert "source.table" in record.error
 
 
-JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=5)
-    | st.sampled_from(["c", "u", "d", "t", "r", TOAST]),
-    lambda inner: (
-        st.lists(inner, max_size=3)
-        | st.dictionaries(
-            st.sampled_from(
-                [
-                    "op",
-                    "after",
-                    "before",
-                    "source",
-                    "id",
-                    "schema",
-                    "payload",
-                    "fields",
-                    "connector",
-                    "lsn",
-                    "type",
-                    "field",
-                    "name",
-                    "balance",
-                ]
-            ),
-            inner,
-            max_size=5,
-        )
-    ),
-    max_leaves=20,
-)
+# --- every message has one outcome ---------------------------------------------------------------
+
+SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5)
+NOT_OBJECTS = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3), max_leaves=5)
+KEY_FIELDS = [ds.field("id", "int32", optional=False)]
+HEARTBEAT_TOPIC = "__debezium-heartbeat.dbserver1"
 
 
-@settings(max_examples=300, deadline=None)
-@given(value=JSON, key=JSON, op=st.sampled_from(["c", "u", "d", "r", "t"]), mutate_row=JSON)
-def test_decode_never_raises(value: Any, key: Any, op: str, mutate_row: Any) -> None:
+class Expected(NamedTuple):
+    """A message's outcome: `ChangeEvent` with its op, `DlqRecord` with its error type, or
+    None for a message that is skipped."""
+
+    outcome: type | None
+    detail: Op | str | None = None
+
+
+@dataclass
+class Built:
+    """A valid customers change as documents, for one defect to be applied to."""
+
+    schemas: bool
+    op: str
+    key: Any  # the Kafka key document (None: no key)
+    value: Any  # the value document (None: a tombstone)
+    payload: dict[str, Any]
+    topic: str = ds.PG_TOPIC
+
+    @property
+    def image(self) -> dict[str, Any]:
+        return self.payload["before" if self.op == "d" else "after"]
+
+    def set_key_payload(self, key: Any) -> None:
+        self.key = ds.key_doc(key, KEY_FIELDS, ds.PG_TOPIC, self.schemas)
+
+    def message(self) -> RawMessage:
+        return ds.raw(self.topic, self.value, self.key, offset=7)
+
+
+def _event(built: Built) -> Expected:
+    return Expected(ChangeEvent, Op.DELETE if built.op == "d" else Op.UPSERT)
+
+
+def _dlq(error_type: str) -> Callable[[Built], Expected]:
+    return lambda _: Expected(DlqRecord, error_type)
+
+
+def _skip(_: Built) -> Expected:
+    return Expected(None)
+
+
+# Each defect: (applies it to a valid change, drawing what it needs) -> the outcome it causes.
+Defect = Callable[[Built, st.DrawFn], Expected]
+
+
+def _no_defect(built: Built, draw: st.DrawFn) -> Expected:
+    return _event(built)
+
+
+def _no_kafka_key(built: Built, draw: st.DrawFn) -> Expected:
+    built.key = None  # the key comes from the row image and the table's primary key
+    return _event(built)
+
+
+def _truncated_value(built: Built, draw: st.DrawFn) -> Expected:
+    whole = orjson.dumps(built.value)
+    built.value = whole[: draw(st.integers(1, len(whole) - 1))]
+    return Expected(DlqRecord, "malformed_json")
+
+
+def _value_not_an_object(built: Built, draw: st.DrawFn) -> Expected:
+    built.value = orjson.dumps(draw(NOT_OBJECTS))
+    return Expected(DlqRecord, "malformed_envelope")
+
+
+def _payload_not_an_object(built: Built, draw: st.DrawFn) -> Expected:
+    built.value = {"schema": {}, "payload": draw(NOT_OBJECTS.filter(lambda v: v is not None))}
+    return Expected(DlqRecord, "malformed_envelope")
+
+
+def _null_payload(built: Built, draw: st.DrawFn) -> Expected:
+    built.value = {"schema": built.value.get("schema"), "payload": None}
+    return Expected(None)
+
+
+def _tombstone(built: Built, draw: st.DrawFn) -> Expected:
+    built.value = None
+    return Expected(None)
+
+
+def _heartbeat_topic(built: Built, draw: st.DrawFn) -> Expected:
+    built.topic = HEARTBEAT_TOPIC
+    return Expected(None)
+
+
+def _schema_change(built: Built, draw: st.DrawFn) -> Expected:
+    built.payload[draw(st.sampled_from(["ddl", "tableChanges"]))] = "ALTER TABLE customers"
+    return Expected(None)
+
+
+def _logical_message(built: Built, draw: st.DrawFn) -> Expected:
+    built.payload["op"] = "m"
+    return Expected(None)
+
+
+def _no_op(built: Built, draw: st.DrawFn) -> Expected:
+    if draw(st.booleans()):
+        del built.payload["op"]
+    else:
+        built.payload["op"] = None
+    return Expected(DlqRecord, "missing_op")
+
+
+def _unknown_op(built: Built, draw: st.DrawFn) -> Expected:
+    built.payload["op"] = draw(SCALARS.filter(lambda v: v not in (None, "c", "u", "r", "d", "t",
+                                                                 "m")))
+    return Expected(DlqRecord, "unknown_op")
+
+
+def _no_source(built: Built, draw: st.DrawFn) -> Expected:
+    built.payload["source"] = draw(NOT_OBJECTS)
+    return Expected(DlqRecord, "missing_source")
+
+
+def _bad_lsn(built: Built, draw: st.DrawFn) -> Expected:
+    built.payload["source"]["lsn"] = draw(st.none() | st.booleans() | st.text(max_size=5)
+                                          | st.integers(-(2**63), -1) | st.floats(0.5, 1e6))
+    return Expected(DlqRecord, "bad_version")
+
+
+def _unknown_connector(built: Built, draw: st.DrawFn) -> Expected:
+    built.payload["source"]["connector"] = draw(st.sampled_from(["mysql", "mongodb", "", None]))
+    return Expected(DlqRecord, "bad_version")
+
+
+def _no_row_image(built: Built, draw: st.DrawFn) -> Expected:
+    built.payload["before" if built.op == "d" else "after"] = None
+    return _event(built) if built.op == "d" else Expected(DlqRecord, "missing_after")
+
+
+def _row_image_not_an_object(built: Built, draw: st.DrawFn) -> Expected:
+    built.payload["before" if built.op == "d" else "after"] = draw(
+        NOT_OBJECTS.filter(lambda v: v is not None))
+    return Expected(DlqRecord, "malformed_envelope")
+
+
+def _key_not_json(built: Built, draw: st.DrawFn) -> Expected:
+    built.key = b"id=" + str(draw(st.integers(0, 99))).encode()
+    return Expected(DlqRecord, "malformed_key")
+
+
+def _key_not_a_struct(built: Built, draw: st.DrawFn) -> Expected:
+    built.set_key_payload(draw(NOT_OBJECTS.filter(lambda v: v is not None) | st.just({})))
+    return Expected(DlqRecord, "missing_key")
+
+
+def _null_key_column(built: Built, draw: st.DrawFn) -> Expected:
+    built.set_key_payload({"id": None})
+    return Expected(DlqRecord, "missing_key")
+
+
+def _key_column_not_in_table(built: Built, draw: st.DrawFn) -> Expected:
+    built.set_key_payload({"nope": 1})
+    return Expected(DlqRecord, "bad_schema" if built.schemas else "unknown_column")
+
+
+def _column_not_in_table(built: Built, draw: st.DrawFn) -> Expected:
+    built.image["extra"] = draw(SCALARS.filter(lambda v: v is not None))
+    if built.op == "d":
+        return _event(built)  # a delete's before image is not read when the Kafka key is there
+    # with a schema, only the schema's columns are read
+    return _event(built) if built.schemas else Expected(DlqRecord, "unknown_column")
+
+
+def _unconvertible_value(built: Built, draw: st.DrawFn) -> Expected:
+    built.image["birthday"] = draw(st.text(min_size=1, max_size=5) | st.integers(10**10, 10**12)
+                                   | st.lists(st.integers(0, 9), max_size=2))
+    return _event(built) if built.op == "d" else Expected(DlqRecord, "bad_value")
+
+
+DEFECTS: list[Defect] = [
+    _no_defect, _no_kafka_key, _truncated_value, _value_not_an_object, _payload_not_an_object,
+    _null_payload, _tombstone, _heartbeat_topic, _schema_change, _logical_message, _no_op,
+    _unknown_op, _no_source, _bad_lsn, _unknown_connector, _no_row_image,
+    _row_image_not_an_object, _key_not_json, _key_not_a_struct, _null_key_column,
+    _key_column_not_in_table, _column_not_in_table, _unconvertible_value,
+]
+
+
+def _valid_change(schemas: bool, op: str, id_: int, name: str) -> Built:
+    row = ds.customer_row(id_, first_name=name)
+    payload = ds.envelope(op, ds.pg_source(), row if op in ("d", "u") else None,
+                          None if op == "d" else row)
+    value: Any = payload
+    if schemas:
+        schema = ds.envelope_schema(ds.CUSTOMER_FIELDS, ds.PG_SOURCE_SCHEMA, ds.PG_TOPIC)
+        value = {"schema": schema, "payload": payload}
+    built = Built(schemas, op, None, value, payload)
+    built.set_key_payload({"id": id_})
+    return built
+
+
+class Case(NamedTuple):
+    message: RawMessage
+    expected: Expected
+    schemas: bool
+    id: int
+    first_name: str
+
+
+@st.composite
+def messages_with_outcomes(draw: st.DrawFn) -> Case:
+    """A valid customers change with at most one defect, and the outcome that defect causes."""
+    schemas, id_, name = draw(st.booleans()), draw(st.integers(1, 2**31 - 1)), draw(st.text())
+    built = _valid_change(schemas, draw(st.sampled_from("cudr")), id_, name)
+    expected = draw(st.sampled_from(DEFECTS))(built, draw)
+    return Case(built.message(), expected, schemas, id_, name)
+
+
+@settings(max_examples=600, deadline=None)
+@given(case=messages_with_outcomes(), warm=st.booleans())
+def test_each_message_decodes_to_the_outcome_of_its_defect(case: Case, warm: bool) -> None:
+    """Never raises, and never answers 'something': an event with the op and key the message
+    says, the DLQ with the reason of its one defect (and its raw bytes), or a skip. `warm`: the
+    decoder first learned the valid message's schema bytes (the learned-prefix and native
+    paths)."""
+    msg, expected = case.message, case.expected
     dec = decoder()
-    decoded = (ChangeEvent, TruncateEvent, DlqRecord, type(None))
-    assert isinstance(dec.decode(ds.raw(ds.PG_TOPIC, value, key)), decoded)
-    payload = ds.envelope(op, ds.pg_source(), None, ds.customer_row())
-    if isinstance(mutate_row, dict):
-        payload["after"].update(mutate_row)
-        payload.update({k: v for k, v in mutate_row.items() if k in ("before", "source")})
-    assert isinstance(dec.decode(ds.raw(ds.PG_TOPIC, payload, key)), decoded)
-    with_schema = orjson.loads(ds.pg_message(op, None, ds.customer_row()).value or b"")
-    with_schema["payload"] = payload
-    assert isinstance(dec.decode(ds.raw(ds.PG_TOPIC, with_schema, key)), decoded)
+    if warm:
+        change(dec.decode(_valid_change(case.schemas, "c", 1, "warm").message()))
+    result = dec.decode(msg)
+    assert type(result) is (type(None) if expected.outcome is None else expected.outcome), result
+    if expected.outcome is ChangeEvent:
+        assert (result.op, result.key, result.offset) == (expected.detail, (case.id,), 7)
+        if result.op is Op.UPSERT:
+            assert result.values is not None and result.values["first_name"] == case.first_name
+    elif expected.outcome is DlqRecord:
+        assert result.error_type == expected.detail, result.error
+        assert (result.raw_key, result.raw_value, result.offset) == (msg.key, msg.value, 7)
