@@ -21,6 +21,9 @@ PARTITIONS = 12
 # each partition holds as many bytes as the whole prefetch queue
 PER_PARTITION = FETCH_TUNING["queued.max.messages.kbytes"] * 1024 // MESSAGE_BYTES
 STALL_S = 0.5  # librdkafka's own default backoff after a full queue is 1 s; ours is 10 ms
+# A loaded machine may pause the reading thread once; the 1 s default stalled each
+# time the worker caught up with the queue, about once per partition's worth of backlog.
+STALLS_TOLERATED = 1
 
 
 def _produce_backlog(bootstrap: str, topic: str) -> None:
@@ -49,7 +52,7 @@ def test_a_backlog_beyond_the_prefetch_queue_is_read_without_stalls(kafka_bootst
     for partition in range(PARTITIONS):
         consumer.add(backlog, partition, 0)
         offsets[partition] = []
-    longest_gap = 0.0
+    stalls: list[float] = []  # gaps between fetches longer than STALL_S
     last = time.monotonic()
     deadline = last + 60
     while sum(map(len, offsets.values())) < PER_PARTITION * PARTITIONS:
@@ -58,7 +61,8 @@ def test_a_backlog_beyond_the_prefetch_queue_is_read_without_stalls(kafka_bootst
             taken = consumer.take(backlog, partition)
             now = time.monotonic()
             if taken:
-                longest_gap = max(longest_gap, now - last)
+                if now - last > STALL_S:
+                    stalls.append(round(now - last, 2))
                 last = now
                 read += [m.offset for m in raw_messages(taken)]
     for partition in offsets:
@@ -66,7 +70,7 @@ def test_a_backlog_beyond_the_prefetch_queue_is_read_without_stalls(kafka_bootst
 
     assert all(read == list(range(PER_PARTITION)) for read in offsets.values()), \
         "every message once, in order"
-    assert longest_gap < STALL_S, f"the consumer stalled {longest_gap:.2f} s between fetches"
+    assert len(stalls) <= STALLS_TOLERATED, f"the consumer stalled between fetches: {stalls} s"
 
 
 
