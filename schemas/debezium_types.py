@@ -164,13 +164,21 @@ _PLAIN: dict[str, FieldType] = {
 # --- dates and times ------------------------------------------------------------------------
 
 
+def _whole(v: Any, unit: str) -> int:
+    """A count of days or ticks: an integer, never a fraction or a boolean (which `timedelta`
+    would quietly truncate or count as 1)."""
+    if type(v) is not int:
+        raise ValueError(f"{v!r} is not a whole number of {unit}")
+    return v
+
+
 def days_to_date(days: Any) -> date:
-    return _EPOCH_DATE + timedelta(days=days)
+    return _EPOCH_DATE + timedelta(days=_whole(days, "days"))
 
 
 def micros_to_datetime(us: Any) -> datetime:
     """Naive UTC datetime (Postgres `timestamp`) from µs since the epoch."""
-    return _EPOCH + timedelta(microseconds=us)
+    return _EPOCH + timedelta(microseconds=_whole(us, "µs"))
 
 
 def micros_to_time(us: Any) -> time:
@@ -188,13 +196,13 @@ def _timestamp(multiply: int, divide: int) -> Converter:
             return datetime.max
         if v == PG_NEG_INFINITY:
             return datetime.min
-        return micros_to_datetime(v * multiply // divide)
+        return micros_to_datetime(_whole(v, "ticks") * multiply // divide)
 
     return convert
 
 
 def _time(multiply: int, divide: int) -> Converter:
-    return lambda v: micros_to_time(v * multiply // divide)
+    return lambda v: micros_to_time(_whole(v, "ticks") * multiply // divide)
 
 
 def parse_timestamptz(v: Any) -> datetime:
@@ -220,13 +228,15 @@ _ISO_INTERVAL = re.compile(
 
 
 def parse_iso_interval(v: Any) -> timedelta:
-    """ISO-8601 duration (`P1Y2M3DT4H5M6.5S`, signed parts allowed); month = 30 d, year = 365 d."""
+    """ISO-8601 duration (`P1Y2M3DT4H5M6.5S`, signed parts allowed); month = 30 d, year = 365 d.
+    Seconds round to the nearest µs: Debezium Postgres formats them from a double with 9
+    decimals (`1.862369999` for Postgres' `1.86237`), and Postgres intervals hold µs."""
     m = _ISO_INTERVAL.fullmatch(to_str(v))
     if m is None or not any(m.groups()[1:]):
         raise ValueError(f"{v!r} is not an ISO-8601 duration")
     sign, years, months, weeks, days, hours, minutes, seconds = m.groups()
     total_days = 365 * int(years or 0) + 30 * int(months or 0) + 7 * int(weeks or 0)
-    micros = int(Decimal(seconds or 0) * 1_000_000)
+    micros = round(Decimal(seconds or 0) * 1_000_000)
     delta = timedelta(
         days=total_days + int(days or 0),
         hours=int(hours or 0),
