@@ -182,8 +182,8 @@ def drop_flows(dsn: str, prefix: str) -> None:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
         if conn.execute("SELECT to_regclass('cdc.offsets')").fetchone()[0] is None:
             return
-        for table in ("flows", "offsets", "shard_commits", "stale_events", "dlq",
-                      "schema_history", "tables"):
+        for table in ("flows", "flow_partitions", "offsets", "shard_commits", "stale_events",
+                      "dlq", "gaps", "schema_history", "tables"):
             conn.execute(sql.SQL("DELETE FROM {} WHERE flow_id LIKE %s").format(
                 sql.Identifier("cdc", table)), (pattern,))
         for table in ("tombstones", "truncations"):
