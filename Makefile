@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install infra-up infra-down infra-status test lint demo bench
+.PHONY: install infra-up infra-down infra-status test e2e lint demo bench
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ infra-status:
 
 test: install infra-up
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The live chain (docs/types.md): a source cluster on 5433 and, per test, Kafka Connect with the
+# Debezium Postgres connector and the replicator (tests/e2e, deselected in `make test`).
+e2e: install infra-up
+	infra/source_postgres.sh up
+	CDC_E2E=1 $(PY) -m pytest -q -m e2e tests/e2e $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

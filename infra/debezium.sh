@@ -70,6 +70,8 @@ slot.name=dbz_$NAME
 publication.name=dbz_$NAME
 publication.autocreate.mode=filtered
 snapshot.mode=${DEBEZIUM_SNAPSHOT_MODE:-initial}
+# Emit TRUNCATE (op `t`); the connector skips it by default.
+skipped.operations=none
 # ISO-8601 text (io.debezium.time.Interval): exact, where the default MicroDuration is computed in
 # floating point.
 interval.handling.mode=string

@@ -1,0 +1,130 @@
+"""The live chain's moving parts for tests: a scratch source database on the source cluster and a
+Debezium connector on it (`infra/debezium.sh`, a Connect worker of the test's own)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from psycopg import sql
+
+from benchmarks.replicator_run import free_ports
+
+SOURCE_ADMIN_DSN = os.environ.get("TEST_SOURCE_PG_DSN",
+                                  "postgresql://postgres:postgres@127.0.0.1:5433/postgres")
+DEBEZIUM = Path(__file__).resolve().parents[2] / "infra" / "debezium.sh"
+
+
+def source_dsn(dbname: str) -> str:
+    return psycopg.conninfo.make_conninfo(SOURCE_ADMIN_DSN, dbname=dbname)
+
+
+@dataclass
+class LiveSource:
+    """A source database `name` and the Debezium connector `name` on it, writing topics
+    `<name>.public.<table>`; `name` is also the slot's and publication's suffix."""
+
+    name: str
+    bootstrap: str
+    work: Path
+    partitions: int = 1
+    rest_port: int = field(default_factory=lambda: free_ports(1)[0])
+
+    @property
+    def dsn(self) -> str:
+        return source_dsn(self.name)
+
+    def create_database(self) -> None:
+        with psycopg.connect(SOURCE_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DEBEZIUM_NAME": self.name, "DEBEZIUM_TOPIC_PREFIX": self.name,
+                "DEBEZIUM_DBNAME": self.name, "DEBEZIUM_TABLES": r"public\..*",
+                "DEBEZIUM_PARTITIONS": str(self.partitions), "DEBEZIUM_WORK": str(self.work),
+                "DEBEZIUM_REST_PORT": str(self.rest_port), "KAFKA_BOOTSTRAP": self.bootstrap}
+
+    def start(self) -> None:
+        """Start the connector's worker and wait until connector and task run."""
+        subprocess.run([str(DEBEZIUM), "up"], env=self.env(), check=True, capture_output=True,
+                       timeout=300)
+
+    def stop(self) -> None:
+        subprocess.run([str(DEBEZIUM), "down"], env=self.env(), check=True, capture_output=True,
+                       timeout=120)
+
+    def kill9(self) -> None:
+        pid = int((self.work / "connect.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+
+    def log(self) -> str:
+        path = self.work / "connect.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_streaming(self, timeout_s: float = 120) -> None:
+        """Until the snapshot is done and the connector reads the slot."""
+        deadline = time.monotonic() + timeout_s
+        while "Starting streaming" not in self.log():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"connector {self.name} is not streaming:\n"
+                                     f"{self.log()[-3000:]}")
+            time.sleep(0.5)
+
+    def wait_flushed(self, lsn: str, timeout_s: float = 120) -> None:
+        """Until the slot's confirmed flush position reaches `lsn`: the connector commits a position
+        to the slot only after Kafka acknowledged every record before it."""
+        deadline = time.monotonic() + timeout_s
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not conn.execute(
+                    "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
+                    "WHERE slot_name = %s", (lsn, f"dbz_{self.name}")).fetchone()[0]:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"slot dbz_{self.name} not flushed past {lsn}:\n"
+                                         f"{self.log()[-3000:]}")
+                time.sleep(0.5)
+
+    def topic(self, table: str) -> str:
+        return f"{self.name}.public.{table}"
+
+    def wait_topics(self, tables: list[str], timeout_s: float = 60) -> list[str]:
+        """Until the connector has created every table's topic; returns their names."""
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        topics = [self.topic(t) for t in tables]
+        deadline = time.monotonic() + timeout_s
+        while set(topics) - set(admin.list_topics(timeout=10).topics):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topics {topics} not all created:\n{self.log()[-3000:]}")
+            time.sleep(0.5)
+        return topics
+
+    def drop(self) -> None:
+        """Stop the worker, drop slot, publication and database (best effort: teardown)."""
+        subprocess.run([str(DEBEZIUM), "drop"], env=self.env(), check=False,
+                       capture_output=True, timeout=120)
+        with psycopg.connect(SOURCE_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(self.name)))
+
+
+def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    """The high watermark of every partition of `topics`."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    metadata = admin.list_topics(timeout=10)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-watermarks"})
+    try:
+        ends = {}
+        for topic in topics:
+            for partition in metadata.topics[topic].partitions:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                         timeout=10)
+                ends[(topic, partition)] = high
+        return ends
+    finally:
+        consumer.close()
