@@ -18,6 +18,7 @@
 #   DEBEZIUM_TABLES        table.include.list, regular expressions (default `public\..*`)
 #   DEBEZIUM_SNAPSHOT_MODE snapshot.mode (default `initial`)
 #   DEBEZIUM_PARTITIONS    partitions of the topics the connector creates (default 1)
+#   DEBEZIUM_EXTRA         more connector properties, one `key=value` a line (override the above)
 #   DEBEZIUM_WORK          worker folder (default .local/debezium/<name>)
 #   DEBEZIUM_REST_PORT     Connect REST port on 127.0.0.1 (default 8083)
 #   SOURCE_PG_PORT, KAFKA_BOOTSTRAP  where the source and the broker are (5433, 127.0.0.1:9092)
@@ -77,6 +78,7 @@ skipped.operations=none
 interval.handling.mode=string
 topic.creation.default.replication.factor=1
 topic.creation.default.partitions=${DEBEZIUM_PARTITIONS:-1}
+${DEBEZIUM_EXTRA:-}
 PROPS
 }
 

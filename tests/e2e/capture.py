@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from tests.e2e import tagged
-from tests.e2e.chain import LiveSource
+from tests.e2e.chain import LiveSource, end_offsets, payload, topic_messages
 from tests.e2e.source_tables import (
     ACCOUNTS_TABLE,
     ALLTYPES,
@@ -40,6 +39,7 @@ from tests.e2e.source_tables import (
     update,
     update_key,
 )
+from tests.e2e.workload import IN_FLIGHT, in_flight_across_the_snapshot
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "debezium_live"
 BOOTSTRAP = "127.0.0.1:9092"
@@ -102,6 +102,10 @@ def steps(rng: random.Random) -> list[Step]:
     ]
 
 
+def key_columns(table: Table) -> list[str]:
+    return [n for n, _ in table.key]
+
+
 def source_row(conn: psycopg.Connection, table: Table, key: tuple[Any, ...],
                unchanged: tuple[str, ...]) -> dict[str, Any] | None:
     """The row's key and replicated columns as the comparison reads them, without `unchanged`."""
@@ -118,22 +122,13 @@ def current_lsn(conn: psycopg.Connection) -> int:
 
 
 def consume(topics: dict[str, int], timeout_s: float = 90) -> dict[str, list[Any]]:
-    """The first `count` messages of each topic (of one partition)."""
-    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"capture-{uuid.uuid4()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.assign([TopicPartition(t, 0, OFFSET_BEGINNING) for t in topics])
-    got: dict[str, list[Any]] = {t: [] for t in topics}
+    """The first `count` messages of each topic (of one partition), once they are there."""
     deadline = time.monotonic() + timeout_s
-    try:
-        while any(len(got[t]) < n for t, n in topics.items()):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {({t: len(m) for t, m in got.items()})} of {topics}")
-            message = consumer.poll(1)
-            if message is not None and not message.error():
-                got[message.topic()].append(message)
-    finally:
-        consumer.close()
-    return got
+    while any(end < topics[t] for (t, _), end in end_offsets(BOOTSTRAP, list(topics)).items()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"fewer messages than {topics}")
+        time.sleep(0.5)
+    return {t: topic_messages(BOOTSTRAP, t)[:count] for t, count in topics.items()}
 
 
 def fixture(message: Any, expected: dict[str, Any]) -> dict[str, Any]:
@@ -146,9 +141,10 @@ def fixture(message: Any, expected: dict[str, Any]) -> dict[str, Any]:
 
 
 def capture() -> list[str]:
+    """Every table of `source_tables` through every operation (`steps`)."""
     rng = random.Random(20261206)
-    name = f"capture_{uuid.uuid4().hex[:8]}"
-    source = LiveSource(name, BOOTSTRAP, Path(tempfile.mkdtemp()) / "connect")
+    source = LiveSource(f"capture_{uuid.uuid4().hex[:8]}", BOOTSTRAP,
+                        Path(tempfile.mkdtemp()) / "connect")
     source.create_database()
     try:
         written = {}
@@ -163,7 +159,8 @@ def capture() -> list[str]:
             after = current_lsn(conn)
             for file, table, key in (("alltypes_snapshot.json", ALLTYPES_TABLE, (1,)),
                                      ("accounts_snapshot.json", ACCOUNTS_TABLE, ("eu", 1))):
-                expected[file] = {"table": table.name, "key": list(key), "lsn_after": after,
+                expected[file] = {"table": table.name, "key_columns": key_columns(table),
+                                  "key": list(key), "lsn_after": after,
                                   "lsn_before": before, "values": source_row(conn, table, key, ())}
             plan = [("alltypes_snapshot.json",), ("accounts_snapshot.json",)]
             for step in steps(rng):
@@ -173,7 +170,8 @@ def capture() -> list[str]:
                 for file in step.files:
                     if file is not None:
                         key = step.expected_key(file)
-                        expected[file] = {"table": step.table.name, "key": list(key),
+                        expected[file] = {"table": step.table.name,
+                                          "key_columns": key_columns(step.table), "key": list(key),
                                           "lsn_before": before, "lsn_after": after,
                                           "values": source_row(conn, step.table, key,
                                                                step.unchanged)}
@@ -189,21 +187,60 @@ def capture() -> list[str]:
             for file, message in zip(order[topic], messages, strict=True):
                 if file is not None:
                     written[file] = fixture(message, expected[file])
-        FIXTURES.mkdir(parents=True, exist_ok=True)
-        for file, doc in written.items():
-            (FIXTURES / file).write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
-        return sorted(written)
+        return write(written)
     finally:
-        source.drop()
-        admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
-        for future in admin.delete_topics([source.topic(t.name) for t in
-                                           (ALLTYPES_TABLE, ACCOUNTS_TABLE)]).values():
-            try:
-                future.result(timeout=30)
-            except Exception:  # noqa: BLE001 - best effort: a topic never created is fine
-                pass
+        drop(source, [t.name for t in (ALLTYPES_TABLE, ACCOUNTS_TABLE)])
+
+
+def capture_in_flight() -> list[str]:
+    """tests/e2e/workload.py `in_flight_across_the_snapshot`: row 1's snapshot row, the update
+    that was open during the snapshot, and the update of row 2 streamed after it."""
+    source = LiveSource(f"capture_{uuid.uuid4().hex[:8]}", BOOTSTRAP,
+                        Path(tempfile.mkdtemp()) / "connect")
+    source.create_database()
+    try:
+        with psycopg.connect(source.dsn, autocommit=True) as conn:
+            before = current_lsn(conn)
+            source.wait_flushed(in_flight_across_the_snapshot(source))
+            after = current_lsn(conn)
+        source.wait_topics(["t"])
+        wanted = {("r", 1): ("in_flight_snapshot_row.json", "before"),
+                  ("u", 1): ("in_flight_update.json", IN_FLIGHT),
+                  ("u", 2): ("in_flight_next_update.json", "streamed")}
+        written = {}
+        for message in topic_messages(BOOTSTRAP, source.topic("t")):
+            change = payload(message)
+            found = change and wanted.get((change["op"], change["after"]["id"]))
+            if found:
+                file, v = found
+                key = change["after"]["id"]
+                written[file] = fixture(message, {
+                    "table": "t", "key_columns": ["id"], "key": [key], "lsn_before": before,
+                    "lsn_after": after, "values": {"id": key, "v": v}})
+        assert len(written) == len(wanted), sorted(written)
+        return write(written)
+    finally:
+        drop(source, ["t", "other"])
+
+
+def write(files: dict[str, dict[str, Any]]) -> list[str]:
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    for file, doc in files.items():
+        (FIXTURES / file).write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    return sorted(files)
+
+
+def drop(source: LiveSource, tables: list[str]) -> None:
+    """The scratch database, slot, publication and topics (best effort)."""
+    source.drop()
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    for future in admin.delete_topics([source.topic(t) for t in tables]).values():
+        try:
+            future.result(timeout=30)
+        except Exception:  # noqa: BLE001 - a topic never created is fine
+            pass
 
 
 if __name__ == "__main__":
-    for written in capture():
+    for written in capture() + capture_in_flight():
         print(FIXTURES / written)

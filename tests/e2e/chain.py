@@ -3,15 +3,17 @@ Debezium connector on it (`infra/debezium.sh`, a Connect worker of the test's ow
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
@@ -35,6 +37,8 @@ class LiveSource:
     bootstrap: str
     work: Path
     partitions: int = 1
+    extra: dict[str, str] = field(default_factory=dict)
+    """More connector properties (`DEBEZIUM_EXTRA`)."""
     rest_port: int = field(default_factory=lambda: free_ports(1)[0])
 
     @property
@@ -49,7 +53,8 @@ class LiveSource:
         return {**os.environ, "DEBEZIUM_NAME": self.name, "DEBEZIUM_TOPIC_PREFIX": self.name,
                 "DEBEZIUM_DBNAME": self.name, "DEBEZIUM_TABLES": r"public\..*",
                 "DEBEZIUM_PARTITIONS": str(self.partitions), "DEBEZIUM_WORK": str(self.work),
-                "DEBEZIUM_REST_PORT": str(self.rest_port), "KAFKA_BOOTSTRAP": self.bootstrap}
+                "DEBEZIUM_REST_PORT": str(self.rest_port), "KAFKA_BOOTSTRAP": self.bootstrap,
+                "DEBEZIUM_EXTRA": "\n".join(f"{k}={v}" for k, v in self.extra.items())}
 
     def start(self) -> None:
         """Start the connector's worker and wait until connector and task run."""
@@ -128,3 +133,32 @@ def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]
         return ends
     finally:
         consumer.close()
+
+
+def topic_messages(bootstrap: str, topic: str, timeout_s: float = 30) -> list[Any]:
+    """Every message now in partition 0 of `topic`, in order."""
+    _, end = end_offsets(bootstrap, [topic]).popitem()
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-read",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    messages: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(messages) < end:
+            assert time.monotonic() < deadline, f"read {len(messages)} of {end} from {topic}"
+            message = consumer.poll(1)
+            if message is not None and not message.error():
+                messages.append(message)
+    finally:
+        consumer.close()
+    return messages
+
+
+def payload(message: Any) -> Any:
+    """A JsonConverter message's `payload` (None for a tombstone)."""
+    value = message.value()
+    return None if value is None else json.loads(value)["payload"]
+
+
+def topic_payloads(bootstrap: str, topic: str) -> list[Any]:
+    return [payload(m) for m in topic_messages(bootstrap, topic)]

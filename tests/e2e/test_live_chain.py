@@ -10,7 +10,14 @@ import pytest
 
 from benchmarks.replicator_run import Run
 from tests.e2e.chain import LiveSource, end_offsets
-from tests.e2e.source_tables import ALLTYPES_TABLE, DOC, TABLES, differences, read_rows
+from tests.e2e.source_tables import (
+    ACCOUNTS_TABLE,
+    ALLTYPES_TABLE,
+    DOC,
+    TABLES,
+    differences,
+    read_rows,
+)
 from tests.e2e.workload import Workload, mark_end, run_writers, seed
 
 pytestmark = pytest.mark.e2e
@@ -59,9 +66,17 @@ def rejected(run: Run) -> list[tuple]:
         return dlq.fetchall() + stale.fetchall()
 
 
+def unexplained(rows: list[tuple], truncated_topic: str) -> list[tuple]:
+    """Rejections but the changes the TRUNCATE made stale: with several partitions a change of
+    one made before the TRUNCATE (in another) can be read after it."""
+    return [r for r in rows if (r[0], r[1], r[3]) != (
+        "stale", truncated_topic, "at or below a table truncate")]
+
+
 def test_the_target_equals_the_source_after_a_live_workload(run: Run, live: LiveSource):
     workload = Workload(seed=17)
     seed(live.dsn, workload, rows=300)
+    live.partitions = 3  # keys spread over partitions, as the connector's producer hashes them
     live.start()
     live.wait_streaming()
     run.topics += live.wait_topics([t.name for t in TABLES])
@@ -79,7 +94,7 @@ def test_the_target_equals_the_source_after_a_live_workload(run: Run, live: Live
         assert toast_lost_by_key_updates(source, target, run.schema, workload.moved_to) > 0
         assert all(source.execute(f"SELECT count(*) FROM {t.name}").fetchone()[0] > 10
                    for t in TABLES)
-    assert rejected(run) == []
+    assert unexplained(rejected(run), live.topic(ACCOUNTS_TABLE.name)) == []
     with psycopg.connect(run.dsn) as target:
         assert target_columns(target, run.schema, ALLTYPES_TABLE.name) == {
             c.name for c in ALLTYPES_TABLE.replicated} | {"id"}

@@ -11,7 +11,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg import sql
 
+from tests.e2e.chain import LiveSource
 from tests.e2e.source_tables import (
     ACCOUNTS_TABLE,
     ALLTYPES,
@@ -181,3 +183,37 @@ def mark_end(dsn: str, workload: Workload) -> str:
                random_values(rng, ACCOUNTS_TABLE.columns))
         conn.execute(f"INSERT INTO {AFTER_END} VALUES (1)")
     return lsn
+
+
+IN_FLIGHT = "committed after the snapshot"
+
+
+def in_flight_across_the_snapshot(live: LiveSource) -> str:
+    """Table `t` (ids 1-3) and `other`; a transaction updates row 1 to `IN_FLIGHT` and stays open
+    while the connector starts and snapshots, then commits; then row 2 and row 3 change (one
+    transaction each) and `other` gets a row. Returns a WAL position `live.wait_flushed` reaches
+    once every change of `t` is in Kafka.
+
+    Publication and slot are made before the snapshot (by hand here, as a DBA may; also what a
+    connector restarted in mid-snapshot finds), so the connector's snapshot reads at
+    pg_current_wal_lsn(), above the open transaction's change, not at the slot's start."""
+    with psycopg.connect(live.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+        conn.execute("CREATE TABLE other (id integer PRIMARY KEY)")
+        conn.execute("INSERT INTO t SELECT g, 'before' FROM generate_series(1, 3) g")
+        conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE t, other").format(
+            sql.Identifier(f"dbz_{live.name}")))
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')",
+                     (f"dbz_{live.name}",))
+    with psycopg.connect(live.dsn) as in_flight:
+        in_flight.execute("UPDATE t SET v = %s WHERE id = 1", (IN_FLIGHT,))
+        with psycopg.connect(live.dsn, autocommit=True) as conn:  # WAL between it and the snapshot
+            conn.execute("INSERT INTO other SELECT generate_series(1, 100)")
+        live.start()
+        live.wait_streaming()
+    with psycopg.connect(live.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE t SET v = 'streamed' WHERE id = 2")
+        marker = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+        conn.execute("UPDATE t SET v = 'last' WHERE id = 3")
+        conn.execute("INSERT INTO other VALUES (0)")
+    return marker
