@@ -38,7 +38,6 @@ from operators.events import (
 )
 from operators.keys import UnsupportedKey
 from operators.native_decode import FastPath, NativeShape, Run, native_kind
-from operators.retry import is_transient
 from operators.versions import version_for_source
 from schemas.catalog import TableCatalog, coerce_for_column
 from schemas.debezium_types import Converter, FieldType, field_type
@@ -62,6 +61,10 @@ _JSON = "io.debezium.data.Json"
 _UUID = "io.debezium.data.Uuid"
 _ABSENT = object()
 _CONVERSION_ERRORS = (ValueError, TypeError, OverflowError, ArithmeticError)
+# What a defect in this code raises when one message surprises it; a failing schema registry or
+# database raises its own errors, which are no message's fault.
+_DEFECTS = (TypeError, ValueError, KeyError, AttributeError, IndexError, ArithmeticError,
+            RecursionError)
 _MAX_CACHED_SHAPES = 4096
 _MAX_ERROR_CHARS = 500
 _SCHEMA_HEAD = b'{"schema":'
@@ -148,6 +151,7 @@ class Decoder:
         self._keys = _Envelopes("key", "malformed_key", False, fetch_schema)
         self._plain: dict[TableName, tuple[dict[str, str], dict[str, Converter]]] = {}
         self._fast = FastPath() if native else None
+        self._defects_logged: set[tuple[str, type]] = set()
 
     def decode(self, msg: RawMessage) -> Decoded | None:
         if self._fast is not None:
@@ -183,10 +187,14 @@ class Decoder:
             return self._decode(msg)
         except (_Reject, AvroProblem) as exc:
             return _dlq(msg, exc.error_type, str(exc))
-        except Exception as exc:  # a defect met by one message must not stop the flow forever
-            if is_transient(exc):
-                raise
-            log.exception("decoding %s[%d]@%d failed", msg.topic, msg.partition, msg.offset)
+        except _DEFECTS as exc:  # a defect met by one message must not stop the flow forever;
+            # a failing registry or database (their own errors) stops or retries instead
+            seen = (msg.topic, type(exc))
+            if seen not in self._defects_logged:
+                self._defects_logged.add(seen)
+                log.exception("decoding %s[%d]@%d failed (logged once per topic and error; "
+                              "each message's error is in cdc.dlq)", msg.topic, msg.partition,
+                              msg.offset)
             return _dlq(msg, "decode_failed", f"{type(exc).__name__}: {exc}")
 
     def _decode(self, msg: RawMessage) -> Decoded | None:
@@ -247,8 +255,17 @@ class Decoder:
         except UnsupportedKey as exc:
             raise _Reject("unsupported_key", f"key {list(key_names)}: {exc}") from None
         if shape is not None and self._fast is not None:  # only a shape that makes events
-            self._fast.learn(msg, schema_id, key_id, shape.native)
+            self._learn(msg, schema_id, key_id, shape.native)
         return event
+
+    def _learn(self, msg: RawMessage, schema_id: bytes, key_id: bytes, native: NativeShape,
+               ) -> None:
+        """Teach the fast path a plan; a plan that cannot be made leaves the topic to Python."""
+        assert self._fast is not None
+        try:
+            self._fast.learn(msg, schema_id, key_id, native)
+        except _DEFECTS:
+            log.exception("%s: no native plan for this schema; Python decodes it", msg.topic)
 
     # --- tables ---------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ out of the decode step, where it would stop the flow on every restart."""
 from __future__ import annotations
 
 import pytest
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from operators import decode as decode_module
 from operators.decode import Decoder
@@ -44,7 +45,7 @@ def test_an_unexpected_error_for_one_message_sends_only_that_message_to_the_dlq(
 
     def flaky(source: dict) -> bytes:
         if source["lsn"] == 33842009:
-            raise RuntimeError("a defect")
+            raise KeyError("a defect")
         return real(source)
 
     monkeypatch.setattr(decode_module, "version_for_source", flaky)
@@ -55,4 +56,16 @@ def test_an_unexpected_error_for_one_message_sends_only_that_message_to_the_dlq(
     assert isinstance(outcomes[0], ChangeEvent) and outcomes[0].key == (1,)
     assert isinstance(outcomes[1], DlqRecord)
     assert (outcomes[1].error_type, outcomes[1].error) == ("decode_failed",
-                                                          "RuntimeError: a defect")
+                                                          "KeyError: 'a defect'")
+
+
+def test_a_failing_schema_registry_is_no_messages_fault_and_raises() -> None:
+    """A registry refusing the replicator (e.g. after a credential rotation) must stop or retry
+    the flow, not send every Avro message to the DLQ."""
+    def refusing(ident: int | str) -> str:
+        raise SchemaRegistryError(401, 40101, "Unauthorized")
+
+    decoder = Decoder("public", {}, None, fetch_schema=refusing, native=False)
+    framed = b"\x00" + (7).to_bytes(4, "big") + b"\x02"
+    with pytest.raises(SchemaRegistryError):
+        decoder.decode(ds.raw(TOPIC, framed, framed, 3))
