@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import psycopg
+from psycopg import sql
 
 CONTROL_DDL = """
 CREATE SCHEMA IF NOT EXISTS cdc;
@@ -11,10 +12,10 @@ CREATE TABLE IF NOT EXISTS cdc.flows (
     flow_id     text PRIMARY KEY,
     shards      integer NOT NULL,
     start       text NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- when the partitions of the flow's first start were recorded in cdc.flow_partitions
+    partitions_recorded_at timestamptz
 );
--- when the partitions of the flow's first start were recorded in cdc.flow_partitions
-ALTER TABLE cdc.flows ADD COLUMN IF NOT EXISTS partitions_recorded_at timestamptz;
 
 -- the partitions that existed at the flow's first start: REPLICATE_START=latest applies to them
 CREATE TABLE IF NOT EXISTS cdc.flow_partitions (
@@ -53,7 +54,6 @@ CREATE TABLE IF NOT EXISTS cdc.shard_commits (
     committed_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (flow_id, shard)
 );
-ALTER TABLE cdc.shard_commits ADD COLUMN IF NOT EXISTS commit_id bytea;  -- databases made before it
 
 CREATE TABLE IF NOT EXISTS cdc.stale_events (
     flow_id         text NOT NULL,
@@ -121,11 +121,35 @@ CREATE TABLE IF NOT EXISTS cdc.truncations (
 );
 """
 
+# Columns added after their table was first released: (table, column, type). Databases made
+# before get them from `ensure_control_schema`.
+ADDED_COLUMNS = (
+    ("flows", "partitions_recorded_at", "timestamptz"),
+    ("shard_commits", "commit_id", "bytea"),
+)
+
 DDL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('cdc-replicator:ddl'))"
 
 
 def ensure_control_schema(conn: psycopg.Connection) -> None:
-    """Create the control tables if missing; safe to run from many processes at once."""
+    """Create the control tables and add missing columns; safe to run from many processes at
+    once. Runs at every session open, so it alters nothing that exists: `ALTER TABLE` takes an
+    ACCESS EXCLUSIVE lock even when the column is there, which would queue the reconnecting
+    worker, and every commit after it, behind other workers' open commits."""
     with conn.transaction():
         conn.execute(DDL_LOCK)
         conn.execute(CONTROL_DDL)
+        for table, column, type_ in missing_columns(conn):
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                sql.Identifier("cdc", table), sql.Identifier(column), sql.SQL(type_)))
+
+
+def missing_columns(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
+    """The `ADDED_COLUMNS` the control tables lack, in one catalog query."""
+    return conn.execute(
+        "SELECT added.tbl, added.col, added.typ "
+        "FROM unnest(%s::text[], %s::text[], %s::text[]) AS added(tbl, col, typ) "
+        "WHERE NOT EXISTS (SELECT FROM pg_attribute "
+        "                  WHERE attrelid = format('cdc.%%I', added.tbl)::regclass "
+        "                    AND attname = added.col AND NOT attisdropped)",
+        [list(c) for c in zip(*ADDED_COLUMNS, strict=True)]).fetchall()
