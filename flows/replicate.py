@@ -24,6 +24,7 @@ from operators.pg_session import connect
 from operators.retry import first_line, retrying
 from operators.settings import ConfigError, Settings, load_settings
 from operators.shard_sink import ShardSink
+from operators.table_name_upgrade import upgrade_quoted_table_names
 from schemas.control import ensure_control_schema
 from schemas.registry import describe_failure, registry_subjects
 
@@ -43,6 +44,7 @@ def _register(settings: Settings) -> None:
         with connect(settings.pg_dsn) as conn:
             ensure_control_schema(conn)
             register_flow(conn, settings)
+            upgrade_quoted_table_names(conn, settings.flow_id)
 
     try:
         retrying("connect to Postgres", attempt, cap_s=settings.retry_max_s)
