@@ -25,6 +25,11 @@ infra-up:
 infra-down:
 	infra/down.sh
 
+# A local Cassandra 5.0.6 with CDC on 127.0.0.1:9042 (docs/operations.md); not part of infra-up.
+.PHONY: cassandra-up
+cassandra-up:
+	infra/cassandra.sh up
+
 infra-status:
 	-infra/postgres.sh status
 	-infra/kafka.sh status
