@@ -38,17 +38,26 @@ def first_start_partitions(conn: psycopg.Connection, flow_id: str,
                            partitions: list[tuple[str, int]]) -> set[tuple[str, int]]:
     """The partitions of the flow's first start (recorded by the first start that lists them):
     `REPLICATE_START=latest` applies to those only, so that a topic or partition found later
-    starts at its beginning instead of losing what it held before this start."""
+    starts at its beginning instead of losing what it held before this start.
+
+    A flow whose earlier runs recorded none (they predate `cdc.flow_partitions`) has offsets:
+    the partitions those runs read are its first start's, not today's listing, in which a
+    topic created since would otherwise count as one and start at its end."""
     with conn.transaction():
         recorded = conn.execute(
             "SELECT partitions_recorded_at IS NOT NULL FROM cdc.flows WHERE flow_id = %s "
             "FOR UPDATE", (flow_id,)).fetchone()
         if recorded is not None and not recorded[0]:
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO cdc.flow_partitions (flow_id, topic, partition) "
-                    "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                    [(flow_id, topic, partition) for topic, partition in partitions])
+            ran_before = conn.execute(
+                "INSERT INTO cdc.flow_partitions (flow_id, topic, partition) "
+                "SELECT DISTINCT flow_id, topic, partition FROM cdc.offsets WHERE flow_id = %s "
+                "ON CONFLICT DO NOTHING", (flow_id,)).rowcount
+            if not ran_before:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO cdc.flow_partitions (flow_id, topic, partition) "
+                        "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                        [(flow_id, topic, partition) for topic, partition in partitions])
             conn.execute("UPDATE cdc.flows SET partitions_recorded_at = now() WHERE flow_id = %s",
                          (flow_id,))
         rows = conn.execute("SELECT topic, partition FROM cdc.flow_partitions WHERE flow_id = %s",

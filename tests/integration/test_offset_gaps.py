@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 
 import orjson
 import psycopg
@@ -14,10 +15,11 @@ from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
-from benchmarks.replicator_run import ROOT, Run, assert_matches_oracle
+from benchmarks.replicator_run import ROOT, Run, assert_matches_oracle, drop_flows
 from benchmarks.workload import Workload, WorkloadSpec, create_workload_topics, generate
 from operators.events import ProgressMarker, raw_messages
 from operators.kafka_source import NativeConsumer, PythonConsumer
+from operators.offsets import first_start_partitions
 from operators.settings import ConfigError, Settings
 from schemas.control import ensure_control_schema
 
@@ -189,3 +191,36 @@ def test_latest_applies_only_to_partitions_of_the_first_start(run):
     run.wait_caught_up(later)
     assert run.stop() == [0]
     assert_matches_oracle(run, later)
+
+
+@pytest.fixture
+def flow_id(pg_dsn, control_tables):
+    """A flow registered with `REPLICATE_START=latest` before its partitions were recorded."""
+    flow_id = f"first-{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO cdc.flows (flow_id, shards, start) VALUES (%s, 2, 'latest')",
+                     (flow_id,))
+    yield flow_id
+    drop_flows(pg_dsn, flow_id)
+
+
+def test_a_flow_that_ran_before_partitions_were_recorded_keeps_the_partitions_it_read(
+        pg_dsn, flow_id):
+    """Its earlier runs left offsets: a topic created since then is not one of the first
+    start's partitions (it starts at its beginning, not at `latest`)."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO cdc.offsets (flow_id, shard, topic, partition, next_offset) "
+                "VALUES (%s, %s, 'old', %s, 7)",
+                [(flow_id, shard, partition) for shard in range(2) for partition in range(2)])
+        first = first_start_partitions(conn, flow_id, [("old", 0), ("old", 1), ("new", 0)])
+        again = first_start_partitions(conn, flow_id, [("old", 0), ("new", 0), ("newer", 0)])
+    assert first == again == {("old", 0), ("old", 1)}
+
+
+def test_a_new_flow_records_the_partitions_listed_at_its_first_start(pg_dsn, flow_id):
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        first = first_start_partitions(conn, flow_id, [("a", 0), ("b", 0), ("b", 1)])
+        again = first_start_partitions(conn, flow_id, [("a", 0), ("c", 0)])
+    assert first == again == {("a", 0), ("b", 0), ("b", 1)}
