@@ -22,6 +22,7 @@ from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from benchmarks.workload import Workload, WorkloadSpec, generate, produce
+from operators.events import TableName
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -267,7 +268,7 @@ def assert_matches_oracle(run: Run, workload: Workload,
             f"{len(oracle.stale_positions - set(positions))} missing")
         for topic, partition, offset, table_name, version, applied in stale:
             expected = oracle.stale[(topic, partition, offset)]
-            assert table_name == f"{run.schema}.{expected.table}"
+            assert table_name == str(TableName(run.schema, expected.table))
             assert version == version_text(expected.version)
             assert applied == version_text(expected.applied_version)
         dlq = conn.execute("SELECT count(*) FROM cdc.dlq WHERE flow_id = %s "

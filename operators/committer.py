@@ -222,7 +222,8 @@ class Committer:
         to the DLQ alone, so the rest still lands.
 
         A shard's units are split in offset order (they arrive in another: the decode step puts
-        DLQ records ahead of runs, a topic's runs of several plans interleave), so the first
+        DLQ records ahead of runs, and a batch's runs of several partitions follow one
+        another), so the first
         half's committed offsets never pass an event of the second half, which `prepare` would
         then drop as already committed. The markers go with the second half."""
         work = [w for w in work if w[1] or w[2]]
@@ -238,7 +239,7 @@ class Committer:
                     self._commit([one])
                 return
             shard, units, markers = work[0]
-            units = sorted(expand(units), key=_position)  # a run's events one by one too
+            units = sorted(expand(units), key=_kafka_position)  # a run's events one by one too
             if len(units) > 1:
                 half = len(units) // 2
                 self._commit([(shard, units[:half], {})])
@@ -284,7 +285,7 @@ class Committer:
         self.session.reset()
 
 
-def _position(unit: Unit) -> tuple[str, int, int]:
+def _kafka_position(unit: Unit) -> tuple[str, int, int]:
     """Where a unit (a single event: no run) stands in its partition, for sorting."""
     return unit.topic, unit.partition, unit.offset
 

@@ -178,7 +178,7 @@ def days_to_date(days: Any) -> date:
 
 def micros_to_datetime(us: Any) -> datetime:
     """Naive UTC datetime (Postgres `timestamp`) from µs since the epoch."""
-    return _EPOCH + timedelta(microseconds=_whole(us, "µs"))
+    return _EPOCH + timedelta(microseconds=us)
 
 
 def micros_to_time(us: Any) -> time:
