@@ -26,14 +26,11 @@ infra-down:
 	infra/down.sh
 
 # A local Cassandra 5.0.6 with CDC on 127.0.0.1:9042 (docs/operations.md); not part of infra-up.
-.PHONY: cassandra-up
-cassandra-up:
-	infra/cassandra.sh up
-
 infra-status:
 	-infra/postgres.sh status
 	-infra/kafka.sh status
 	-infra/schema_registry.sh status
+	-infra/cassandra.sh status
 
 test: install infra-up
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -3,6 +3,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 rc=0
+"$here/cassandra.sh" down || rc=1
 "$here/debezium.sh" down || rc=1
 "$here/source_postgres.sh" down || rc=1
 "$here/schema_registry.sh" down || rc=1

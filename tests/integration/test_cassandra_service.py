@@ -1,4 +1,4 @@
-"""The local Cassandra (infra/cassandra.sh, `make cassandra-up`) is usable for reconciliation and
+"""The local Cassandra (infra/cassandra.sh, started by `make infra-up`) is usable for reconciliation and
 type tests: CDC tables can be created, and cell write times and TTLs read back as written.
 
 Run with CDC_CASSANDRA=1 (tests/integration/conftest.py deselects them otherwise)."""
@@ -47,7 +47,7 @@ def cassandra_session() -> Iterator[Session]:
     except NoHostAvailable as exc:
         cluster.shutdown()
         pytest.fail(f"Cassandra does not answer on {CASSANDRA_HOST}:{CASSANDRA_PORT} ({exc}); "
-                    "run make cassandra-up")
+                    "run make infra-up")
     try:
         yield session
     finally:
