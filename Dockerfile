@@ -19,6 +19,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml ./
 COPY flows ./flows
+COPY formats ./formats
 COPY operators ./operators
 COPY schemas ./schemas
 COPY benchmarks ./benchmarks

@@ -16,14 +16,13 @@ no_schema_registry; decode_failed for an unexpected error (a defect) met by one 
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
-import uuid
 from typing import Any, NamedTuple
 
 import orjson
 
+from formats.dialect import SourceDialect
+from formats.registry import dialect_for
 from operators.avro import AvroFrames, AvroProblem, SchemaFetcher, is_framed
 from operators.events import (
     ChangeEvent,
@@ -38,27 +37,12 @@ from operators.events import (
 )
 from operators.keys import UnsupportedKey
 from operators.native_decode import FastPath, NativeShape, Run, native_kind
-from operators.versions import version_for_source
 from schemas.catalog import TableCatalog, coerce_for_column
 from schemas.debezium_types import Converter, FieldType, field_type
 
 log = logging.getLogger(__name__)
 Decoded = ChangeEvent | TruncateEvent | DlqRecord
 
-# Debezium's placeholder for an unchanged TOASTed column, in each form its Postgres connector
-# writes it (tests/fixtures/debezium/README.md, "Unchanged TOAST placeholders").
-_TOAST = "__debezium_unavailable_value"
-_TOAST_RAW = _TOAST.encode()
-_TOAST_BASE64 = base64.b64encode(_TOAST_RAW).decode()
-_TOAST_MAP = {_TOAST: _TOAST}  # hstore, hstore.handling.mode=map
-_TOAST_HSTORE_JSON = orjson.dumps(_TOAST_MAP).decode()  # hstore, hstore.handling.mode=json
-_TOAST_INTS = list(_TOAST_RAW)  # integer[], date[], bigint[]
-# uuid[]: Java's UUID.nameUUIDFromBytes of the placeholder (an MD5 name-based UUID)
-_TOAST_UUID = str(uuid.UUID(bytes=hashlib.md5(_TOAST_RAW).digest(), version=3))
-_TOAST_TEXTS = frozenset((_TOAST, _TOAST_BASE64, _TOAST_HSTORE_JSON))
-_TOAST_CONTAINERS = ([_TOAST], [_TOAST_BASE64], [_TOAST_UUID], _TOAST_INTS, _TOAST_MAP)
-_JSON = "io.debezium.data.Json"
-_UUID = "io.debezium.data.Uuid"
 _ABSENT = object()
 _CONVERSION_ERRORS = (ValueError, TypeError, OverflowError, ArithmeticError)
 # What a defect in this code raises when one message surprises it; a failing schema registry or
@@ -216,7 +200,8 @@ class Decoder:
         if not isinstance(source, dict):
             raise _Reject("missing_source", "value has no 'source' object")
         try:
-            version = version_for_source(source)
+            dialect = dialect_for(source)
+            version = dialect.version(source)
         except ValueError as exc:
             raise _Reject("bad_version", str(exc)) from None
         if op == "t":
@@ -239,10 +224,10 @@ class Decoder:
         row = image if op != "d" else None
         shape = None
         if value_schema is None:
-            key, values = self._convert_plain(table, key_payload, row)
+            key, values = self._convert_plain(table, key_payload, row, dialect)
             schema = None
         else:
-            shape = self._shape(table, value_schema, schema_id, key_names)
+            shape = self._shape(table, value_schema, schema_id, key_names, dialect)
             key, values = _convert(shape, key_payload, row)
             schema = shape.schema
         if None in key:
@@ -322,30 +307,31 @@ class Decoder:
     # --- with schema ----------------------------------------------------------------------
 
     def _shape(self, table: TableName, value_schema: Any, schema_id: bytes,
-               key_names: tuple[str, ...]) -> _Shape:
+               key_names: tuple[str, ...], dialect: SourceDialect) -> _Shape:
         """`schema_id` is an Avro frame header for Avro values (whose bytes columns hold bytes,
-        not base64 text), so whether they are binary is told once, when the shape is built."""
-        cache_key = (table, schema_id, key_names)
+        not base64 text), so whether they are binary is told once, when the shape is built; the
+        dialect says which placeholders its columns may hold."""
+        cache_key = (table, schema_id, key_names, dialect.connector)
         shape = self._shapes.get(cache_key)
         if shape is None:
             if len(self._shapes) >= _MAX_CACHED_SHAPES:
                 self._shapes.clear()
             shape = self._shapes[cache_key] = _build_shape(table, value_schema, key_names,
-                                                           is_framed(schema_id))
+                                                           is_framed(schema_id), dialect)
         return shape
 
     # --- without schema -------------------------------------------------------------------
 
     def _convert_plain(
-        self, table: TableName, key_payload: dict[str, Any], image: dict[str, Any] | None
+        self, table: TableName, key_payload: dict[str, Any], image: dict[str, Any] | None,
+        dialect: SourceDialect,
     ) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
         converters = self._plain_converters(table)
         key = tuple(_plain_value(converters, table, n, v) for n, v in key_payload.items())
         if image is None:
             return key, None
-        values = {
-            n: _plain_value(converters, table, n, v) for n, v in image.items() if not _is_toast(v)
-        }
+        values = {n: _plain_value(converters, table, n, v)
+                  for n, v in image.items() if not dialect.is_toast(v)}
         return key, values
 
     def _plain_converters(self, table: TableName) -> dict[str, Converter]:
@@ -379,13 +365,6 @@ def _plain_value(converters: dict[str, Converter], table: TableName, name: str, 
         raise _Reject("bad_value", f"column {name!r}: cannot convert {v!r}: {exc}") from None
 
 
-def _is_toast(v: Any) -> bool:
-    """A value without a schema is a TOAST placeholder if it has one of the placeholder's forms."""
-    if type(v) is str:
-        return v in _TOAST_TEXTS
-    return (type(v) is list or type(v) is dict) and v in _TOAST_CONTAINERS
-
-
 def _convert(
     shape: _Shape, key_payload: dict[str, Any], image: dict[str, Any] | None
 ) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
@@ -414,7 +393,7 @@ def _convert(
 
 
 def _build_shape(table: TableName, value_schema: Any, key_names: tuple[str, ...],
-                 binary: bool) -> _Shape:
+                 binary: bool, dialect: SourceDialect) -> _Shape:
     """`binary`: bytes values arrive as bytes (Avro), not as base64 text (JSON)."""
     row = _row_schema(value_schema)
     columns = []
@@ -427,7 +406,7 @@ def _build_shape(table: TableName, value_schema: Any, key_names: tuple[str, ...]
             ft = field_type(field)
         except (ValueError, TypeError) as exc:
             raise _Reject("bad_schema", f"column {name!r}: {exc}") from None
-        columns.append((name, ft, _toast_placeholders(field, binary)))
+        columns.append((name, ft, dialect.toast_placeholders(field, binary)))
         types[name] = ft
     missing = [n for n in key_names if n not in types]
     if missing:
@@ -455,34 +434,6 @@ def _row_schema(value_schema: Any) -> list[Any]:
                 if isinstance(row, list):
                     return row
     raise _Reject("bad_schema", "value schema has no 'after' or 'before' struct")
-
-
-def _toast_placeholders(field: dict[str, Any], binary: bool) -> tuple[Any, ...]:
-    """The forms Debezium's TOAST placeholder takes in a column of this schema (none, one, or for
-    a Json string two: json/jsonb and hstore in json mode share the schema). `binary`: Avro."""
-    wire = field.get("type")
-    if wire == "string":
-        return (_TOAST, _TOAST_HSTORE_JSON) if field.get("name") == _JSON else (_TOAST,)
-    if wire == "bytes":
-        return (_TOAST_RAW if binary else _TOAST_BASE64,)
-    if wire == "map":
-        keys, values = field.get("keys", {"type": "string"}), field.get("values")
-        return (_TOAST_MAP,) if _is_string(keys) and _is_string(values) else ()
-    items = field.get("items")
-    if wire == "array" and isinstance(items, dict):
-        elem = items.get("type")
-        if elem == "string":
-            return ([_TOAST_UUID],) if items.get("name") == _UUID else ([_TOAST],)
-        if elem == "bytes":
-            return ([_TOAST_RAW if binary else _TOAST_BASE64],)
-        if elem in ("int32", "int64"):
-            return (_TOAST_INTS,)
-    return ()
-
-
-def _is_string(schema: Any) -> bool:
-    """`schema` is a Connect string schema (an Avro map's keys have none: they are strings)."""
-    return isinstance(schema, dict) and schema.get("type") == "string"
 
 
 def _schema_prefix(raw: bytes, doc: dict[str, Any]) -> bytes | None:

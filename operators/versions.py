@@ -49,21 +49,6 @@ def writetime_version(ts_us: int) -> bytes:
     return bytes((WRITETIME,)) + _int64_bytes(ts_us, "ts_us")
 
 
-def version_for_source(source: dict[str, Any]) -> bytes:
-    """The version of a Debezium `source` block; `source.connector` picks the scheme."""
-    connector = source.get("connector")
-    if connector == "postgresql":
-        return pg_version(source.get("lsn"))  # type: ignore[arg-type]
-    if connector == "sqlserver":
-        return sqlserver_version(
-            source.get("commit_lsn"), source.get("change_lsn"), source.get("event_serial_no")
-        )
-    raise ValueError(
-        f"source.connector {connector!r} has no version scheme (expected 'postgresql' or "
-        "'sqlserver')"
-    )
-
-
 def describe_version(version: bytes) -> str:
     """A readable form for audit rows, e.g. `pg:lsn=123456`; never raises."""
     try:

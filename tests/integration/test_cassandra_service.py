@@ -1,7 +1,6 @@
-"""The local Cassandra (infra/cassandra.sh, started by `make infra-up`) is usable for reconciliation and
-type tests: CDC tables can be created, and cell write times and TTLs read back as written.
-
-Run with CDC_CASSANDRA=1 (tests/integration/conftest.py deselects them otherwise)."""
+"""The local Cassandra (infra/cassandra.sh, started by `make infra-up`) is usable for
+reconciliation and type tests: CDC tables can be created, and cell write times and TTLs read
+back as written."""
 
 from __future__ import annotations
 

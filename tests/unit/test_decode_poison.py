@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from operators import decode as decode_module
+from formats.debezium.postgres import PostgresDialect
 from operators.decode import Decoder
 from operators.events import ChangeEvent, DlqRecord
 from tests.unit import debezium_samples as ds
@@ -41,14 +41,14 @@ def test_a_key_no_state_key_can_be_made_of_goes_to_the_dlq(native: bool) -> None
 
 def test_an_unexpected_error_for_one_message_sends_only_that_message_to_the_dlq(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    real = decode_module.version_for_source
+    real = PostgresDialect.version
 
-    def flaky(source: dict) -> bytes:
+    def flaky(self: PostgresDialect, source: dict) -> bytes:
         if source["lsn"] == 33842009:
             raise KeyError("a defect")
-        return real(source)
+        return real(self, source)
 
-    monkeypatch.setattr(decode_module, "version_for_source", flaky)
+    monkeypatch.setattr(PostgresDialect, "version", flaky)
     decoder = Decoder("public", {}, None, native=False)  # native versions are made in Rust
     good, bad = ds.pg_message("c", after=ds.customer_row(1), offset=1), ds.pg_message(
         "c", after=ds.customer_row(2), lsn=33842009, offset=2)

@@ -8,7 +8,6 @@ from operators.versions import (
     describe_version,
     pg_version,
     sqlserver_version,
-    version_for_source,
     writetime_version,
 )
 
@@ -120,24 +119,6 @@ def test_pg_encoded_order_equals_lsn_order(a: int, b: int) -> None:
 @given(INT64, INT64)
 def test_writetime_encoded_order_equals_int_order(a: int, b: int) -> None:
     assert (writetime_version(a) < writetime_version(b)) == (a < b)
-
-
-def test_version_for_source_picks_scheme_from_connector() -> None:
-    assert version_for_source({"connector": "postgresql", "lsn": 33842008}) == pg_version(33842008)
-    source = {
-        "connector": "sqlserver",
-        "commit_lsn": "00000027:00000758:0005",
-        "change_lsn": None,
-        "event_serial_no": None,
-    }
-    assert version_for_source(source) == sqlserver_version("00000027:00000758:0005", None, None)
-
-
-def test_version_for_source_rejects_unknown_connector() -> None:
-    with pytest.raises(ValueError, match="source.connector 'mysql' has no version scheme"):
-        version_for_source({"connector": "mysql", "pos": 4})
-    with pytest.raises(ValueError, match="source.connector None"):
-        version_for_source({"lsn": 1})
 
 
 def test_describe_version() -> None:
