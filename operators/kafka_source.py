@@ -22,16 +22,11 @@ from confluent_kafka.admin import AdminClient
 
 from operators.events import ProgressMarker, RawMessage
 from operators.flow_control import CommitWindow
-from operators.offsets import committed_starts, first_start_partitions, partition_start, record_gap
+from operators.offset_gaps import METADATA_TIMEOUT_S, check_offset_gaps, gap_end, watermarks
+from operators.offsets import first_start_partitions, partition_start
 from operators.pg_session import connect
 from operators.retry import retrying
-from operators.settings import (
-    ConfigError,
-    OffsetGapPolicy,
-    Settings,
-    StartPosition,
-    kafka_client_config,
-)
+from operators.settings import ConfigError, Settings, StartPosition, kafka_client_config
 
 try:
     from cdc_native import Fetcher
@@ -42,7 +37,6 @@ log = logging.getLogger(__name__)
 SourceItem = RawMessage | ProgressMarker | Any  # Any: a cdc_native.Fetched batch
 IDLE_WAIT = timedelta(milliseconds=20)
 FETCH_WAIT_S = 0.001  # how long a fetch waits for a first message
-METADATA_TIMEOUT_S = 30
 FETCH_TUNING = {  # librdkafka settings of the worker consumer (the benchmark's kafka-read too)
     "fetch.wait.max.ms": 50,
     "queued.max.messages.kbytes": 16 * 1024,  # prefetch per worker consumer
@@ -78,59 +72,6 @@ def list_partitions(settings: Settings) -> list[tuple[str, int]]:
     if not wanted:
         log.warning("no topic matches REPLICATE_TOPIC_PATTERN=%r yet", settings.topic_pattern)
     return sorted((t, p) for t in wanted for p in metadata.topics[t].partitions)
-
-
-def watermarks(settings: Settings, partitions: list[tuple[str, int]]
-               ) -> dict[tuple[str, int], tuple[int, int]]:
-    """(low, high) of each partition as the broker says now: its earliest offset (retention
-    moves it) and its end."""
-    consumer = Consumer(kafka_client_config(settings) | {"group.id": "cdc-probe"})
-    try:
-        return {(topic, partition): consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S)
-                for topic, partition in partitions}
-    finally:
-        consumer.close()
-
-
-def settle_gap(settings: Settings, topic: str, partition: int, expected: int,
-               earliest: int) -> None:
-    """Kafka no longer holds a partition's offsets [expected, earliest): stop with one line
-    (`ConfigError`), or, with `REPLICATE_ON_OFFSET_GAP=earliest`, record them in `cdc.gaps`."""
-    if settings.on_offset_gap is OffsetGapPolicy.STOP:
-        raise ConfigError(
-            f"REPLICATE_ON_OFFSET_GAP: {topic}[{partition}]: committed offset {expected} is no "
-            f"longer in Kafka, earliest available is {earliest} ({earliest - expected} messages "
-            f"removed by retention); set REPLICATE_ON_OFFSET_GAP=earliest to go on from "
-            f"{earliest} and record the gap in cdc.gaps")
-
-    def record() -> None:
-        with connect(settings.pg_dsn) as conn:
-            record_gap(conn, settings.flow_id, topic, partition, expected, earliest)
-
-    retrying(f"source {topic}[{partition}]: record offset gap", record, cap_s=settings.retry_max_s)
-    log.warning("source %s[%d]: offsets %d to %d are no longer in Kafka: going on from %d "
-                "(recorded in cdc.gaps)", topic, partition, expected, earliest - 1, earliest)
-
-
-def check_offset_gaps(settings: Settings, partitions: list[tuple[str, int]]) -> None:
-    """Before the flow starts: every partition's committed offset must still be in Kafka."""
-
-    def committed() -> dict[tuple[str, int], int]:
-        with connect(settings.pg_dsn) as conn:
-            return committed_starts(conn, settings.flow_id)
-
-    starts = retrying("read committed offsets", committed, cap_s=settings.retry_max_s)
-    known = [tp for tp in partitions if tp in starts]
-    if not known:
-        return
-    marks = retrying("read Kafka watermarks", lambda: watermarks(settings, known),
-                     cap_s=settings.retry_max_s,
-                     transient=lambda exc: isinstance(exc, KafkaException))
-    for topic, partition in known:
-        low, _ = marks[(topic, partition)]
-        if low > starts[(topic, partition)]:
-            settle_gap(settings, topic, partition, starts[(topic, partition)], low)
 
 
 def part_name(topic: str, partition: int) -> str:
@@ -245,15 +186,10 @@ class WorkerConsumer(ABC):
 
     def _settle(self, topic: str, partition: int) -> list[SourceItem]:
         """A partition with nothing left to take, after an offset reset: if Kafka no longer
-        holds its next offset, stop or go on from the earliest one (`settle_gap`)."""
-        position = self._positions[(topic, partition)]
-        low, high = watermarks(self._settings, [(topic, partition)])[(topic, partition)]
-        if position > high:
-            raise RuntimeError(f"source {topic}[{partition}]: committed offset {position} is past "
-                               f"the partition's end {high} (was the topic recreated?)")
-        if low <= position:
+        holds its next offset, stop or go on from the earliest one (`gap_end`)."""
+        low = gap_end(self._settings, topic, partition, self._positions[(topic, partition)])
+        if low is None:
             return []
-        settle_gap(self._settings, topic, partition, position, low)
         self._unassign(topic, partition)
         self._assign(topic, partition, low)
         self._positions[(topic, partition)] = low

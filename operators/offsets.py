@@ -78,7 +78,8 @@ def record_gap(conn: psycopg.Connection, flow_id: str, topic: str, partition: in
                expected: int, earliest: int) -> None:
     """Record that offsets [expected, earliest) of a partition were skipped (Kafka no longer held
     them), and move every shard's offset of it below `earliest` there, in one transaction: a
-    restart neither records the gap again nor seeks to an offset that is gone."""
+    restart never seeks to an offset that is gone, and recording the same gap again (a retry
+    after a lost answer) is harmless (ON CONFLICT DO NOTHING)."""
     with conn.transaction():
         conn.execute(
             "INSERT INTO cdc.gaps (flow_id, topic, partition, expected_offset, earliest_offset) "
