@@ -22,7 +22,13 @@ from confluent_kafka.admin import AdminClient
 
 from operators.events import ProgressMarker, RawMessage
 from operators.flow_control import CommitWindow
-from operators.offset_gaps import METADATA_TIMEOUT_S, check_offset_gaps, gap_end, watermarks
+from operators.offset_gaps import (
+    METADATA_TIMEOUT_S,
+    WatermarkProbe,
+    check_offset_gaps,
+    gap_end,
+    watermarks,
+)
 from operators.offsets import first_start_partitions, partition_start
 from operators.pg_session import connect
 from operators.retry import retrying
@@ -112,6 +118,7 @@ class WorkerConsumer(ABC):
         self._fetched_any = False
         self._positions: dict[tuple[str, int], int] = {}  # the offset after what was taken
         self._suspects: set[tuple[str, int]] = set()  # to check since an offset was reset
+        self._probe = WatermarkProbe(settings)  # their checks' client, closed after the last
 
     def add(self, topic: str, partition: int, start: int) -> None:
         """Start reading a partition at offset `start`."""
@@ -121,7 +128,7 @@ class WorkerConsumer(ABC):
     def remove(self, topic: str, partition: int) -> None:
         """Stop reading a partition; the last one closes the client."""
         del self._positions[(topic, partition)]
-        self._suspects.discard((topic, partition))
+        self._checked(topic, partition)
         self._unassign(topic, partition)
         if not self._positions:
             self._close()
@@ -174,8 +181,8 @@ class WorkerConsumer(ABC):
         if taken:
             self._positions[key] = taken[-1].next_offset
         elif key in self._suspects:
-            self._suspects.discard(key)
             taken = self._settle(topic, partition)
+            self._checked(topic, partition)
         return taken
 
     def _offsets_reset(self) -> None:
@@ -187,13 +194,20 @@ class WorkerConsumer(ABC):
     def _settle(self, topic: str, partition: int) -> list[SourceItem]:
         """A partition with nothing left to take, after an offset reset: if Kafka no longer
         holds its next offset, stop or go on from the earliest one (`gap_end`)."""
-        low = gap_end(self._settings, topic, partition, self._positions[(topic, partition)])
+        low = gap_end(self._settings, self._probe, topic, partition,
+                      self._positions[(topic, partition)])
         if low is None:
             return []
         self._unassign(topic, partition)
         self._assign(topic, partition, low)
         self._positions[(topic, partition)] = low
         return [ProgressMarker(topic, partition, low, False)]
+
+    def _checked(self, topic: str, partition: int) -> None:
+        """A suspect needs no check any more; the last one closes the probe's client."""
+        self._suspects.discard((topic, partition))
+        if not self._suspects:
+            self._probe.close()
 
     def hold(self, topic: str, partition: int, held: bool) -> None:
         """Pause (or resume) fetching one partition."""

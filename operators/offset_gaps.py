@@ -21,17 +21,38 @@ log = logging.getLogger(__name__)
 METADATA_TIMEOUT_S = 30  # a broker's answer to a metadata or offsets request
 
 
-def watermarks(settings: Settings, partitions: list[tuple[str, int]]
-               ) -> dict[tuple[str, int], tuple[int, int]]:
-    """(low, high) of each partition as the broker says now: its earliest offset (retention
-    moves it) and its end."""
-    consumer = Consumer(kafka_client_config(settings) | {"group.id": "cdc-probe"})
-    try:
-        return {(topic, partition): consumer.get_watermark_offsets(
+class WatermarkProbe:
+    """Asks the broker for partitions' watermarks through one client, made at the first question
+    and kept until `close`: a librdkafka client costs threads and connections to make, and the
+    checks after an offset reset ask once per partition of a worker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client: Consumer | None = None
+
+    def ask(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, int]]:
+        """(low, high) of each partition as the broker says now: its earliest offset (retention
+        moves it) and its end."""
+        if self._client is None:
+            self._client = Consumer(kafka_client_config(self._settings) | {"group.id": "cdc-probe"})
+        return {(topic, partition): self._client.get_watermark_offsets(
                     TopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S)
                 for topic, partition in partitions}
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def watermarks(settings: Settings, partitions: list[tuple[str, int]]
+               ) -> dict[tuple[str, int], tuple[int, int]]:
+    """`WatermarkProbe.ask` with a client of its own."""
+    probe = WatermarkProbe(settings)
+    try:
+        return probe.ask(partitions)
     finally:
-        consumer.close()
+        probe.close()
 
 
 def settle_gap(settings: Settings, topic: str, partition: int, expected: int,
@@ -74,11 +95,12 @@ def check_offset_gaps(settings: Settings, partitions: list[tuple[str, int]]) -> 
             settle_gap(settings, topic, partition, starts[(topic, partition)], low)
 
 
-def gap_end(settings: Settings, topic: str, partition: int, position: int) -> int | None:
+def gap_end(settings: Settings, probe: WatermarkProbe, topic: str, partition: int,
+            position: int) -> int | None:
     """A partition read to `position` with nothing left to take, after an offset reset: None if
     Kafka still holds `position`; otherwise the earliest offset it holds, once the gap is
     settled (`settle_gap`). A position past the partition's end stops the flow."""
-    low, high = watermarks(settings, [(topic, partition)])[(topic, partition)]
+    low, high = probe.ask([(topic, partition)])[(topic, partition)]
     if position > high:
         raise RuntimeError(f"source {topic}[{partition}]: committed offset {position} is past "
                            f"the partition's end {high} (was the topic recreated?)")

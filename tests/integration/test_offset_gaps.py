@@ -11,12 +11,13 @@ import uuid
 import orjson
 import psycopg
 import pytest
-from confluent_kafka import Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from benchmarks.replicator_run import ROOT, Run, assert_matches_oracle, drop_flows
 from benchmarks.workload import Workload, WorkloadSpec, create_workload_topics, generate
+from operators import offset_gaps
 from operators.events import ProgressMarker, raw_messages
 from operators.kafka_source import NativeConsumer, PythonConsumer
 from operators.offsets import first_start_partitions
@@ -222,6 +223,44 @@ def test_a_partition_held_when_its_gap_is_settled_stays_paused(
     finally:
         consumer.remove(topic, 0)
         consumer.remove(topic, 1)
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM cdc.gaps WHERE flow_id = %s", (flow_id,))
+
+
+@pytest.mark.parametrize("consumer_kind", [PythonConsumer, NativeConsumer])
+def test_the_partitions_checked_after_an_offset_reset_share_one_probe_client(
+        kafka_bootstrap, pg_dsn, make_topic, control_tables, consumer_kind, monkeypatch):
+    """An offset reset makes every partition of the worker a suspect (the native consumer is
+    not told which one): checking them must not make a Kafka client per partition."""
+    topic = make_topic("gap", partitions=4)
+    _produce(kafka_bootstrap, topic, [(b"k%d" % i, b"v%d" % i) for i in range(20)])
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    for future in admin.delete_records([TopicPartition(topic, 0, 12)]).values():
+        future.result(timeout=30)
+    probes: list[Consumer] = []
+    monkeypatch.setattr(offset_gaps, "Consumer",
+                        lambda config: probes.append(Consumer(config)) or probes[-1])
+    flow_id = f"gap-{topic}"
+    settings = Settings(topics=topic, kafka_bootstrap=kafka_bootstrap, pg_dsn=pg_dsn,
+                        flow_id=flow_id, shards=1, on_offset_gap="earliest")
+    consumer = consumer_kind(settings)
+    for partition in range(4):
+        consumer.add(topic, partition, 5 if partition == 0 else 0)
+    markers: list[ProgressMarker] = []
+    deadline = time.monotonic() + 30
+    try:
+        while not markers or consumer._suspects:  # until the gap is settled, all checked
+            assert time.monotonic() < deadline, f"settled {markers} in 30 s"
+            for partition in range(4):
+                markers += [item for item in consumer.take(topic, partition)
+                            if isinstance(item, ProgressMarker)]
+        assert markers == [ProgressMarker(topic, 0, 12)]
+        assert len(probes) == 1
+        with pytest.raises(RuntimeError, match="closed"):  # once every suspect was checked
+            probes[0].list_topics(timeout=1)
+    finally:
+        for partition in range(4):
+            consumer.remove(topic, partition)
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute("DELETE FROM cdc.gaps WHERE flow_id = %s", (flow_id,))
 
