@@ -70,16 +70,28 @@ def test_a_second_owner_of_a_shard_fails_loudly_instead_of_committing(settings, 
         host_b.submit(reopened.close).result()
 
 
-def test_a_state_at_the_right_seq_but_another_commit_is_rebuilt(settings, other_host):
-    """Host B wrote commit 1 to RocksDB and died before its COMMIT; host A committed its own 1."""
+def another_owner_committed(settings: Settings, other_host: Settings,
+                            own_commits: int) -> tuple[Things, bytes]:
+    """Host B's store holds `own_commits` commits of its own to key 1 (versions 99, 98, ...)
+    that never reached Postgres; host A then commits its own commit 1 (key 1 at version 10)."""
     things = Things(settings.target_schema)
     key = state_key(things.table, (1,))
     store = store_of(other_host)
-    store.commit(1, new_commit_id(), {key: KeyState(pg_version(99), False)}, {}, {key: None})
+    before = None
+    for seq in range(1, own_commits + 1):
+        state = KeyState(pg_version(100 - seq), False)
+        store.commit(seq, new_commit_id(), {key: state}, {}, {key: before})
+        before = state
     store.close()
     first = ShardPartition(settings, 0)
     first.write_batch([[things.event(1, 10)]])
     first.close()
+    return things, key
+
+
+def test_a_state_at_the_right_seq_but_another_commit_is_rebuilt(settings, other_host):
+    """Host B wrote commit 1 to RocksDB and died before its COMMIT; host A committed its own 1."""
+    things, key = another_owner_committed(settings, other_host, own_commits=1)
     with ThreadPoolExecutor(1) as host_b:
         second = host_b.submit(ShardPartition, other_host, 0).result()
         assert second.shard._store.get_many([key]) == [KeyState(pg_version(10), False)]
@@ -93,16 +105,7 @@ def test_a_state_one_ahead_of_another_owners_commit_is_rebuilt_not_rolled_back(s
                                                                               other_host):
     """Host B's store is at its own commit 2 over its own commit 1; Postgres holds host A's 1:
     undoing B's commit 2 would leave B's commit 1, which Postgres never had."""
-    things = Things(settings.target_schema)
-    key = state_key(things.table, (1,))
-    store = store_of(other_host)
-    store.commit(1, new_commit_id(), {key: KeyState(pg_version(99), False)}, {}, {key: None})
-    store.commit(2, new_commit_id(), {key: KeyState(pg_version(98), False)}, {},
-                 {key: KeyState(pg_version(99), False)})
-    store.close()
-    first = ShardPartition(settings, 0)
-    first.write_batch([[things.event(1, 10)]])
-    first.close()
+    _, key = another_owner_committed(settings, other_host, own_commits=2)
     with ThreadPoolExecutor(1) as host_b:
         second = host_b.submit(ShardPartition, other_host, 0).result()
         assert second.shard._store.get_many([key]) == [KeyState(pg_version(10), False)]
