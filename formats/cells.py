@@ -1,0 +1,201 @@
+"""What one Cassandra or ScyllaDB change event says, in Cassandra's own terms: a `CellChange`
+(formats/scylla.py and formats/cassandra.py make them), or a `CellReject` for a message that
+cannot be used.
+
+Cassandra keeps a row as cells. Every cell carries the write time of the statement that wrote it
+(`USING TIMESTAMP` or the coordinator's clock, µs); an INSERT also writes the row marker (a cell
+with no value that keeps the row alive); a delete writes a tombstone, over one row, a range of
+rows of a partition (clustering bounds) or a whole partition, which shadows every cell and marker
+it covers written at or before its time. A row exists while its marker or a non-null cell is newer
+than the newest tombstone covering it. A `CellChange` carries exactly those facts of one message;
+applying them is the job of whoever keeps the cells' versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import orjson
+
+from operators.events import DlqRecord, RawMessage, TableName
+from operators.versions import writetime_version
+from schemas.cql_types import CqlType
+from schemas.cql_types import column_type as cql_column_type
+
+_MAX_ERROR_CHARS = 500
+_CONVERSION_ERRORS = (ValueError, TypeError, OverflowError, ArithmeticError)
+
+
+class CellKind(Enum):
+    WRITE = "write"
+    """Cells (and, for an INSERT, the row marker) written at `ts_us`."""
+    ROW_DELETE = "row_delete"
+    """A row tombstone at `ts_us`: the row of `key` (its marker and every cell)."""
+    PARTITION_DELETE = "partition_delete"
+    """A partition tombstone at `ts_us`: every row whose partition key is `partition_key`."""
+    RANGE_DELETE = "range_delete"
+    """A range tombstone at `ts_us`: the rows of partition `partition_key` whose clustering
+    values lie between `range_start` and `range_end`."""
+
+
+@dataclass(frozen=True, slots=True)
+class RangeBound:
+    """One end of a range tombstone: values of the leading clustering columns (converted, in
+    clustering order; empty = the partition's first or last row) and whether rows equal to that
+    prefix are inside the range."""
+
+    values: tuple[Any, ...]
+    inclusive: bool
+
+
+@dataclass(slots=True)
+class CellChange:
+    """One change event of a Cassandra-model source, normalized.
+
+    - `key_columns`, `key`: the primary key, partition key columns first, then the clustering
+      columns; values converted as `schemas/cql_types.py` does. Partition and range deletes have
+      None for the clustering columns they do not name.
+    - `partition_key_columns`: how many of `key_columns` are the partition key, or None where the
+      message does not show it (writes and row deletes: the table's layout does).
+    - `ts_us`: the write time (`source.ts_us`): of every cell written, of the marker, of the
+      tombstone. Snapshot rows carry the time of the snapshot's read instead.
+    - `row_marker`: the change writes the row marker (an INSERT), so the row exists even when every
+      non-key cell is null.
+    - `cells`: the non-key columns written: column → value, None for a cell set to null (a cell
+      tombstone). A column absent from `cells` was not touched and keeps its own cell.
+    - `expires_us`: for cells written with a TTL, the time they expire (µs since the epoch); past
+      it the cell reads as null, as if deleted at its write time.
+    - `range_start`, `range_end`: the bounds of a RANGE_DELETE (None otherwise).
+    - `snapshot`: the change comes from the connector's initial snapshot, not from the log.
+    """
+
+    table: TableName
+    key_columns: tuple[str, ...]
+    key: tuple[Any, ...]
+    partition_key_columns: int | None
+    kind: CellKind
+    ts_us: int
+    row_marker: bool
+    cells: dict[str, Any]
+    topic: str
+    partition: int
+    offset: int
+    expires_us: dict[str, int] = field(default_factory=dict)
+    range_start: RangeBound | None = None
+    range_end: RangeBound | None = None
+    snapshot: bool = False
+
+    @property
+    def partition_key(self) -> tuple[Any, ...]:
+        """The partition key's values (the whole key where the message does not say)."""
+        return self.key[: self.partition_key_columns]
+
+    @property
+    def version(self) -> bytes:
+        """The change's version bytes (`operators/versions.py`): its write time."""
+        return writetime_version(self.ts_us)
+
+
+class CellReject(Exception):
+    """A message that cannot be used: it goes to the DLQ with `error_type`, in the vocabulary of
+    `operators/decode.py` (malformed_json, malformed_envelope, missing_op, unknown_op,
+    missing_source, bad_version, missing_after, malformed_key, missing_key, bad_schema, bad_value,
+    no_schema)."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+def dlq(msg: RawMessage, reject: CellReject) -> DlqRecord:
+    """The DLQ record of a rejected message, its error cut short (a value may be megabytes)."""
+    error = str(reject)
+    if len(error) > _MAX_ERROR_CHARS:
+        error = error[:_MAX_ERROR_CHARS] + "..."
+    return DlqRecord(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
+                     reject.error_type, error)
+
+
+# --- reading a Connect JSON message, shared by the cell sources --------------------------------
+
+
+def connect_json(raw: bytes, what: str, error_type: str) -> tuple[Mapping[str, Any], Any]:
+    """(schema, payload) of a JsonConverter document written with `schemas.enable=true`."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CellReject(error_type, f"{what} is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or "payload" not in doc:
+        raise CellReject("malformed_envelope", f"{what} is not a Connect JSON envelope")
+    if not isinstance(doc.get("schema"), dict):
+        raise CellReject("no_schema", f"{what} has no schema (JsonConverter schemas.enable=true "
+                                      "is needed: the schema tells the columns' types)")
+    return doc["schema"], doc["payload"]
+
+
+def envelope(payload: Any, ops: tuple[str, ...]) -> tuple[str, Mapping[str, Any], int]:
+    """(op, source, write time in µs) of a change event's payload."""
+    if not isinstance(payload, dict):
+        raise CellReject("malformed_envelope", "payload is not an object")
+    op = payload.get("op")
+    if op is None:
+        raise CellReject("missing_op", "value has no 'op' field")
+    if op not in ops:
+        raise CellReject("unknown_op", f"op {op!r} is not one of {', '.join(ops)}")
+    source = payload.get("source")
+    if not isinstance(source, dict):
+        raise CellReject("missing_source", "value has no 'source' object")
+    ts_us = source.get("ts_us")
+    try:
+        writetime_version(ts_us)
+    except ValueError as exc:
+        raise CellReject("bad_version", str(exc)) from None
+    return op, source, ts_us
+
+
+def is_snapshot(source: Mapping[str, Any]) -> bool:
+    """Debezium's `source.snapshot` (`true`, `first`, `last`, ... or `false`)."""
+    flag = source.get("snapshot")
+    return flag not in (None, False, "false")
+
+
+def kafka_key(raw: bytes | None) -> dict[str, Any]:
+    """Key column → value (plain JSON) from the Kafka key, in primary-key order."""
+    if raw is None:
+        raise CellReject("missing_key", "Kafka key is null")
+    _, payload = connect_json(raw, "key", "malformed_key")
+    if not isinstance(payload, dict) or not payload:
+        raise CellReject("missing_key", "Kafka key payload is not a non-empty struct")
+    return payload
+
+
+def row_fields(value_schema: Mapping[str, Any], image: str) -> dict[str, Mapping[str, Any]]:
+    """Column → its Connect field schema, from the envelope's `image` struct."""
+    for f in value_schema.get("fields") or ():
+        if isinstance(f, dict) and f.get("field") == image and isinstance(f.get("fields"), list):
+            fields = f["fields"]
+            if all(isinstance(c, dict) and isinstance(c.get("field"), str) for c in fields):
+                return {c["field"]: c for c in fields}
+    raise CellReject("bad_schema", f"value schema has no '{image}' struct of named fields")
+
+
+def column_type(name: str, schema: Mapping[str, Any], cql: str | None) -> CqlType:
+    """The handler of column `name` (`schemas/cql_types.py`), its declared CQL type first."""
+    try:
+        return cql_column_type(schema, cql)
+    except (ValueError, TypeError) as exc:
+        raise CellReject("bad_schema", f"column {name!r}: {exc}") from None
+
+
+def convert(name: str, ctype: CqlType, v: Any) -> Any:
+    """A wire value of column `name` as Postgres will hold it; None stays None."""
+    if v is None:
+        return None
+    try:
+        return ctype.convert(v)
+    except _CONVERSION_ERRORS as exc:
+        raise CellReject("bad_value", f"column {name!r} ({ctype.cql}, {ctype.pg_type}): cannot "
+                                      f"convert {v!r}: {exc}") from None
