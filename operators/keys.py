@@ -7,6 +7,7 @@ its state from the target tables.
 
 from __future__ import annotations
 
+import ipaddress
 import zlib
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,10 @@ import orjson
 
 if TYPE_CHECKING:  # events.py computes each event's state key with this module
     from operators.events import TableName
+
+
+_ADDRESSES = (ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Interface,
+              ipaddress.IPv6Interface, ipaddress.IPv4Network, ipaddress.IPv6Network)
 
 
 class UnsupportedKey(TypeError):
@@ -26,6 +31,8 @@ def _default(value: Any) -> Any:
         return str(value)
     if isinstance(value, bytes):
         return value.hex()
+    if isinstance(value, _ADDRESSES):
+        return str(value)  # Postgres' text form of `inet` and `cidr`
     raise TypeError
 
 
