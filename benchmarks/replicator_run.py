@@ -205,9 +205,11 @@ def delete_topics(bootstrap: str, topics: list[str]) -> None:
 
 
 def version_text(version) -> str:
-    """The oracle's version as `cdc.stale_events` spells it (an LSN, or SQL Server's triple)."""
-    if isinstance(version, int):
-        return f"pg:lsn={version}"
+    """The oracle's version as `cdc.stale_events` spells it (Postgres' pair, SQL Server's
+    triple)."""
+    if len(version) == 2:
+        after, lsn = version
+        return f"pg:after={after},lsn={lsn}"
     commit, change, serial = version
     return f"sqlserver:commit={commit},change={change},serial={serial}"
 

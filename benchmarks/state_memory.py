@@ -41,7 +41,7 @@ def measure(keys: int, shards: int, directory: Path, batch: int = 5000,
         per_shard: list[dict[bytes, KeyState]] = [{} for _ in range(shards)]
         for key in range(start, min(keys, start + batch)):
             skey = state_key(table, (key,))
-            per_shard[shard_of(skey, shards)][skey] = KeyState(pg_version(key + 1), False)
+            per_shard[shard_of(skey, shards)][skey] = KeyState(pg_version(0, key + 1), False)
         for store, states in zip(stores, per_shard, strict=True):
             if states:
                 store.commit(store.seq + 1, new_commit_id(), states, {}, dict.fromkeys(states))

@@ -35,7 +35,9 @@ import orjson
 
 from benchmarks.workload_avro import AvroSubjectWriter
 
-Version = Any  # int (postgresql source.lsn) or (commit_lsn, change_lsn, event_serial_no) tuple
+# postgresql: (the commit LSN the change's transaction follows, else its own LSN; source.lsn);
+# sqlserver: (commit_lsn, change_lsn, event_serial_no). LWW compares them as tuples.
+Version = Any
 Key = tuple[int, ...]
 
 DEBEZIUM_VERSION = "2.7.3.Final"
@@ -110,7 +112,7 @@ class Change:
     before: tuple[Any, ...] | None = None
     ts_us: int = 0
     tx_id: int = 0
-    last_commit_lsn: int | None = None  # postgresql `source.sequence[0]`
+    last_commit_lsn: int | None = None  # postgresql `source.sequence[0]` (None: the first tx)
 
 
 Entry = tuple[Change, bool]  # (change, is_tombstone); one Kafka message
@@ -253,7 +255,10 @@ class _Versions:
         self.tx_left -= 1
         if self.flavor == "postgresql":
             self.lsn += 40 + int(rng.random() * 360)
-            version: Version = self.lsn
+            # commit order, then change order: a tx ranks after the commit it follows; the first
+            # one (no commit before it, no snapshot) after its own LSN
+            version: Version = (self.lsn if self.last_commit is None else self.last_commit,
+                                self.lsn)
         else:
             self.lsn += 1 + int(rng.random() * 3)
             version = (_lsn_str(self.commit), _lsn_str(self.lsn), 1)
@@ -441,8 +446,9 @@ class _Encoder:
         }
         if self.flavor == "postgresql":
             last = None if ch.last_commit_lsn is None else str(ch.last_commit_lsn)
-            source["sequence"] = orjson.dumps([last, str(ch.version)]).decode()
-            source.update(txId=ch.tx_id, lsn=ch.version, xmin=None)
+            _, lsn = ch.version
+            source["sequence"] = orjson.dumps([last, str(lsn)]).decode()
+            source.update(txId=ch.tx_id, lsn=lsn, xmin=None)
         else:
             commit_lsn, change_lsn, serial = ch.version
             source.update(change_lsn=change_lsn, commit_lsn=commit_lsn, event_serial_no=serial)

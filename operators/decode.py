@@ -37,6 +37,7 @@ from operators.events import (
 )
 from operators.keys import UnsupportedKey
 from operators.native_decode import FastPath, NativeShape, Run, native_kind
+from operators.snapshot_points import SnapshotPoints
 from schemas.catalog import TableCatalog, coerce_for_column
 from schemas.debezium_types import Converter, FieldType, field_type
 
@@ -124,8 +125,10 @@ class Decoder:
     def __init__(
         self, target_schema: str, table_map: dict[str, str], catalog: TableCatalog | None,
         fetch_schema: SchemaFetcher | None = None, native: bool = True,
+        snapshot_points: SnapshotPoints | None = None,
     ) -> None:
-        """`native`: try the native fast path (`operators/native_decode.py`) first."""
+        """`native`: try the native fast path (`operators/native_decode.py`) first;
+        `snapshot_points`: the snapshots known before (none by default)."""
         self._target_schema = target_schema
         self._overrides = {topic: self._parse_target(t) for topic, t in table_map.items()}
         self._catalog = catalog
@@ -136,6 +139,7 @@ class Decoder:
         self._plain: dict[TableName, tuple[dict[str, str], dict[str, Converter]]] = {}
         self._fast = FastPath() if native else None
         self._defects_logged: set[tuple[str, type]] = set()
+        self.snapshot_points = SnapshotPoints() if snapshot_points is None else snapshot_points
 
     def decode(self, msg: RawMessage) -> Decoded | None:
         if self._fast is not None:
@@ -201,7 +205,11 @@ class Decoder:
             raise _Reject("missing_source", "value has no 'source' object")
         try:
             dialect = dialect_for(source)
-            version = dialect.version(source)
+            point = dialect.snapshot_point(source)
+            if point is not None:
+                self.snapshot_points.saw(msg.topic, msg.partition, msg.offset, point)
+            version = dialect.version(source, lambda: self.snapshot_points.before(
+                msg.topic, msg.partition, msg.offset))
         except ValueError as exc:
             raise _Reject("bad_version", str(exc)) from None
         if op == "t":

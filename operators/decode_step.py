@@ -23,6 +23,7 @@ from operators.native_decode import run_events
 from operators.pg_session import connect
 from operators.settings import Settings
 from operators.shard_sink import shard_part_name
+from operators.snapshot_points import record_new_points, stored_points
 from schemas.catalog import TableCatalog
 from schemas.registry import registry_fetcher
 
@@ -32,8 +33,9 @@ class DecodeStep:
         catalog = TableCatalog(lambda: connect(settings.pg_dsn))
         fetch = (registry_fetcher(settings.schema_registry_url, settings.retry_max_s)
                  if settings.schema_registry_url else None)
+        self._points = stored_points(settings)
         self._decoder = Decoder(settings.target_schema, settings.table_map, catalog, fetch,
-                                native=settings.native_decode)
+                                native=settings.native_decode, snapshot_points=self._points)
         self._settings = settings
         self._shards = settings.shards
         self._names = [shard_part_name(k) for k in range(settings.shards)]
@@ -42,6 +44,7 @@ class DecodeStep:
         shards = self._shards
         messages = [item for item in items if type(item) is not ProgressMarker]
         decoded, runs = self._decoder.decode_runs(messages, shards)
+        record_new_points(self._points, self._settings)  # before the batch's offsets commit
         consumer = running_consumer(self._settings)
         if consumer is not None:  # the plans it may have learned read ahead from now on
             consumer.teach(self._decoder.newest_plans())

@@ -4,13 +4,16 @@ Python compares `bytes` the way Postgres compares `bytea` (unsigned, byte by byt
 first), so one encoding serves RocksDB, Python and the SQL version guard. Byte 0 names the scheme;
 versions of different schemes never meet for the same key.
 
-    0x01 Postgres     lsn as 8 bytes big-endian
+    0x01 Postgres     after, lsn: 8 bytes big-endian each; `after` is the commit LSN the
+                      change's transaction follows (docs/architecture.md, "Versions")
     0x02 SQL Server   commit_lsn, change_lsn, event_serial_no; each field is 0x00 (null, sorts
                       lowest) or 0x01 + payload: LSNs 10 bytes, serial 8 bytes offset-binary
     0x03 write time   Cassandra/ScyllaDB `ts_us` as 8 bytes offset-binary
 
 Every field has a fixed width once present, so the encodings are prefix-free and byte order equals
-tuple order.
+tuple order. Postgres versions written before `after` was added (`0x01 || lsn`, 9 bytes) still
+meet new ones in state and tables: their LSN compares with the new `after`, which is at least the
+commit of any change streamed before it (docs/architecture.md, "Versions").
 """
 
 from __future__ import annotations
@@ -27,11 +30,17 @@ _PRESENT = b"\x01"
 _LSN_WIDTHS = (8, 8, 4)  # hex digits of the three parts of `00000027:00000758:0005`
 
 
-def pg_version(lsn: int) -> bytes:
-    """Postgres: `source.lsn`, an unsigned 64-bit WAL position."""
-    if type(lsn) is not int or not 0 <= lsn < 1 << 64:
-        raise ValueError(f"source.lsn must be an unsigned 64-bit integer, got {lsn!r}")
-    return bytes((PG,)) + lsn.to_bytes(8, "big")
+def pg_version(after: int, lsn: int) -> bytes:
+    """Postgres: a change ranks by the commit it follows (`after`), then by its WAL position."""
+    return (bytes((PG,)) + pg_lsn(after, "sequence[0]").to_bytes(8, "big")
+            + pg_lsn(lsn, "lsn").to_bytes(8, "big"))
+
+
+def pg_lsn(value: Any, name: str) -> int:
+    """`value` as a Postgres LSN (an unsigned 64-bit WAL position); ValueError names the field."""
+    if type(value) is not int or not 0 <= value < 1 << 64:
+        raise ValueError(f"source.{name} must be an unsigned 64-bit integer, got {value!r}")
+    return value
 
 
 def sqlserver_version(commit_lsn: str | None, change_lsn: str | None, serial: int | None) -> bytes:
@@ -50,7 +59,7 @@ def writetime_version(ts_us: int) -> bytes:
 
 
 def describe_version(version: bytes) -> str:
-    """A readable form for audit rows, e.g. `pg:lsn=123456`; never raises."""
+    """A readable form for audit rows, e.g. `pg:after=123000,lsn=123456`; never raises."""
     try:
         return _describe(version)
     except (IndexError, ValueError):
@@ -59,7 +68,9 @@ def describe_version(version: bytes) -> str:
 
 def _describe(v: bytes) -> str:
     kind = v[0]
-    if kind == PG and len(v) == 9:
+    if kind == PG and len(v) == 17:
+        return f"pg:after={int.from_bytes(v[1:9], 'big')},lsn={int.from_bytes(v[9:], 'big')}"
+    if kind == PG and len(v) == 9:  # the LSN alone: rows written before `after` was added
         return f"pg:lsn={int.from_bytes(v[1:], 'big')}"
     if kind == WRITETIME and len(v) == 9:
         return f"writetime:ts_us={_int64_text(v[1:])}"

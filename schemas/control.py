@@ -36,6 +36,16 @@ CREATE TABLE IF NOT EXISTS cdc.gaps (
     PRIMARY KEY (flow_id, topic, partition, expected_offset)
 );
 
+-- where each snapshot's rows start in a partition, and the source position they were read at
+CREATE TABLE IF NOT EXISTS cdc.snapshot_points (
+    flow_id      text NOT NULL,
+    topic        text NOT NULL,
+    partition    integer NOT NULL,
+    point        numeric(20) NOT NULL,
+    first_offset bigint NOT NULL,
+    PRIMARY KEY (flow_id, topic, partition, point)
+);
+
 CREATE TABLE IF NOT EXISTS cdc.offsets (
     flow_id     text NOT NULL,
     shard       integer NOT NULL,

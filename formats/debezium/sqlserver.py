@@ -3,7 +3,7 @@ snapshot rows carry nulls after commit_lsn and sort below the changes committed 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from formats.dialect import SourceDialect
@@ -14,6 +14,6 @@ class SqlServerDialect(SourceDialect):
     connector = "sqlserver"
     native = True
 
-    def version(self, source: Mapping[str, Any]) -> bytes:
+    def version(self, source: Mapping[str, Any], snapshot_point: Callable[[], int]) -> bytes:
         return sqlserver_version(source.get("commit_lsn"), source.get("change_lsn"),
                                  source.get("event_serial_no"))

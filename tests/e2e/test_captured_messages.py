@@ -47,8 +47,11 @@ def by_topic() -> dict[str, list[RawMessage]]:
 
 
 def lsn_of(version: bytes) -> int:
-    assert version[0] == PG and len(version) == 9, version
-    return int.from_bytes(version[1:], "big")
+    """The `source.lsn` a Postgres version holds: its second part, or for a snapshot row (whose
+    second part is 0) its first, the snapshot's LSN."""
+    assert version[0] == PG and len(version) == 17, version
+    after, lsn = int.from_bytes(version[1:9], "big"), int.from_bytes(version[9:], "big")
+    return lsn or after
 
 
 def test_the_captures_cover_every_operation_and_have_a_source_note() -> None:
@@ -112,7 +115,6 @@ def test_an_interval_formatted_from_a_double_decodes_to_the_source_microseconds(
     assert event.values["c_interval"] == tagged.load(expected["values"]["c_interval"])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17 part 2: the Postgres version is the change LSN")
 def test_a_change_committed_after_the_snapshot_is_newer_than_the_snapshot_row() -> None:
     """The update that was open while the snapshot read row 1 (tests/e2e/test_snapshot_order.py)
     committed after it: its version must be above the snapshot row's, as must the next one's."""

@@ -10,10 +10,11 @@ from operators.versions import pg_version, sqlserver_version
 
 def test_the_version_scheme_follows_the_connector() -> None:
     assert dialect_for({"connector": "postgresql"}).version(
-        {"connector": "postgresql", "lsn": 33842008}) == pg_version(33842008)
+        {"connector": "postgresql", "lsn": 33842008, "sequence": '["33841900","33842008"]'},
+        lambda: 0) == pg_version(33841900, 33842008)
     source = {"connector": "sqlserver", "commit_lsn": "00000027:00000758:0005",
               "change_lsn": None, "event_serial_no": None}
-    assert dialect_for(source).version(source) == sqlserver_version(
+    assert dialect_for(source).version(source, lambda: 0) == sqlserver_version(
         "00000027:00000758:0005", None, None)
 
 

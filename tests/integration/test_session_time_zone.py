@@ -44,7 +44,7 @@ def test_a_timestamptz_key_rebuilds_to_the_decoders_state_key(kolkata_dsn, tmp_p
     schema = TableSchema(table, (Column("at", "timestamp with time zone"),
                                  Column("value", "bigint")), ("at",))
     at = parse_timestamptz("2024-05-01T12:00:00Z")
-    event = ChangeEvent(table, ("at",), (at,), Op.UPSERT, pg_version(10),
+    event = ChangeEvent(table, ("at",), (at,), Op.UPSERT, pg_version(0, 10),
                         {"at": at, "value": 1}, schema, TOPIC, 0, 0)
     shard = ShardPartition(settings, 0)
     shard.write_batch([[event]])
@@ -53,6 +53,6 @@ def test_a_timestamptz_key_rebuilds_to_the_decoders_state_key(kolkata_dsn, tmp_p
     rebuilt = ShardPartition(settings, 0)
     try:
         assert rebuilt.shard._store.get_many([state_key(table, (at,))]) == [
-            KeyState(pg_version(10), False)]
+            KeyState(pg_version(0, 10), False)]
     finally:
         rebuilt.close()

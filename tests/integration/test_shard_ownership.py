@@ -66,7 +66,7 @@ def test_a_second_owner_of_a_shard_fails_loudly_instead_of_committing(settings, 
         host_b.submit(second.shard.close).result()
         reopened = host_b.submit(ShardPartition, other_host, 0).result()  # rebuilt: in step
         assert reopened.shard._store.get_many([state_key(things.table, (2,))]) == [
-            KeyState(pg_version(30), False)]
+            KeyState(pg_version(0, 30), False)]
         host_b.submit(reopened.close).result()
 
 
@@ -79,7 +79,7 @@ def another_owner_committed(settings: Settings, other_host: Settings,
     store = store_of(other_host)
     before = None
     for seq in range(1, own_commits + 1):
-        state = KeyState(pg_version(100 - seq), False)
+        state = KeyState(pg_version(0, 100 - seq), False)
         store.commit(seq, new_commit_id(), {key: state}, {}, {key: before})
         before = state
     store.close()
@@ -94,7 +94,7 @@ def test_a_state_at_the_right_seq_but_another_commit_is_rebuilt(settings, other_
     things, key = another_owner_committed(settings, other_host, own_commits=1)
     with ThreadPoolExecutor(1) as host_b:
         second = host_b.submit(ShardPartition, other_host, 0).result()
-        assert second.shard._store.get_many([key]) == [KeyState(pg_version(10), False)]
+        assert second.shard._store.get_many([key]) == [KeyState(pg_version(0, 10), False)]
         # stale against the untrusted state
         host_b.submit(second.write_batch, [[things.event(1, 20)]]).result()
         host_b.submit(second.close).result()
@@ -108,5 +108,5 @@ def test_a_state_one_ahead_of_another_owners_commit_is_rebuilt_not_rolled_back(s
     _, key = another_owner_committed(settings, other_host, own_commits=2)
     with ThreadPoolExecutor(1) as host_b:
         second = host_b.submit(ShardPartition, other_host, 0).result()
-        assert second.shard._store.get_many([key]) == [KeyState(pg_version(10), False)]
+        assert second.shard._store.get_many([key]) == [KeyState(pg_version(0, 10), False)]
         host_b.submit(second.close).result()

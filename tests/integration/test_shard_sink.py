@@ -59,13 +59,13 @@ class Things:
     def event(self, key: int, lsn: int, op: Op = Op.UPSERT, **values) -> ChangeEvent:
         self.offset += 1
         row = None if op is Op.DELETE else {"id": key, "name": f"v{lsn}", "qty": 1, **values}
-        return ChangeEvent(self.table, ("id",), (key,), op, pg_version(lsn), row, self.schema,
+        return ChangeEvent(self.table, ("id",), (key,), op, pg_version(0, lsn), row, self.schema,
                            TOPIC, 0, self.offset)
 
 
     def truncate(self, lsn: int) -> TruncateEvent:
         self.offset += 1
-        return TruncateEvent(self.table, pg_version(lsn), TOPIC, 0, self.offset)
+        return TruncateEvent(self.table, pg_version(0, lsn), TOPIC, 0, self.offset)
 
 
 def rows(dsn: str, table: TableName) -> dict[int, tuple]:
@@ -88,8 +88,9 @@ def test_lww_outcomes_stale_audit_and_offsets(settings):
                              (settings.flow_id,)).fetchall()
         offsets = conn.execute("SELECT shard, topic, partition, next_offset FROM cdc.offsets "
                                "WHERE flow_id = %s", (settings.flow_id,)).fetchall()
-    assert stale == [(3, "[1]", "pg:lsn=20", "pg:lsn=30", "older than the applied version"),
-                     (6, "[2]", "pg:lsn=40", "pg:lsn=50",
+    assert stale == [(3, "[1]", "pg:after=0,lsn=20", "pg:after=0,lsn=30",
+                      "older than the applied version"),
+                     (6, "[2]", "pg:after=0,lsn=40", "pg:after=0,lsn=50",
                       "older than the delete that removed the row")]
     assert offsets == [(0, TOPIC, 0, 100)]
 
@@ -141,7 +142,8 @@ def test_hard_deletes_probe_the_key_instead_of_scanning_the_table(settings):
     ident = f'"{things.table.schema}"."{things.table.name}"'
     with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
         conn.execute(f"INSERT INTO {ident} (id, name, qty, _cdc_version) "
-                     "SELECT n, 'bulk', 1, %s FROM generate_series(2, 40000) n", (pg_version(5),))
+                     "SELECT n, 'bulk', 1, %s FROM generate_series(2, 40000) n",
+                     (pg_version(0, 5),))
         conn.execute(f"ANALYZE {ident}")
         _flush_statistics(conn)
     _flush_statistics(session.conn)
@@ -376,11 +378,11 @@ def test_state_one_commit_ahead_is_rolled_back(settings):
     shard.snapshot()
     key = state_key(things.table, (1,))
     store = shard.shard._store
-    store.commit(store.seq + 1, new_commit_id(), {key: KeyState(pg_version(99), True)}, {},
+    store.commit(store.seq + 1, new_commit_id(), {key: KeyState(pg_version(0, 99), True)}, {},
                  dict(zip([key], store.get_many([key]), strict=True)))
     shard.close()  # as if the process died before its Postgres commit
     reopened = ShardPartition(settings, 0)
-    assert reopened.shard._store.get_many([key]) == [KeyState(pg_version(10), False)]
+    assert reopened.shard._store.get_many([key]) == [KeyState(pg_version(0, 10), False)]
     reopened.write_batch([[things.event(1, 20)]])  # would be stale against the undone state
     reopened.snapshot()
     assert rows(settings.pg_dsn, things.table) == {1: ("v20", 1)}
@@ -394,8 +396,8 @@ def test_lost_state_is_rebuilt_from_postgres(settings, tmp_path):
     moved = settings.model_copy(update={"state_dir": tmp_path / "empty"})
     rebuilt = ShardPartition(moved, 0)
     keys = [state_key(things.table, (1,)), state_key(things.table, (2,))]
-    assert rebuilt.shard._store.get_many(keys) == [KeyState(pg_version(10), False),
-                                                   KeyState(pg_version(30), True)]
+    assert rebuilt.shard._store.get_many(keys) == [KeyState(pg_version(0, 10), False),
+                                                   KeyState(pg_version(0, 30), True)]
 
 
 # No shrinking: each example costs Postgres round trips, and shrinking a failure could run for

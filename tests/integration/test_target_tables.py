@@ -45,15 +45,15 @@ def test_a_table_another_flow_made_is_registered_so_a_rebuild_reads_its_rows(set
     things = Things(settings.target_schema)
     with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
         conn.execute(f'INSERT INTO "{settings.target_schema}".things VALUES '
-                     "(7, 'made elsewhere', 1, %s)", (pg_version(5),))
+                     "(7, 'made elsewhere', 1, %s)", (pg_version(0, 5),))
     shard = ShardPartition(settings, 0)
     shard.write_batch([[things.event(1, 10), ProgressMarker(TOPIC, 0, 2)]])
     shard.close()
     with psycopg.connect(settings.pg_dsn) as conn:
         states = dict(committed_states(conn, settings.flow_id, 0, 1))
     assert {key: (state.version, state.deleted) for key, state in states.items()} == {
-        state_key(things.table, (1,)): (pg_version(10), False),
-        state_key(things.table, (7,)): (pg_version(5), False)}
+        state_key(things.table, (1,)): (pg_version(0, 10), False),
+        state_key(things.table, (7,)): (pg_version(0, 5), False)}
 
 
 def test_an_existing_table_with_another_primary_key_sends_events_to_the_dlq(settings) -> None:

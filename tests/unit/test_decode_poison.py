@@ -3,6 +3,8 @@ out of the decode step, where it would stop the flow on every restart."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
@@ -43,10 +45,10 @@ def test_an_unexpected_error_for_one_message_sends_only_that_message_to_the_dlq(
         monkeypatch: pytest.MonkeyPatch) -> None:
     real = PostgresDialect.version
 
-    def flaky(self: PostgresDialect, source: dict) -> bytes:
+    def flaky(self: PostgresDialect, source: dict, snapshot_point: Callable[[], int]) -> bytes:
         if source["lsn"] == 33842009:
             raise KeyError("a defect")
-        return real(self, source)
+        return real(self, source, snapshot_point)
 
     monkeypatch.setattr(PostgresDialect, "version", flaky)
     decoder = Decoder("public", {}, None, native=False)  # native versions are made in Rust

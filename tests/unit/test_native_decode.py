@@ -85,10 +85,11 @@ def message(payload: Any, key: Any, schema: Any = PG_SCHEMA, offset: int = 0) ->
 
 
 def pg_message(op: str = "u", row: dict[str, Any] | None = None, lsn: Any = 100,
-               key: Any = None) -> RawMessage:
+               key: Any = None, **source: Any) -> RawMessage:
+    """`source`: fields of the source block to set (`sequence`, `snapshot`)."""
     row = valid_row() if row is None else row
     image = {"before": row} if op == "d" else {"after": row}
-    payload = {"before": None, "after": None, **image, "source": ds.pg_source(lsn=lsn),
+    payload = {"before": None, "after": None, **image, "source": ds.pg_source(lsn=lsn, **source),
                "op": op, "ts_ms": 1, "transaction": None}
     return message(payload, {"id": row.get("id", 1)} if key is None else key)
 
@@ -197,6 +198,37 @@ def test_unusual_messages_decode_as_python_does(msg: RawMessage) -> None:
     assert_same(msg)
 
 
+@pytest.mark.parametrize("source", [
+    {"sequence": '["90","100"]'}, {"sequence": '["18446744073709551615","100"]'},
+    {"sequence": '["90",null]'}, {"snapshot": "incremental"}, {"snapshot": True},
+    {"snapshot": None}, {"snapshot": "other"},
+])
+def test_a_change_that_names_its_previous_commit_is_versioned_natively(source: dict) -> None:
+    msg = pg_message(**source)
+    assert taught()._fast.decode(msg) is not None
+    assert assert_same(msg).version[:9] == b"\x01" + int(orjson.loads(
+        msg.value)["payload"]["source"]["sequence"].split('"')[1]).to_bytes(8, "big")
+
+
+@pytest.mark.parametrize("msg", [
+    *(pg_message("r", snapshot=s) for s in ("true", "first", "first_in_data_collection",
+                                            "last_in_data_collection", "last")),
+    pg_message(sequence=None), pg_message(sequence='[null,"100"]'),
+    *(pg_message(sequence=s) for s in ('["-1","100"]', '["+1","100"]', '["1.0","100"]',
+                                       '["","100"]', '["18446744073709551616","100"]',
+                                       '[90,"100"]', '["90"]', '["90","100",1]', '["90",100]',
+                                       '[ "90","100"]', '["\\u0039","100"]', "90", "")),
+    pg_message(sequence=["90", "100"]),
+    RawMessage(TOPIC, 0, 0, pg_message().key,
+               pg_message("r").value.replace(b'"snapshot":"false"', b'"snapshot":"\\u006cast"')),
+])
+def test_snapshot_rows_and_changes_without_a_previous_commit_are_left_to_python(
+        msg: RawMessage) -> None:
+    """Their version needs the partition's snapshot point (or a DLQ record), which Python keeps."""
+    assert taught()._fast.decode(msg) is None
+    assert_same(msg)
+
+
 def test_a_new_schema_version_gets_its_own_plan_and_the_old_one_stays() -> None:
     decoder = taught()
     wider = ds.envelope_schema([*FIELDS, ds.field("note", "string")], ds.PG_SOURCE_SCHEMA,
@@ -264,8 +296,14 @@ def messages(draw: st.DrawFn) -> RawMessage:
     row = draw(rows())
     op = draw(st.sampled_from(["c", "u", "r", "d", "d", "t", "m", None]))
     if draw(st.booleans()):
+        last = st.one_of(st.none(), st.integers(-1, UINT64_MAX + 1).map(str),
+                         st.text(max_size=3), st.integers(0, 9))
+        sequence = st.one_of(st.none(), st.text(max_size=8), st.builds(
+            lambda *pair: orjson.dumps(pair).decode(), last, st.one_of(st.none(), last)))
         source, schema = ds.pg_source(lsn=draw(st.one_of(
-            st.integers(-1, UINT64_MAX), st.none(), st.text(max_size=2)))), PG_SCHEMA
+            st.integers(-1, UINT64_MAX), st.none(), st.text(max_size=2))),
+            sequence=draw(sequence), snapshot=draw(st.sampled_from(
+                ["false", "true", "last", "first", "incremental", "other", True, None]))), PG_SCHEMA
     else:
         lsn = st.one_of(st.none(), st.just("00000027:00000758:0005"), st.text(max_size=22))
         source = ds.sqlserver_source(draw(lsn), draw(lsn), draw(st.one_of(

@@ -47,19 +47,23 @@ def message(name: str, offset: int = 0) -> RawMessage:
     return RawMessage(doc["topic"], 0, offset, key, orjson.dumps(doc["value"]))
 
 
+# Postgres changes without `source.sequence` rank by the partition's snapshot point, which only
+# the Python decoder keeps: the fast path declines them
+RANKED_BY_PYTHON = {"postgresql_update.json", "postgresql_delete.json"}
+
 # name → (op, key, values, version): the documented row content
 EXPECTED: dict[str, tuple[Op, tuple[Any, ...], dict[str, Any] | None, bytes]] = {
-    "postgresql_create.json": (Op.UPSERT, (1,), PG_ROW, pg_version(24023128)),
+    "postgresql_create.json": (Op.UPSERT, (1,), PG_ROW, pg_version(24023119, 24023128)),
     "postgresql_update.json": (Op.UPSERT, (1,), {**PG_ROW, "first_name": "Anne Marie"},
-                               pg_version(24023128)),
-    "postgresql_delete.json": (Op.DELETE, (1,), None, pg_version(46523128)),
+                               pg_version(24023128, 24023128)),  # no `sequence`: its own LSN
+    "postgresql_delete.json": (Op.DELETE, (1,), None, pg_version(46523128, 46523128)),
     "postgresql_types_create.json": (Op.UPSERT, (1,), {
         **PG_ROW, "rank": 7, "ratio": 0.5, "score": 3.141592653589793, "lucky": [1, None, -3],
         "weights": [0.25, -1.5], "tags": ["vip", "eu"], "embedding": [1.0, 2.5, -3.0],
-        "attrs": {"key": "val", "empty": None}}, pg_version(24023128)),
+        "attrs": {"key": "val", "empty": None}}, pg_version(24023119, 24023128)),
     "postgresql_structured_date_create.json": (Op.UPSERT, (1,), {
         **PG_ROW, "birthday": {"year": 2024, "month": 6, "day": 10, "specialValue": None}},
-        pg_version(24023128)),
+        pg_version(24023119, 24023128)),
     "sqlserver_create.json": (Op.UPSERT, (1005,), SS_ROW,
                               sqlserver_version("00000027:00000758:0005",
                                                 "00000027:00000758:0003", 1)),
@@ -103,7 +107,7 @@ def test_a_documented_change_decodes_natively_as_python_does(name: str) -> None:
     python = Decoder("public", {}, None, native=False).decode(msg)
     decoder = Decoder("public", {}, None, native=True)
     decoder.decode(msg)  # the Python decoder plans the topic
-    assert decoder._fast.decode(msg) is not None, "the fast path declined a real message"
+    assert (decoder._fast.decode(msg) is None) == (name in RANKED_BY_PYTHON)
     assert strict(decoder.decode(msg)) == strict(python)
     batch = [message(name, offset) for offset in range(3)]
     assert [strict(e) for e in decoded_in_order(decoder, batch)] == [
@@ -112,7 +116,7 @@ def test_a_documented_change_decodes_natively_as_python_does(name: str) -> None:
 
 def test_a_documented_truncate_decodes_on_both_paths() -> None:
     msg = message(PG_TRUNCATE)
-    expected = TruncateEvent(TABLE, pg_version(46523128), msg.topic, 0, 0)
+    expected = TruncateEvent(TABLE, pg_version(46523128, 46523128), msg.topic, 0, 0)
     assert Decoder("public", {}, None, native=False).decode(msg) == expected
     assert Decoder("public", {}, None, native=True).decode(msg) == expected
 

@@ -23,16 +23,30 @@ def lsn_text(n: int) -> str:
 LSN_NUMBERS = st.one_of(st.none(), st.integers(min_value=0, max_value=2**80 - 1))
 
 
-def test_pg_version_is_kind_byte_and_big_endian_lsn() -> None:
-    assert pg_version(0x0102030405060708) == bytes([1, 1, 2, 3, 4, 5, 6, 7, 8])
-    assert pg_version(255) < pg_version(256)
-    assert pg_version(2**64 - 1) == b"\x01" + b"\xff" * 8
+def test_pg_version_is_kind_byte_then_the_previous_commit_and_the_lsn_big_endian() -> None:
+    assert pg_version(0x0102030405060708, 0x1112131415161718) == bytes(
+        [1, 1, 2, 3, 4, 5, 6, 7, 8, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18])
+    assert pg_version(5, 255) < pg_version(5, 256) < pg_version(6, 0)
+    assert pg_version(2**64 - 1, 2**64 - 1) == b"\x01" + b"\xff" * 16
 
 
 @pytest.mark.parametrize("bad", [-1, 2**64, "33842008", None, True, 1.5])
 def test_pg_version_rejects_non_lsn(bad: object) -> None:
     with pytest.raises(ValueError, match="source.lsn"):
-        pg_version(bad)  # type: ignore[arg-type]
+        pg_version(0, bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"source.sequence\[0\]"):
+        pg_version(bad, 0)  # type: ignore[arg-type]
+
+
+@given(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
+def test_a_version_written_before_the_previous_commit_was_added_compares_by_its_lsn(
+        old_lsn: int, after: int, lsn: int) -> None:
+    """Old rows hold `0x01 || lsn`. A change streamed after one ranks above it: its `after` is at
+    least that change's commit, which lies beyond that change's LSN; a replay of the old change
+    itself (`after` < its LSN) ranks below and is judged stale, not a duplicate."""
+    old = b"\x01" + old_lsn.to_bytes(8, "big")
+    new = pg_version(after, lsn)
+    assert (old < new) == (old_lsn <= after)
 
 
 def test_sqlserver_lsn_is_ten_fixed_width_bytes() -> None:
@@ -111,9 +125,12 @@ def test_sqlserver_encoded_order_equals_tuple_order(versions: list[tuple]) -> No
         assert (encode(a) == encode(b)) == (a == b)
 
 
-@given(st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**64 - 1))
-def test_pg_encoded_order_equals_lsn_order(a: int, b: int) -> None:
-    assert (pg_version(a) < pg_version(b)) == (a < b)
+PG_PAIRS = st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
+
+
+@given(PG_PAIRS, PG_PAIRS)
+def test_pg_encoded_order_equals_pair_order(a: tuple[int, int], b: tuple[int, int]) -> None:
+    assert (pg_version(*a) < pg_version(*b)) == (a < b)
 
 
 @given(INT64, INT64)
@@ -122,7 +139,8 @@ def test_writetime_encoded_order_equals_int_order(a: int, b: int) -> None:
 
 
 def test_describe_version() -> None:
-    assert describe_version(pg_version(123456)) == "pg:lsn=123456"
+    assert describe_version(pg_version(123000, 123456)) == "pg:after=123000,lsn=123456"
+    assert describe_version(b"\x01" + (123456).to_bytes(8, "big")) == "pg:lsn=123456"
     assert (
         describe_version(sqlserver_version("00000027:00000758:0005", "00000027:00000758:0003", 2))
         == "sqlserver:commit=00000027:00000758:0005,change=00000027:00000758:0003,serial=2"
@@ -133,5 +151,5 @@ def test_describe_version() -> None:
     )
     assert describe_version(writetime_version(-7)) == "writetime:ts_us=-7"
     assert describe_version(b"\x09\xab") == "unknown:09ab"
-    assert describe_version(pg_version(1)[:5]) == "unknown:0100000000"
+    assert describe_version(pg_version(0, 1)[:5]) == "unknown:0100000000"
     assert describe_version(b"") == "unknown:"

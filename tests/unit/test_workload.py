@@ -42,8 +42,11 @@ def _payload(raw: bytes, spec: WorkloadSpec) -> Any:
 
 
 def _version(src: dict[str, Any], spec: WorkloadSpec) -> Any:
+    """The LWW order, read independently: Postgres ranks by the commit a change's transaction
+    follows (`source.sequence[0]`; the first one, with none, by its own LSN), then by its LSN."""
     if spec.connector == "postgresql":
-        return src["lsn"]
+        last, _ = orjson.loads(src["sequence"])
+        return (src["lsn"] if last is None else int(last), src["lsn"])
     return (src["commit_lsn"], src["change_lsn"], src["event_serial_no"])
 
 
