@@ -68,8 +68,9 @@ class Bound:
 class Event:
     """One change as the source applied it.
 
-    key: partition key then clustering values; for `partition_delete` and `range_delete` the
-        partition key alone. `partition_key_len` says where the partition key ends.
+    key: partition key then clustering values (none in a table without clustering columns);
+        for `partition_delete` and `range_delete` the partition key alone.
+        `partition_key_len` says where the partition key ends.
     write: `marker` (an INSERT) and `cells` {column: value, or None = set to NULL}; `expiries`
         {column: expiry µs} for cells written with a TTL, `marker_expiry_us` for the marker's.
     range_delete: rows of the partition whose clustering lies within `range_start`..`range_end`
@@ -90,12 +91,13 @@ class Event:
 
     def __post_init__(self) -> None:
         whole_partition = self.kind in ("partition_delete", "range_delete")
-        if whole_partition != (len(self.key) == self.partition_key_len):
+        if len(self.key) < self.partition_key_len or (
+                whole_partition and len(self.key) != self.partition_key_len):
             raise ValueError(f"{self.kind}: key {self.key!r} vs partition key length "
                              f"{self.partition_key_len}")
         if self.kind != "write" and (self.cells or self.marker):
             raise ValueError(f"{self.kind} carries no cells or marker")
-        if set(self.expiries) - set(self.cells):
+        if self.expiries and set(self.expiries) - set(self.cells):
             raise ValueError("an expiry for a column the event does not write")
 
 
@@ -227,7 +229,8 @@ class Reconciled:
                 cell = CellVersion(ev.ts_us, value, None if value is None else
                                    ev.expiries.get(col))
                 prev = self.cells.get((ev.table, ev.key, col))
-                if prev is None or not cell_wins(prev, cell):
+                if prev is None or prev.ts_us < cell.ts_us or (
+                        prev.ts_us == cell.ts_us and not cell_wins(prev, cell)):
                     self.cells[(ev.table, ev.key, col)] = cell
         elif ev.kind == "row_delete":
             self.row_deletes[ref] = max(ev.ts_us, self.row_deletes.get(ref, ev.ts_us))

@@ -206,7 +206,7 @@ def test_value_bytes_is_cassandras_serialization(value: Any, serialized: str) ->
 
 def test_events_that_contradict_their_kind_are_rejected() -> None:
     with pytest.raises(ValueError):
-        Event("t", (1,), 1, "row_delete", 1)  # a row delete names a whole row
+        Event("t", (1,), 2, "row_delete", 1)  # a row's key holds its partition key
     with pytest.raises(ValueError):
         Event("t", (1, 2), 1, "partition_delete", 1)
     with pytest.raises(ValueError):
