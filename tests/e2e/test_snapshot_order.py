@@ -16,8 +16,6 @@ from tests.e2e.workload import in_flight_across_the_snapshot
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17 part 2: the Postgres version is the change LSN, "
-                   "which puts this committed change below the snapshot row (judged stale)")
 def test_a_change_committed_after_the_snapshot_wins_over_the_snapshot_row(
         run: Run, live: LiveSource):
     live.wait_flushed(in_flight_across_the_snapshot(live))
