@@ -33,6 +33,7 @@ infra-status:
 	-infra/cassandra.sh status
 
 test: install infra-up
+	infra/prometheus.sh install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The live chain (docs/types.md): a source cluster on 5433 and, per test, Kafka Connect with the

@@ -15,7 +15,7 @@ import psycopg
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 
-from operators import metrics
+from operators import health
 from operators.decode_step import DecodeStep
 from operators.kafka_source import KafkaCdcSource, list_partitions
 from operators.lifecycle import install_stop_handlers, limit_malloc_arenas, tune_gc
@@ -70,7 +70,7 @@ def _flow_or_exit() -> Dataflow:
         tune_gc()
         _register(settings)
         _check_registry(settings)
-        metrics.serve(settings.metrics_port)
+        health.serve(settings)
         return build_flow(settings)
     except ConfigError as exc:
         print(f"replicate: {exc}", file=sys.stderr)

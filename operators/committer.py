@@ -45,6 +45,7 @@ from operators.pg_writer import ShardBatch
 from operators.retry import is_transient, retrying
 from operators.settings import Settings
 from operators.shard import Decided, Position, Shard, Unit, refused_to_dlq
+from operators.source_watch import WATCH
 
 MARKER_ONLY_FLUSH_S = 5.0
 BACKLOG_BATCHES = 4  # pending units, in batches, past which a due commit waits for Postgres
@@ -198,6 +199,8 @@ class Committer:
         except Exception as exc:
             if not (is_transient(exc) or isinstance(exc, REFUSED)):
                 raise
+            if is_transient(exc):  # redone below: a retry `retrying` does not see
+                metrics.RETRIES.labels(metrics.POSTGRES).inc()
             self._after_failure()
             self._commit(work)
             return False
@@ -269,17 +272,12 @@ class Committer:
     def _confirm(work: list[Work], batches: list[ShardBatch], started: float) -> None:
         for (shard, _, _), batch in zip(work, batches, strict=True):
             shard.confirm(batch)
-        metrics.COMMITS.inc()
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
-        for batch in batches:
-            metrics.EVENTS.labels("applied").inc(batch.applied)
-            metrics.EVENTS.labels("duplicate").inc(batch.duplicates)
-            metrics.EVENTS.labels("stale").inc(len(batch.stale))
-            metrics.EVENTS.labels("dlq").inc(len(batch.dlq))
+        metrics.count_commit(batches)
+        WATCH.committed(batches)
 
     def _after_failure(self) -> None:
         """Every shard re-checks its state against Postgres before its next commit."""
-        metrics.RETRIES.labels("commit").inc()
         for shard in self._shards:
             shard.distrust()
         self.session.reset()

@@ -33,6 +33,7 @@ from operators.offsets import first_start_partitions, partition_start
 from operators.pg_session import connect
 from operators.retry import retrying
 from operators.settings import ConfigError, Settings, StartPosition, kafka_client_config
+from operators.source_watch import NOTE_INTERVAL_S, WATCH
 
 try:
     from cdc_native import Fetcher
@@ -370,6 +371,8 @@ class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
         self._idle = False
         self._caught_up = False
         self._started = False
+        self._note_due = 0.0
+        WATCH.opened(topic, partition)
         log.info("source %s[%d]: starting at offset %d", topic, partition, start)
 
     def next_batch(self) -> list[SourceItem]:
@@ -388,6 +391,10 @@ class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
         self._idle = not batch
         caught_up = not batch and allowed and self._read_to_end()
         now = time.monotonic()
+        if now >= self._note_due:  # for lag and end-to-end latency (operators/source_watch.py)
+            self._note_due = now + NOTE_INTERVAL_S
+            WATCH.note(self._topic, self._partition, batch,
+                       self._consumer.known_end(self._topic, self._partition))
         if now >= self._marker_due or caught_up != self._caught_up:
             batch.append(ProgressMarker(self._topic, self._partition, self._next_offset,
                                         caught_up))
@@ -407,6 +414,7 @@ class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
         return None
 
     def close(self) -> None:
+        WATCH.closed(self._topic, self._partition)
         self._consumer.remove(self._topic, self._partition)
 
 
@@ -430,6 +438,7 @@ class KafkaCdcSource(FixedPartitionedSource[SourceItem, None]):
         check_offset_gaps(settings, partitions)
 
     def list_parts(self) -> list[str]:
+        WATCH.expect(self._partitions)  # the dataflow runs: for the readiness check
         return [part_name(t, p) for t, p in self._partitions]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> KafkaPartition:

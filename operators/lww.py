@@ -9,6 +9,7 @@ missing from a partial image keep their value).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple
@@ -76,6 +77,8 @@ class BatchDecision:
     duplicates: int = 0
     applied: int = 0
     new_states: dict[bytes, KeyState] = field(default_factory=dict)
+    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)  # for metrics:
+    # events by (table, op, outcome), `operators/metrics.py` labels
 
 
 def decide_batch(
@@ -87,6 +90,7 @@ def decide_batch(
     key (`row_id`) in the batch; `floors` the truncate floor per table name."""
     decision = BatchDecision()
     current = dict(states)
+    not_applied: dict[tuple[TableName, Op, Outcome], int] = {}  # rare: counted one by one
     for event in events:
         skey = event.row_id
         floor = floors.get(str(event.table)) if floors else None
@@ -95,6 +99,9 @@ def decide_batch(
             outcome = Outcome.APPLIED  # the common case, without a call
         else:
             outcome, reason = judge(state, floor, event.version)
+        if outcome is not Outcome.APPLIED:
+            tally = (event.table, event.op, outcome)
+            not_applied[tally] = not_applied.get(tally, 0) + 1
         if outcome is Outcome.DUPLICATE:
             decision.duplicates += 1
             continue
@@ -117,4 +124,19 @@ def decide_batch(
         else:  # shared with the event, never modified (the writer may then use its COPY row)
             values = event.values
         decision.writes[skey] = RowWrite(event, event.op, event.version, values)
+    decision.counts = _counts(events, not_applied)
     return decision
+
+
+def _counts(events: list[ChangeEvent], not_applied: dict[tuple[TableName, Op, Outcome], int],
+            ) -> dict[tuple[str, str, str], int]:
+    """Events by (table, op, outcome): every event counted by (table, op) at C speed
+    (`Counter`), less those that were not applied."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for (table, op), events_of in Counter((e.table, e.op) for e in events).items():
+        counts[(str(table), op.name.lower(), Outcome.APPLIED.value)] = events_of
+    for (table, op, outcome), events_of in not_applied.items():
+        name, op_name = str(table), op.name.lower()
+        counts[(name, op_name, Outcome.APPLIED.value)] -= events_of
+        counts[(name, op_name, outcome.value)] = events_of
+    return counts

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from operators.lww import STALE_DELETED, STALE_OLDER, STALE_TRUNCATED, StaleEvent
+from operators.metrics import NO_OP, NO_TABLE
 from operators.native_decode import NativeBatch, Run, run_events
 from operators.pg_writer import StagedKind, StagedRows, json_columns
 from operators.settings import DeleteMode
@@ -33,6 +34,7 @@ class NativeDecision:
     duplicates: int
     states: list[tuple[bytes, bytes]]
     replaced: list[tuple[bytes, bytes | None]]
+    counts: dict[tuple[str, str, str], int]  # for metrics, `native_counts`
 
 
 def expand(units: Sequence[object]) -> list:
@@ -63,12 +65,39 @@ def decide_runs(runs: list[Run], store: ShardStateStore, tables: TargetTables,
         return None
     applied, duplicates, states, replaced, staged, stale = decided
     return NativeDecision(
+        counts=native_counts(runs, duplicates, [entry[0] for entry in stale]),
         staged=[StagedRows(targets[i], runs[i].schema, StagedKind(kind), rows)
                 for i, kind, rows in staged],
         stale=[StaleEvent(runs[i].topic, partition, offset, runs[i].schema.table, row_id, version,
                           applied_version, _REASONS[reason])
                for i, partition, offset, row_id, version, applied_version, reason in stale],
         applied=applied, duplicates=duplicates, states=states, replaced=replaced)
+
+
+def native_counts(runs: list[Run], duplicates: int, stale_runs: list[int],
+                  ) -> dict[tuple[str, str, str], int]:
+    """Events by (table, op, outcome) from what `NativeBatch.decide` tells: its applied and
+    duplicate counts are for the whole batch and it does not count by op, so op is `NO_OP`, and
+    when the batch holds duplicates of several tables its applied and duplicate events go under
+    `NO_TABLE` (stale events always have their table: each names its run)."""
+    events: dict[str, int] = {}
+    for run in runs:
+        table = str(run.schema.table)
+        events[table] = events.get(table, 0) + len(run)
+    stale: dict[str, int] = {}
+    for index in stale_runs:
+        table = str(runs[index].schema.table)
+        stale[table] = stale.get(table, 0) + 1
+    counts = {(table, NO_OP, "stale"): n for table, n in stale.items()}
+    if duplicates and len(events) > 1:
+        decided = sum(events.values()) - len(stale_runs)
+        counts[(NO_TABLE, NO_OP, "applied")] = decided - duplicates
+        counts[(NO_TABLE, NO_OP, "duplicate")] = duplicates
+        return counts
+    for table, n in events.items():
+        counts[(table, NO_OP, "applied")] = n - stale.get(table, 0) - duplicates
+        counts[(table, NO_OP, "duplicate")] = duplicates
+    return counts
 
 
 def _native_target(run: Run, tables: TargetTables) -> TargetTable | None:

@@ -79,6 +79,8 @@ class ShardBatch:
     floors: dict[str, bytes] = field(default_factory=dict)
     applied: int = 0
     duplicates: int = 0
+    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)  # events by (table,
+    # op, outcome) for `operators.metrics` (DLQ rows are counted from `dlq`)
 
 
 def _key_text(row_id: bytes) -> str:

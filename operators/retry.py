@@ -11,6 +11,8 @@ from typing import TypeVar
 
 import psycopg
 
+from operators import metrics
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -66,6 +68,7 @@ def retrying(what: str, call: Callable[[], T], on_retry: Callable[[], None] | No
             if not transient(exc):
                 raise
             attempt += 1
+            metrics.RETRIES.labels(metrics.retried_system(exc)).inc()
             pause = next(delays)
             log.warning("%s failed (attempt %d, retrying in %.2fs): %s", what, attempt, pause,
                         first_line(exc))

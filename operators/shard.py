@@ -18,7 +18,7 @@ import orjson
 import psycopg
 
 from operators.events import ChangeEvent, DlqRecord, ProgressMarker, ShardItem, TruncateEvent
-from operators.keys import key_json
+from operators.keys import key_json, shard_of_position
 from operators.lww import decide_batch
 from operators.native_decode import Run, RunEvents, run_events
 from operators.native_shard import decide_runs, expand
@@ -151,6 +151,10 @@ class Shard:
                 batch.dlq.append(unit)
             elif kind is TruncateEvent:
                 batch.truncates.append((tables.lookup(unit.table), unit))
+                if shard_of_position(unit.topic, unit.partition, unit.offset,
+                                     self._shards) == self.number:  # counted once, not per shard
+                    key = (str(unit.table), "truncate", "applied")
+                    batch.counts[key] = batch.counts.get(key, 0) + 1
                 name = str(unit.table)
                 if unit.version > max(self._floors.get(name, b""), floors.get(name, b"")):
                     floors[name] = unit.version
@@ -195,6 +199,7 @@ class Shard:
         batch.dlq = [u for u in units if type(u) is DlqRecord]
         batch.staged, batch.stale = native.staged, native.stale
         batch.applied, batch.duplicates = native.applied, native.duplicates
+        batch.counts = native.counts
         return Decided(batch, native.states, native.replaced)
 
     def _awaiting(self, seq: int) -> None:
@@ -226,6 +231,7 @@ class Shard:
         batch.stale = decision.stale
         batch.duplicates = decision.duplicates
         batch.applied = decision.applied
+        batch.counts.update(decision.counts)
         self._store.commit(batch.seq, batch.commit_id, decision.new_states, floors, states)
 
     def confirm(self, batch: ShardBatch) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from operators import metrics
 from operators.events import ChangeEvent, Column, TableName, TableSchema
 from operators.settings import DeleteMode
 from schemas.catalog import read_columns, read_primary_key
@@ -165,6 +166,8 @@ class TargetTables:
             if not table.key:
                 raise TableProblem("no_primary_key", f"table {name} has no primary key")
             self._register(event)
+        if create or add_columns:
+            metrics.SCHEMA_CHANGES.labels(str(name)).inc()
         self._by_name[name] = table
         return table
 
