@@ -35,18 +35,18 @@ def settings(pg_dsn, tmp_path):
 @pytest.fixture
 def written_ahead(monkeypatch) -> list[int]:
     """The seq of every commit that was written as it was decided ahead."""
-    ahead: set[int] = set()
+    ahead: list = []  # the decisions themselves: a dropped one's id could be reused
     written: list[int] = []
     decide_ahead, write_decided = Shard.decide_ahead, Shard.write_decided
 
     def noting(shard: Shard, *args):
         decided = decide_ahead(shard, *args)
         if decided is not None:
-            ahead.add(id(decided))
+            ahead.append(decided)
         return decided
 
     def counting(shard: Shard, decided):
-        if id(decided) in ahead:
+        if any(decided is one for one in ahead):
             written.append(decided.batch.seq)
         return write_decided(shard, decided)
 
