@@ -161,7 +161,7 @@ def render(results: Mapping[str, ScenarioResult]) -> str:
         "Each section is the latest run of that scenario. Systems: `replicator` = "
         "`python -m bytewax.run flows.replicate` (one process, default settings); "
         "`replicator-py` = the same with `REPLICATE_NATIVE_DECODE=false` (the Python decoder "
-        "only, as before session 5), on the same topics with its own flow; `ceiling` = "
+        "and shard step, no native code), on the same topics with its own flow; `ceiling` = "
         "pre-decoded events applied straight to Postgres (staged COPY + one version-guarded "
         "upsert per batch, no Kafka, no decode); `kafka-read` = a confluent-kafka consumer with "
         "the replicator's fetch settings that reads every message and does nothing with it (how "
