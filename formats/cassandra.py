@@ -42,6 +42,7 @@ from formats.cells import (
     CellKind,
     CellReject,
     RangeBound,
+    WriteTimeDialect,
     column_type,
     connect_json,
     convert,
@@ -51,9 +52,7 @@ from formats.cells import (
     kafka_key,
     row_fields,
 )
-from formats.dialect import SourceDialect
 from operators.events import DlqRecord, RawMessage, TableName
-from operators.versions import writetime_version
 from schemas.cql_types import CqlType, marshal_scalar
 
 OPS = ("i", "u", "d", "r")
@@ -64,15 +63,8 @@ _BOUND_KINDS = {RANGE_START: ("INCL_START_BOUND", "EXCL_START_BOUND"),
 _MAX_CACHED_SHAPES = 1024
 
 
-class CassandraDialect(SourceDialect):
-    """Changes ordered by their write time, `source.ts_us`; the native path does not decode
-    them."""
-
+class CassandraDialect(WriteTimeDialect):
     connector = "cassandra"
-    native = False
-
-    def version(self, source: Mapping[str, Any]) -> bytes:
-        return writetime_version(source.get("ts_us"))  # type: ignore[arg-type]
 
 
 def decode_cassandra(msg: RawMessage, table: TableName,

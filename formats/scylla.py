@@ -59,6 +59,7 @@ from formats.cells import (
     CellChange,
     CellKind,
     CellReject,
+    WriteTimeDialect,
     column_type,
     connect_json,
     convert,
@@ -68,24 +69,15 @@ from formats.cells import (
     kafka_key,
     row_fields,
 )
-from formats.dialect import SourceDialect
 from operators.events import DlqRecord, RawMessage, TableName
-from operators.versions import writetime_version
 from schemas.cql_types import CqlType
 
 OPS = ("c", "u", "d")
 _MAX_CACHED_SHAPES = 1024
 
 
-class ScyllaDialect(SourceDialect):
-    """Changes ordered by their write time, `source.ts_us`; the native path does not decode
-    them."""
-
+class ScyllaDialect(WriteTimeDialect):
     connector = "scylla"
-    native = False
-
-    def version(self, source: Mapping[str, Any]) -> bytes:
-        return writetime_version(source.get("ts_us"))  # type: ignore[arg-type]
 
 
 class NoRowImage(Exception):

@@ -55,6 +55,7 @@ from schemas.debezium_types import (
     decode_base64,
     decode_decimal,
     decode_variable_decimal,
+    int_range,
     micros_to_time,
     to_bool,
     to_float,
@@ -107,19 +108,8 @@ def _always(convert: Converter) -> ConverterFor:
     return lambda _parameters: convert
 
 
-def _int(bits: int) -> Converter:
-    low, high = -(1 << (bits - 1)), 1 << (bits - 1)
-
-    def convert(v: Any) -> int:
-        if type(v) is not int or not low <= v < high:
-            raise ValueError(f"{v!r} is not an int{bits}")
-        return v
-
-    return convert
-
-
 def _int_text(bits: int) -> Converter:
-    check = _int(bits)
+    check = int_range(bits)
     return lambda v: check(int(_integer_text(v)))
 
 
@@ -152,7 +142,7 @@ def _decimal_double(v: Any) -> Decimal:
 
 
 def _varint_long(v: Any) -> Decimal:
-    return Decimal(_int(64)(v))
+    return Decimal(int_range(64)(v))
 
 
 def _varint_text(v: Any) -> Decimal:
@@ -174,7 +164,7 @@ def _inet(v: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 def _nanos_to_micros(ns: Any) -> int:
     """Whole µs of a signed count of ns, toward zero."""
-    micros = abs(_int(64)(ns)) // 1000
+    micros = abs(int_range(64)(ns)) // 1000
     return micros if ns >= 0 else -micros
 
 
@@ -183,7 +173,7 @@ def _nanos_to_time(ns: Any) -> time:
 
 
 def _millis_to_timestamptz(ms: Any) -> datetime:
-    return _EPOCH + timedelta(milliseconds=_int(64)(ms))
+    return _EPOCH + timedelta(milliseconds=int_range(64)(ms))
 
 
 def _nanos_to_interval(ns: Any) -> timedelta:
@@ -241,7 +231,7 @@ _TEXT_WIRE = {_STRING: _always(to_str)}
 
 
 def _integer(names: tuple[str, ...], pg_type: str, wire: str, bits: int) -> Scalar:
-    return Scalar(names, pg_type, {(wire, None): _always(_int(bits))}, _int_text(bits))
+    return Scalar(names, pg_type, {(wire, None): _always(int_range(bits))}, _int_text(bits))
 
 
 _UUID_WIRE = {_STRING: _always(_uuid), ("string", _D_UUID): _always(_uuid)}

@@ -85,7 +85,8 @@ def _build(wire: Any, name: Any, params: tuple[tuple[str, str], ...], items: Any
 # --- plain values ---------------------------------------------------------------------------
 
 
-def _int_range(bits: int) -> Converter:
+def int_range(bits: int) -> Converter:
+    """A converter that takes exactly the integers of a signed `bits`-bit type."""
     low, high = -(1 << (bits - 1)), 1 << (bits - 1)
 
     def convert(v: Any) -> int:
@@ -136,7 +137,7 @@ def _array_type(elem: FieldType) -> FieldType:
     return FieldType(elem.pg_type + "[]", convert)
 
 
-_INT32 = FieldType("integer", _int_range(32), ("int", 32))
+_INT32 = FieldType("integer", int_range(32), ("int", 32))
 _TEXT = FieldType("text", to_str, ("str", 0))
 _REAL = FieldType("real", to_float, ("float", 0))
 _DOUBLE = FieldType("double precision", to_float, ("float", 0))
@@ -146,10 +147,10 @@ _DOUBLE = FieldType("double precision", to_float, ("float", 0))
 # accepted too.
 _PLAIN: dict[str, FieldType] = {
     "boolean": FieldType("boolean", to_bool, ("bool", 0)),
-    "int8": FieldType("smallint", _int_range(8), ("int", 8)),
-    "int16": FieldType("smallint", _int_range(16), ("int", 16)),
+    "int8": FieldType("smallint", int_range(8), ("int", 8)),
+    "int16": FieldType("smallint", int_range(16), ("int", 16)),
     "int32": _INT32,
-    "int64": FieldType("bigint", _int_range(64), ("int", 64)),
+    "int64": FieldType("bigint", int_range(64), ("int", 64)),
     "float": _REAL,
     "float32": _REAL,
     "double": _DOUBLE,
