@@ -21,7 +21,9 @@ from benchmarks.replicator_run import free_ports
 
 SOURCE_ADMIN_DSN = os.environ.get("TEST_SOURCE_PG_DSN",
                                   "postgresql://postgres:postgres@127.0.0.1:5433/postgres")
-DEBEZIUM = Path(__file__).resolve().parents[2] / "infra" / "debezium.sh"
+INFRA = Path(__file__).resolve().parents[2] / "infra"
+DEBEZIUM = INFRA / "debezium.sh"
+KAFKA_PIDFILE = INFRA.parent / ".local" / "kafka" / "kafka.pid"
 
 
 def source_dsn(dbname: str) -> str:
@@ -116,6 +118,30 @@ class LiveSource:
         with psycopg.connect(SOURCE_ADMIN_DSN, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(self.name)))
+
+
+def infra_up(service: str = "up") -> None:
+    """Start the local services again (`infra/up.sh`), or one of them (`kafka`, `postgres`)."""
+    script = INFRA / ("up.sh" if service == "up" else f"{service}.sh")
+    subprocess.run([str(script)] + ([] if service == "up" else ["up"]), check=True,
+                   capture_output=True, timeout=300)
+
+
+def kill9_broker() -> None:
+    """SIGKILL the broker `infra/kafka.sh` started (a crash: no clean shutdown of its logs)."""
+    os.kill(int(KAFKA_PIDFILE.read_text()), signal.SIGKILL)
+
+
+def stop_postgres(dsn: str) -> None:
+    """Stop the Debian cluster serving `dsn`'s port (fast mode: clients are cut off); only that
+    one, so the source cluster on its own port keeps running."""
+    port = psycopg.conninfo.conninfo_to_dict(dsn).get("port", "5432")
+    clusters = subprocess.run(["pg_lsclusters", "--no-header"], check=True, capture_output=True,
+                              text=True).stdout
+    version, name = next(line.split()[:2] for line in clusters.splitlines()
+                         if line.split()[2] == str(port))
+    subprocess.run(["pg_ctlcluster", version, name, "stop", "-m", "fast"], check=True,
+                   capture_output=True, timeout=120)
 
 
 def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
