@@ -67,10 +67,14 @@ class Writers:
             time.sleep(0.2)
 
 
-def behind(run: Run) -> list:
-    """The partitions the replicator has not committed to the topics' current end."""
+def wait_behind(run: Run, timeout_s: float = 30) -> None:
+    """Until the replicator has not committed some partition to the topics' current end: it has
+    work in hand (a fault right after this lands while it writes)."""
+    deadline = time.monotonic() + timeout_s
     with psycopg.connect(run.dsn, autocommit=True) as conn:
-        return run.partitions_behind(conn, end_offsets(run.bootstrap, run.topics))
+        while not run.partitions_behind(conn, end_offsets(run.bootstrap, run.topics)):
+            assert time.monotonic() < deadline, "the replicator never had work in hand"
+            time.sleep(0.05)
 
 
 def wait_growing(run: Run, by: int = 1) -> None:
@@ -145,7 +149,7 @@ def kill_replicator(run: Run, writers: Writers, times: int) -> None:
     for _ in range(times):
         wait_committing(run)
         rounds = writers.rounds
-        assert behind(run), "the replicator was idle, not writing"
+        wait_behind(run)
         run.kill9()
         writers.wrote_during(rounds)
         run.start()
@@ -155,7 +159,7 @@ def stop_target(run: Run, writers: Writers) -> None:
     """The target Postgres stopped for TARGET_DOWN_S while the replicator has work."""
     wait_committing(run)
     rounds = writers.rounds
-    assert behind(run), "the replicator was idle, not writing"
+    wait_behind(run)
     stop_postgres(run.dsn)
     try:
         time.sleep(TARGET_DOWN_S)
