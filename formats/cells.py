@@ -26,7 +26,6 @@ from operators.versions import writetime_version
 from schemas.cql_types import CqlType
 from schemas.cql_types import column_type as cql_column_type
 
-_MAX_ERROR_CHARS = 500
 _CONVERSION_ERRORS = (ValueError, TypeError, OverflowError, ArithmeticError)
 
 
@@ -122,13 +121,22 @@ class CellReject(Exception):
         self.error_type = error_type
 
 
+def decoded_or_dlq(decode: Callable[[RawMessage, TableName, Mapping[str, str]], CellChange],
+                   msg: RawMessage, table: TableName,
+                   cql_types: Mapping[str, str] | None) -> CellChange | DlqRecord | None:
+    """What a cell source's `decode` makes of `msg`: None for a Kafka tombstone, the DLQ record
+    of a rejected message."""
+    if msg.value is None:
+        return None
+    try:
+        return decode(msg, table, cql_types or {})
+    except CellReject as reject:
+        return dlq(msg, reject)
+
+
 def dlq(msg: RawMessage, reject: CellReject) -> DlqRecord:
-    """The DLQ record of a rejected message, its error cut short (a value may be megabytes)."""
-    error = str(reject)
-    if len(error) > _MAX_ERROR_CHARS:
-        error = error[:_MAX_ERROR_CHARS] + "..."
-    return DlqRecord(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
-                     reject.error_type, error)
+    """The DLQ record of a rejected message."""
+    return DlqRecord.of(msg, reject.error_type, str(reject))
 
 
 # --- reading a Connect JSON message, shared by the cell sources --------------------------------

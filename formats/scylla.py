@@ -63,7 +63,7 @@ from formats.cells import (
     column_type,
     connect_json,
     convert,
-    dlq,
+    decoded_or_dlq,
     envelope,
     is_snapshot,
     kafka_key,
@@ -92,12 +92,7 @@ def decode_scylla(msg: RawMessage, table: TableName,
     """One message of `table` → its `CellChange`, a `DlqRecord` naming what is wrong with it, or
     None for a Kafka tombstone. `cql_types`: column → declared CQL type, where known. Raises
     `NoRowImage` for an insert or update without row images."""
-    if msg.value is None:
-        return None
-    try:
-        return _decode(msg, table, cql_types or {})
-    except CellReject as reject:
-        return dlq(msg, reject)
+    return decoded_or_dlq(_decode, msg, table, cql_types)
 
 
 def _decode(msg: RawMessage, table: TableName, cql_types: Mapping[str, str]) -> CellChange:

@@ -113,21 +113,6 @@ PY
     fi
 }
 
-ensure_lib() {
-    local stamp="$LIB/.pom.sha256" want
-    want="$(sha256sum "$POM" | cut -d' ' -f1)"
-    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-        return 0
-    fi
-    command -v mvn >/dev/null || die "mvn not found; install Maven (apt-get install -y maven) to download the Cassandra jars"
-    log "downloading Cassandra jars from Maven Central into $LIB (once)"
-    rm -rf "$LIB"
-    mkdir -p "$LIB"
-    mvn -B -q -f "$POM" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIB" \
-        || die "mvn dependency:copy-dependencies failed (see output above)"
-    echo "$want" >"$stamp"
-}
-
 cmd_up() {
     local pid
     if pid="$(our_pid)"; then
@@ -143,7 +128,7 @@ cmd_up() {
             return 0
         fi
         command -v java >/dev/null || die "java not found; install a JRE 17 (apt-get install -y openjdk-17-jre-headless)"
-        ensure_lib
+        ensure_lib Cassandra
         mkdir -p "$DATA" "$LOGS" "$TRIGGERS"
         log "starting node on $HOST:$PORT (storage 7000, JMX $JMX_PORT), logs in $LOGS"
         # setsid: the node outlives this shell and is not hit by a Ctrl-C sent to `make`.

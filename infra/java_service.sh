@@ -1,5 +1,6 @@
-# Shared by infra/kafka.sh and infra/schema_registry.sh (sourced, not run): the pidfile
-# bookkeeping, stop and status of a Java service this project starts in the background.
+# Shared by infra/kafka.sh, infra/schema_registry.sh and infra/cassandra.sh (sourced, not run):
+# the pidfile bookkeeping, jars, stop and status of a Java service this project starts in the
+# background.
 # The sourcing script sets SERVICE_NAME (prefix of every line printed), PIDFILE, STOP_TIMEOUT_S,
 # SERVICE_MATCH (a pattern the service's command line matches) and defines answers() (true when
 # the service responds).
@@ -83,4 +84,22 @@ status_of() {
 log_tail() {
     echo "---- last lines of $1 ----" >&2
     tail -n 40 "$1" >&2 2>/dev/null || true
+}
+
+# Copy the jars of $POM (and their dependencies) into $LIB once per version of the pom; $1 names
+# them in messages ("Kafka", "Cassandra").
+ensure_lib() {
+    local what="$1"
+    local stamp="$LIB/.pom.sha256" want
+    want="$(sha256sum "$POM" | cut -d' ' -f1)"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        return 0
+    fi
+    command -v mvn >/dev/null || die "mvn not found; install Maven (apt-get install -y maven) to download the $what jars"
+    log "downloading $what jars from Maven Central into $LIB (once)"
+    rm -rf "$LIB"
+    mkdir -p "$LIB"
+    mvn -B -q -f "$POM" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIB" \
+        || die "mvn dependency:copy-dependencies failed (see output above)"
+    echo "$want" >"$stamp"
 }

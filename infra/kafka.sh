@@ -47,21 +47,6 @@ PY
     fi
 }
 
-ensure_lib() {
-    local stamp="$LIB/.pom.sha256" want
-    want="$(sha256sum "$POM" | cut -d' ' -f1)"
-    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-        return 0
-    fi
-    command -v mvn >/dev/null || die "mvn not found; install Maven (apt-get install -y maven) to download the Kafka jars"
-    log "downloading Kafka jars from Maven Central into $LIB (once)"
-    rm -rf "$LIB"
-    mkdir -p "$LIB"
-    mvn -B -q -f "$POM" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIB" \
-        || die "mvn dependency:copy-dependencies failed (see output above)"
-    echo "$want" >"$stamp"
-}
-
 write_config() {
     mkdir -p "$CONF" "$DATA" "$LOGS"
     cat >"$CONF/server.properties" <<EOF
@@ -127,7 +112,7 @@ cmd_up() {
             return 0
         fi
         command -v java >/dev/null || die "java not found; install a JRE 17+ (apt-get install -y openjdk-17-jre-headless)"
-        ensure_lib
+        ensure_lib Kafka
         write_config
         format_once
         log "starting broker on $HOST:$PORT (controller $CONTROLLER_PORT), logs in $LOGS"

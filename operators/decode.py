@@ -51,7 +51,6 @@ _CONVERSION_ERRORS = (ValueError, TypeError, OverflowError, ArithmeticError)
 _DEFECTS = (TypeError, ValueError, KeyError, AttributeError, IndexError, ArithmeticError,
             RecursionError)
 _MAX_CACHED_SHAPES = 4096
-_MAX_ERROR_CHARS = 500
 _SCHEMA_HEAD = b'{"schema":'
 _PAYLOAD_SEPARATOR = b',"payload":'
 _MAX_PREFIXES_PER_TOPIC = 4
@@ -174,7 +173,7 @@ class Decoder:
         try:
             return self._decode(msg)
         except (_Reject, AvroProblem) as exc:
-            return _dlq(msg, exc.error_type, str(exc))
+            return DlqRecord.of(msg, exc.error_type, str(exc))
         except _DEFECTS as exc:  # a defect met by one message must not stop the flow forever;
             # a failing registry or database (their own errors) stops or retries instead
             seen = (msg.topic, type(exc))
@@ -183,7 +182,7 @@ class Decoder:
                 log.exception("decoding %s[%d]@%d failed (logged once per topic and error; "
                               "each message's error is in cdc.dlq)", msg.topic, msg.partition,
                               msg.offset)
-            return _dlq(msg, "decode_failed", f"{type(exc).__name__}: {exc}")
+            return DlqRecord.of(msg, "decode_failed", f"{type(exc).__name__}: {exc}")
 
     def _decode(self, msg: RawMessage) -> Decoded | None:
         value_schema, schema_id, payload = self._values.split(msg.topic, msg.value)
@@ -353,12 +352,6 @@ class Decoder:
             cached = (columns, {name: coerce_for_column(t) for name, t in columns.items()})
             self._plain[table] = cached
         return cached[1]
-
-
-def _dlq(msg: RawMessage, error_type: str, error: str) -> DlqRecord:
-    if len(error) > _MAX_ERROR_CHARS:  # the value itself may be megabytes
-        error = error[:_MAX_ERROR_CHARS] + "..."
-    return DlqRecord(msg.topic, msg.partition, msg.offset, msg.key, msg.value, error_type, error)
 
 
 def _plain_value(converters: dict[str, Converter], table: TableName, name: str, v: Any) -> Any:

@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 
 from operators.keys import state_key
 
+MAX_ERROR_CHARS = 500
+
 
 class RawMessage(NamedTuple):
     """One Kafka message as the source read it."""
@@ -145,6 +147,14 @@ class DlqRecord:
     raw_value: bytes | None
     error_type: str
     error: str
+
+    @classmethod
+    def of(cls, msg: RawMessage, error_type: str, error: str) -> DlqRecord:
+        """The record of a message the decoder rejects, its error cut short (the error may
+        quote a value of megabytes)."""
+        if len(error) > MAX_ERROR_CHARS:
+            error = error[:MAX_ERROR_CHARS] + "..."
+        return cls(msg.topic, msg.partition, msg.offset, msg.key, msg.value, error_type, error)
 
 
 class ProgressMarker(NamedTuple):
