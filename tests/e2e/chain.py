@@ -127,9 +127,19 @@ def infra_up(service: str = "up") -> None:
                    capture_output=True, timeout=300)
 
 
+def broker_pid() -> int:
+    """The pid of the broker this checkout's `infra/kafka.sh` started: only that one can be
+    killed and started again on its own data."""
+    assert KAFKA_PIDFILE.exists(), (
+        f"no {KAFKA_PIDFILE}: the broker on 127.0.0.1:9092 was not started by this checkout's "
+        "infra/kafka.sh (another checkout's, reused), so this test cannot restart it on its data; "
+        "stop that one (its infra/down.sh) and run make e2e again")
+    return int(KAFKA_PIDFILE.read_text())
+
+
 def kill9_broker() -> None:
     """SIGKILL the broker `infra/kafka.sh` started (a crash: no clean shutdown of its logs)."""
-    os.kill(int(KAFKA_PIDFILE.read_text()), signal.SIGKILL)
+    os.kill(broker_pid(), signal.SIGKILL)
 
 
 def stop_postgres(dsn: str) -> None:

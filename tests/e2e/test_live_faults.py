@@ -17,6 +17,7 @@ import pytest
 from benchmarks.replicator_run import Run
 from tests.e2e.chain import (
     LiveSource,
+    broker_pid,
     end_offsets,
     infra_up,
     kill9_broker,
@@ -187,6 +188,7 @@ def kill_broker(run: Run, writers: Writers) -> None:
 
 def test_the_target_equals_the_source_after_connect_replicator_target_and_broker_faults(
         run: Run, live: LiveSource):
+    broker_pid()  # before any work: the broker fault needs a broker this checkout can restart
     workload = Workload(seed=23)
     seed(live.dsn, workload, rows=200)
     live.start()
