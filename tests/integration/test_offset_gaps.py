@@ -60,6 +60,14 @@ def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes | Non
     assert producer.flush(30) == 0
 
 
+def _retention_gap(bootstrap: str, topic: str) -> None:
+    """Partition 0 of `topic` gets offsets 0-19, and retention removes 0-11."""
+    _produce(bootstrap, topic, [(b"k%d" % i, b"v%d" % i) for i in range(20)])
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.delete_records([TopicPartition(topic, 0, 12)]).values():
+        future.result(timeout=30)
+
+
 def _key_id(key: bytes) -> int:
     return orjson.loads(key)["payload"]["id"]
 
@@ -142,10 +150,7 @@ def test_a_consumer_asked_for_an_offset_retention_removed_settles_the_gap(
     offsets after it): the consumer stops, or records the gap and reads on from the earliest
     offset; it never jumps to the partition's end."""
     topic = make_topic("gap")
-    _produce(kafka_bootstrap, topic, [(b"k%d" % i, b"v%d" % i) for i in range(20)])
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    for future in admin.delete_records([TopicPartition(topic, 0, 12)]).values():
-        future.result(timeout=30)
+    _retention_gap(kafka_bootstrap, topic)
     flow_id = f"gap-{topic}"
     settings = Settings(topics=topic, kafka_bootstrap=kafka_bootstrap, pg_dsn=pg_dsn,
                         flow_id=flow_id, shards=1, on_offset_gap=policy)
@@ -186,10 +191,7 @@ def test_a_partition_held_when_its_gap_is_settled_stays_paused(
     a partition across its unassignment and assignment, so `_settle` need not pause it again
     (a pause right after an assignment can lose the assigned offset, librdkafka#2190)."""
     topic = make_topic("gap", partitions=2)
-    _produce(kafka_bootstrap, topic, [(b"k%d" % i, b"v%d" % i) for i in range(20)])
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    for future in admin.delete_records([TopicPartition(topic, 0, 12)]).values():
-        future.result(timeout=30)
+    _retention_gap(kafka_bootstrap, topic)
     flow_id = f"gap-{topic}"
     settings = Settings(topics=topic, kafka_bootstrap=kafka_bootstrap, pg_dsn=pg_dsn,
                         flow_id=flow_id, shards=1, on_offset_gap="earliest")
@@ -233,10 +235,7 @@ def test_the_partitions_checked_after_an_offset_reset_share_one_probe_client(
     """An offset reset makes every partition of the worker a suspect (the native consumer is
     not told which one): checking them must not make a Kafka client per partition."""
     topic = make_topic("gap", partitions=4)
-    _produce(kafka_bootstrap, topic, [(b"k%d" % i, b"v%d" % i) for i in range(20)])
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    for future in admin.delete_records([TopicPartition(topic, 0, 12)]).values():
-        future.result(timeout=30)
+    _retention_gap(kafka_bootstrap, topic)
     probes: list[Consumer] = []
     monkeypatch.setattr(offset_gaps, "Consumer",
                         lambda config: probes.append(Consumer(config)) or probes[-1])
