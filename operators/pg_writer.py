@@ -138,6 +138,7 @@ class PgShardWriter:
         self._flow_id = flow_id
         self._soft = delete_mode is DeleteMode.SOFT
         self._plans: dict[tuple[str, _Kind, tuple[str, ...]], _Plan] = {}
+        self._audit_stages: set[str] = set()
 
     def write(self, batches: list[ShardBatch],
               before_commit: Callable[[], object] | None = None) -> None:
@@ -386,22 +387,41 @@ class PgShardWriter:
     def _stale(self, stale: list[StaleEvent]) -> None:
         if not stale:
             return
-        with self._conn.cursor().copy(
-            """COPY cdc.stale_events (flow_id, topic, partition, "offset", table_name, key,
-                                      version, applied_version, reason) FROM STDIN"""
-        ) as copy:
-            for s in stale:
-                copy.write_row((self._flow_id, s.topic, s.partition, s.offset, str(s.table),
-                                _key_text(s.row_id), describe_version(s.version),
-                                describe_version(s.applied_version), s.reason))
+        self._audit("stale_events", _STALE_COLUMNS, [
+            (self._flow_id, s.topic, s.partition, s.offset, str(s.table), _key_text(s.row_id),
+             describe_version(s.version), describe_version(s.applied_version), s.reason)
+            for s in stale])
 
     def _dlq(self, records: list[DlqRecord]) -> None:
         if not records:
             return
-        with self._conn.cursor().copy(
-            """COPY cdc.dlq (flow_id, topic, partition, "offset", raw_key, raw_value,
-                             error_type, error) FROM STDIN"""
-        ) as copy:
-            for r in records:
-                copy.write_row((self._flow_id, r.topic, r.partition, r.offset, r.raw_key,
-                                r.raw_value, r.error_type, r.error))
+        self._audit("dlq", _DLQ_COLUMNS, [
+            (self._flow_id, r.topic, r.partition, r.offset, r.raw_key, r.raw_value, r.error_type,
+             r.error) for r in records])
+
+    def _audit(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        """Add audit rows to `cdc.<table>`, keeping the row already there for a Kafka position:
+        a message read again (a replay from an earlier offset) is the same message, recorded once.
+        Through a stage, since `COPY` cannot skip a conflicting row."""
+        stage = sql.Identifier(f"_cdc_audit_{table}")
+        if table not in self._audit_stages:
+            self._conn.execute(sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {} FROM {} WITH NO DATA").format(
+                    stage, sql.SQL(", ").join(map(sql.Identifier, columns)),
+                    sql.Identifier("cdc", table)))
+            self._audit_stages.add(table)
+        names = sql.SQL(", ").join(map(sql.Identifier, columns))
+        with self._conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, names)) \
+                as copy:
+            for row in rows:
+                copy.write_row(row)
+        self._conn.execute(sql.SQL(
+            "INSERT INTO {target} ({names}) SELECT {names} FROM {stage} "
+            "ON CONFLICT (flow_id, topic, partition, \"offset\") DO NOTHING; TRUNCATE {stage}"
+        ).format(target=sql.Identifier("cdc", table), names=names, stage=stage))
+
+
+_STALE_COLUMNS = ("flow_id", "topic", "partition", "offset", "table_name", "key", "version",
+                  "applied_version", "reason")
+_DLQ_COLUMNS = ("flow_id", "topic", "partition", "offset", "raw_key", "raw_value", "error_type",
+                "error")

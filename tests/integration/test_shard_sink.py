@@ -230,6 +230,35 @@ def test_refused_row_goes_to_dlq_and_the_rest_lands(settings):
     assert "smallint" in dlq[0][2]
 
 
+def test_messages_read_again_after_a_replay_keep_their_first_audit_rows(settings):
+    """A replay (offsets moved back) reads stale and DLQ messages a second time: their audit
+    rows are kept as first written, and the commit goes through instead of being refused."""
+    things = Things(settings.target_schema)
+    batch = [things.event(1, 30), things.event(1, 20),
+             DlqRecord(TOPIC, 0, 3, b"k", b"{", "malformed_json", "bad"),
+             ProgressMarker(TOPIC, 0, 4)]
+    shard = ShardPartition(settings, 0)
+    shard.write_batch([batch])
+    shard.snapshot()
+    shard.close()
+    with psycopg.connect(settings.pg_dsn) as conn:
+        conn.execute("DELETE FROM cdc.offsets WHERE flow_id = %s", (settings.flow_id,))
+    shard = ShardPartition(settings, 0)
+    shard.write_batch([batch])
+    shard.snapshot()
+    with psycopg.connect(settings.pg_dsn) as conn:
+        audit = conn.execute(
+            """SELECT 'stale', "offset", reason FROM cdc.stale_events WHERE flow_id = %(f)s
+               UNION ALL SELECT 'dlq', "offset", error_type FROM cdc.dlq WHERE flow_id = %(f)s
+               ORDER BY 1, 2""", {"f": settings.flow_id}).fetchall()
+        offset = conn.execute("SELECT next_offset FROM cdc.offsets WHERE flow_id = %s",
+                              (settings.flow_id,)).fetchone()
+    assert audit == [("dlq", 3, "malformed_json"),
+                     ("stale", 2, "older than the applied version")]
+    assert offset == (4,)
+    assert rows(settings.pg_dsn, things.table) == {1: ("v30", 1)}
+
+
 class FakeClock:
     """The committer's clock, moved by the test: its batching rules are judged at exact ages,
     however slowly the machine runs the test."""
