@@ -31,13 +31,26 @@ import psycopg
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from operators.metrics import DLQ_ROWS, LAG
+from operators.metrics import DLQ_ROWS, LAG, count_restarts
 from operators.settings import Settings, kafka_client_config
 from operators.source_watch import WATCH, SourceWatch
 
 log = logging.getLogger(__name__)
 REFRESH_S = 5.0
 CHECK_TIMEOUT_S = 2
+
+
+def process_index(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
+    """This process's index in a bytewax cluster (`-i/--process-id`, else `BYTEWAX_PROCESS_ID`),
+    0 when alone."""
+    argv = sys.argv if argv is None else argv
+    environ = dict(os.environ) if environ is None else environ
+    for flag, value in zip(argv, [*argv[1:], ""], strict=True):
+        if flag in ("-i", "--process-id") and value.isdigit():
+            return int(value)
+        if flag.startswith("--process-id=") and flag.partition("=")[2].isdigit():
+            return int(flag.partition("=")[2])
+    return int(environ.get("BYTEWAX_PROCESS_ID") or 0)
 
 
 def in_cluster(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> bool:
@@ -166,9 +179,12 @@ def start_server(port: int, readiness: Readiness, host: str = "0.0.0.0") -> Thre
 
 
 def serve(settings: Settings) -> None:
-    """With `REPLICATE_METRICS_PORT` set: the HTTP server and the gauges' refresh thread."""
+    """With `REPLICATE_METRICS_PORT` set: the HTTP server, on that port plus the process's index
+    in a cluster (processes of one host need a port each), and the gauges' refresh thread."""
     if settings.metrics_port is None:
         return
-    start_server(settings.metrics_port, Readiness(settings, WATCH, in_cluster()))
+    count_restarts(os.environ)
+    start_server(settings.metrics_port + process_index(),
+                 Readiness(settings, WATCH, in_cluster()))
     threading.Thread(target=_refresh_forever, args=(settings, WATCH),
                      name="metrics-refresh", daemon=True).start()

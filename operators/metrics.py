@@ -8,6 +8,7 @@ and alerts".
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -42,6 +43,8 @@ DLQ_ROWS = Gauge("replicate_dlq_rows", "Rows of the flow in cdc.dlq (the same in
 SCHEMA_CHANGES = Counter(
     "replicate_schema_changes_total", "Target tables this process created or altered", ["table"])
 RESTARTS = Counter("replicate_restarts_total", "Cluster restarts by the supervisor")
+# Set by `replicate run` (flows/supervisor.py) for the processes it starts: its restarts so far.
+RESTARTS_ENV = "REPLICATE_RESTARTS"
 
 # `replicate_retries_total{what}`: the system whose failure was retried.
 POSTGRES, KAFKA, SCHEMA_REGISTRY, OTHER = "postgres", "kafka", "schema_registry", "other"
@@ -60,6 +63,14 @@ def count_commit(batches: list[ShardBatch]) -> None:
             total += len(batch.dlq)
     COMMITS.inc()
     BATCH_EVENTS.observe(total)
+
+
+def count_restarts(environ: Mapping[str, str]) -> None:
+    """Start `replicate_restarts_total` at the supervisor's count: every restart starts new
+    processes, so the count outlives them only in their environment."""
+    value = environ.get(RESTARTS_ENV, "")
+    if value.isdigit():
+        RESTARTS.inc(int(value))
 
 
 def retried_system(exc: BaseException) -> str:

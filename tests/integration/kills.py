@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
@@ -22,6 +23,22 @@ Partition = tuple[str, int]
 # Longer than a few commit periods (the runs commit every REPLICATE_BATCH_MS = 200 ms), so a
 # replicator at work commits within it even on a loaded machine.
 COMMIT_WINDOW_S = 1.0
+
+
+class Replicator(Protocol):
+    """What a kill needs of the replicator under test: a `Run`, or one process of a cluster
+    under `replicate run` (tests/integration/test_supervisor.py)."""
+
+    @property
+    def flow_id(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def died(self) -> bool: ...
+
+    def kill9(self) -> None: ...
+
+    def log_tail(self, lines: int = 40) -> str: ...
 
 
 class BackgroundProducer:
@@ -87,7 +104,7 @@ class KafkaEnds:
         self._consumer.close()
 
 
-def wait_for_a_commit(run: Run, conn: psycopg.Connection, timeout_s: float = 60) -> None:
+def wait_for_a_commit(run: Replicator, conn: psycopg.Connection, timeout_s: float = 60) -> None:
     """Until the freshly started replicator commits something new (it is at work)."""
     deadline = time.monotonic() + timeout_s
     try:
@@ -108,7 +125,7 @@ def wait_for_a_commit(run: Run, conn: psycopg.Connection, timeout_s: float = 60)
         time.sleep(0.1)
 
 
-def kill_at_work(run: Run, conn: psycopg.Connection, ends: KafkaEnds,
+def kill_at_work(run: Replicator, conn: psycopg.Connection, ends: KafkaEnds,
                  rng: random.Random) -> KillObservation:
     """Start the replicator, let it work a random while, and kill -9 it."""
     run.start()
