@@ -8,7 +8,6 @@ line naming it and exits with status 2.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import psycopg
@@ -19,12 +18,21 @@ from operators import health
 from operators.decode_step import DecodeStep
 from operators.kafka_source import KafkaCdcSource, list_partitions
 from operators.lifecycle import install_stop_handlers, limit_malloc_arenas, tune_gc
+from operators.log_format import configure_logging
 from operators.offsets import register_flow
 from operators.pg_session import connect
+from operators.redact import remember_secrets
 from operators.retry import first_line, retrying
-from operators.settings import ConfigError, Settings, load_settings
+from operators.settings import (
+    ConfigError,
+    LogFormat,
+    Settings,
+    kafka_client_config,
+    load_settings,
+)
 from operators.shard_sink import ShardSink
 from operators.table_name_upgrade import upgrade_quoted_table_names
+from operators.tracing import configure_export
 from schemas.control import ensure_control_schema
 from schemas.registry import describe_failure, registry_subjects
 
@@ -65,6 +73,10 @@ def _check_registry(settings: Settings) -> None:
 def _flow_or_exit() -> Dataflow:
     try:
         settings = load_settings()
+        remember_secrets([settings.pg_dsn, settings.schema_registry_url],
+                         kafka_client_config(settings))
+        configure_logging(settings)
+        configure_export()
         install_stop_handlers()
         limit_malloc_arenas()
         tune_gc()
@@ -77,6 +89,5 @@ def _flow_or_exit() -> Dataflow:
         raise SystemExit(2) from None
 
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-logging.getLogger("httpx2").setLevel(logging.WARNING)  # the schema registry client's every request
+configure_logging(LogFormat.TEXT)  # until the settings are read
 flow = _flow_or_exit()

@@ -33,12 +33,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 
 import psycopg
+from opentelemetry.trace import Span
 
-from operators import metrics
+from operators import metrics, tracing
 from operators.events import ProgressMarker, TruncateEvent
+from operators.log_format import log_context
 from operators.native_shard import expand
 from operators.pg_session import PgSession, flow_key, thread_session
 from operators.pg_writer import ShardBatch
@@ -69,8 +73,10 @@ class Committer:
 
     def register(self, shard: Shard) -> None:
         self.settle()  # the connection is free only between transactions
-        retrying(f"shard {shard.number}: open", lambda: shard.bring_in_step(self.session.conn),
-                 on_retry=self.session.reset, cap_s=self._settings.retry_max_s)
+        with log_context(shard=shard.number):
+            retrying(f"shard {shard.number}: open",
+                     lambda: shard.bring_in_step(self.session.conn),
+                     on_retry=self.session.reset, cap_s=self._settings.retry_max_s)
         self._shards.append(shard)
 
     def unregister(self, shard: Shard) -> None:
@@ -133,7 +139,9 @@ class Committer:
         ahead = None
         if self._in_flight is not None and plain and not truncating:
             tables = self.session.tables
-            ahead = [shard.decide_ahead(units, markers, tables) for shard, units, markers in plain]
+            with _lww_span(plain, ahead=True):
+                ahead = [shard.decide_ahead(units, markers, tables)
+                         for shard, units, markers in plain]
         if not self.settle():
             ahead = None  # the running commit was redone: decide again
         if truncating:
@@ -165,7 +173,7 @@ class Committer:
         except REFUSED:
             self._commit(work)  # the synchronous path isolates what Postgres refuses
             return
-        future = self._writer.submit(self.session.writer.write, batches)
+        future = self._writer.submit(self._write, batches)
         self._in_flight = (work, batches, future, time.perf_counter())
 
     def _start_decided(self, work: list[Work], decided: list[Decided]) -> None:
@@ -175,7 +183,7 @@ class Committer:
         Postgres does not sit idle while the worker writes RocksDB."""
         stored: Future[None] = Future()
         batches = [one.batch for one in decided]
-        future = self._writer.submit(self.session.writer.write, batches, stored.result)
+        future = self._writer.submit(self._write, batches, stored.result)
         self._in_flight = (work, batches, future, time.perf_counter())
         try:
             for (shard, _, _), one in zip(work, decided, strict=True):
@@ -256,17 +264,27 @@ class Committer:
     def _commit_once(self, work: list[Work]) -> None:
         started = time.perf_counter()
         batches = self._prepare(work)
-        self.session.writer.write(batches)
+        self._write(batches)
         self._confirm(work, batches, started)
+
+    def _write(self, batches: list[ShardBatch],
+               before_commit: Callable[[], object] | None = None) -> None:
+        """The Postgres transaction of `batches` (`PgWriter.write`), traced."""
+        with tracing.span("commit", lambda: tracing.batch_attributes(batches)):
+            self.session.writer.write(batches, before_commit)
 
     def _prepare(self, work: list[Work], decided: list[Decided | None] | None = None,
                  ) -> list[ShardBatch]:
         """LWW and RocksDB for `work`; a shard's decision in `decided` is only written."""
         conn, tables = self.session.conn, self.session.tables
         decided = decided or [None] * len(work)
-        return [shard.prepare(units, markers, conn, tables) if one is None
-                else shard.write_decided(one)
-                for (shard, units, markers), one in zip(work, decided, strict=True)]
+        with _lww_span(work, ahead=False) as span:
+            batches = [shard.prepare(units, markers, conn, tables) if one is None
+                       else shard.write_decided(one)
+                       for (shard, units, markers), one in zip(work, decided, strict=True)]
+            if span.is_recording():
+                span.set_attributes(tracing.batch_attributes(batches))
+        return batches
 
     @staticmethod
     def _confirm(work: list[Work], batches: list[ShardBatch], started: float) -> None:
@@ -281,6 +299,13 @@ class Committer:
         for shard in self._shards:
             shard.distrust()
         self.session.reset()
+
+
+def _lww_span(work: list[Work], ahead: bool) -> AbstractContextManager[Span]:
+    """The span of deciding `work` (LWW, and RocksDB unless `ahead`: decided while the previous
+    transaction runs, written after it)."""
+    return tracing.span("lww", lambda: {"cdc.shards": [shard.number for shard, _, _ in work],
+                                        "cdc.ahead": ahead})
 
 
 def _kafka_position(unit: Unit) -> tuple[str, int, int]:

@@ -20,8 +20,10 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from operators import tracing
 from operators.events import ProgressMarker, RawMessage
 from operators.flow_control import CommitWindow
+from operators.log_format import log_context
 from operators.offset_gaps import (
     METADATA_TIMEOUT_S,
     WatermarkProbe,
@@ -373,7 +375,8 @@ class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
         self._started = False
         self._note_due = 0.0
         WATCH.opened(topic, partition)
-        log.info("source %s[%d]: starting at offset %d", topic, partition, start)
+        log.info("source %s[%d]: starting at offset %d", topic, partition, start,
+                 extra={"topic": topic, "partition": partition})
 
     def next_batch(self) -> list[SourceItem]:
         if not self._started:
@@ -385,8 +388,14 @@ class KafkaPartition(StatefulSourcePartition[SourceItem, None]):
             return [ProgressMarker(self._topic, self._partition, self._next_offset, False)]
         allowed = self._window.allows(self._next_offset)
         self._consumer.hold(self._topic, self._partition, not allowed)
+        traced = tracing.recording()
+        polled_at = time.time_ns() if traced else 0
         batch: list[SourceItem] = self._consumer.take(self._topic, self._partition)
         if batch:
+            if traced:  # a span per poll that brought messages
+                tracing.finished_span("poll", polled_at, {
+                    "cdc.topic": self._topic, "cdc.partition": self._partition,
+                    "cdc.offset": self._next_offset, "cdc.next_offset": batch[-1].next_offset})
             self._next_offset = batch[-1].next_offset
         self._idle = not batch
         caught_up = not batch and allowed and self._read_to_end()
@@ -450,8 +459,9 @@ class KafkaCdcSource(FixedPartitionedSource[SourceItem, None]):
                 return partition_start(conn, settings.flow_id, settings.shards, topic, partition,
                                        self._initial_offset(topic, partition))
 
-        start = retrying(f"source {topic}[{partition}]: read start offset", start_offset,
-                         cap_s=settings.retry_max_s)
+        with log_context(topic=topic, partition=partition):
+            start = retrying(f"source {topic}[{partition}]: read start offset", start_offset,
+                             cap_s=settings.retry_max_s)
         return KafkaPartition(settings, topic, partition, start, len(self._partitions))
 
     def _initial_offset(self, topic: str, partition: int) -> Callable[[], int]:

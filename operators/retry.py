@@ -12,6 +12,7 @@ from typing import TypeVar
 import psycopg
 
 from operators import metrics
+from operators.redact import redact
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,9 +43,10 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an error's message (Postgres adds DETAIL/CONTEXT lines), or its type."""
+    """The first line of an error's message (Postgres adds DETAIL/CONTEXT lines), or its type;
+    passwords masked (libpq quotes a connection string it cannot parse)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return redact(text.splitlines()[0]) if text else type(exc).__name__
 
 
 def backoff_delays(base_s: float = 0.1, cap_s: float = 30.0):
@@ -70,8 +72,8 @@ def retrying(what: str, call: Callable[[], T], on_retry: Callable[[], None] | No
             attempt += 1
             metrics.RETRIES.labels(metrics.retried_system(exc)).inc()
             pause = next(delays)
-            log.warning("%s failed (attempt %d, retrying in %.2fs): %s", what, attempt, pause,
-                        first_line(exc))
+            log.warning("%s failed (attempt %d, retrying in %.2fs): %s", redact(what), attempt,
+                        pause, first_line(exc))
             if on_retry is not None:
                 on_retry()
             time.sleep(pause)

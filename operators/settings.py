@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from operators.redact import redact
 
 ENV_PREFIX = "REPLICATE_"
 DEV_PG_DSN = "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
@@ -42,6 +45,11 @@ class OffsetGapPolicy(StrEnum):
 class DeleteMode(StrEnum):
     HARD = "hard"
     SOFT = "soft"
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
 
 
 class Settings(BaseSettings):
@@ -84,6 +92,9 @@ class Settings(BaseSettings):
     native_fetch: bool = Field(
         True, description="read Kafka with the native consumer when decoding natively "
         "(operators/kafka_source.py); false: the Python client")
+    log_format: LogFormat = Field(
+        LogFormat.TEXT, description="text, or json: one JSON object per line "
+        "(operators/log_format.py)")
 
     @classmethod
     def settings_customise_sources(
@@ -132,9 +143,18 @@ class Settings(BaseSettings):
     def topic_list(self) -> list[str]:
         return [t.strip() for t in self.topics.split(",") if t.strip()]
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """The fields, passwords masked (a DSN, a registry URL with credentials)."""
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if isinstance(value, str) else value
+
 
 class ConfigError(Exception):
-    """Configuration that cannot be used; the message names the setting."""
+    """Configuration that cannot be used; the message names the setting (its passwords
+    masked: it quotes values and connection errors)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 def kafka_client_config(

@@ -22,6 +22,11 @@ def shard_part_name(shard: int) -> str:
     return f"{PART_PREFIX}{shard:05d}"
 
 
+def shard_number(part_name: str) -> int:
+    """The shard a sink part name (`shard_part_name`) stands for."""
+    return int(part_name[len(PART_PREFIX):])
+
+
 class ShardPartition(StatefulSinkPartition[list[ShardItem], None]):
     def __init__(self, settings: Settings, number: int) -> None:
         memory = StoreMemory(settings.state_cache_mb, settings.state_write_buffer_mb)
@@ -59,7 +64,7 @@ class ShardSink(FixedPartitionedSink[list[ShardItem], None]):
         return [shard_part_name(k) for k in range(self._settings.shards)]
 
     def part_fn(self, item_key: str) -> int:
-        return int(item_key[len(PART_PREFIX):])
+        return shard_number(item_key)
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> ShardPartition:
-        return ShardPartition(self._settings, int(for_part[len(PART_PREFIX):]))
+        return ShardPartition(self._settings, shard_number(for_part))
