@@ -8,9 +8,10 @@ Exactly once makes a whole-cluster restart safe: every shard resumes from Postgr
 SIGINT is forwarded to the processes, and the supervisor exits 0 once they are gone. A process
 exiting with status 2 (a setting that cannot be used) is not restarted: the supervisor exits 2.
 
-Each restart starts new processes with `REPLICATE_RESTARTS` in their environment, the number of
-restarts so far, which they count in `replicate_restarts_total` (operators/metrics.py); process K
-serves its metrics on `REPLICATE_METRICS_PORT` + K (operators/health.py).
+Each restart starts new processes, the first of them with `REPLICATE_RESTARTS` in its
+environment, the number of restarts so far, which it counts in `replicate_restarts_total`
+(operators/metrics.py); process K serves its metrics on `REPLICATE_METRICS_PORT` + K
+(operators/health.py).
 """
 
 from __future__ import annotations
@@ -193,9 +194,11 @@ class Supervisor:
             self.restarts += 1
 
     def _start(self) -> dict[int, Child]:
-        env = self._environ | {RESTARTS_ENV: str(self.restarts)}
-        children = {index: self._spawn(command, env)
-                    for index, command in self._cluster.commands()}
+        """Start every process; the first carries the restart count, the others 0, so the sum
+        over processes (and over the supervisors of a cluster spread over hosts) is right."""
+        children = {index: self._spawn(command, self._environ | {
+            RESTARTS_ENV: str(self.restarts if index == self._cluster.first else 0)})
+            for index, command in self._cluster.commands()}
         log.info("started %s", ", ".join(f"process {k} (pid {c.pid})"
                                          for k, c in children.items()))
         return children

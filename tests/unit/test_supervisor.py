@@ -107,7 +107,8 @@ class FakeCluster:
         self.failures = failures
         self.hangs = hangs
         self.starts: list[dict[int, FakeChild]] = []
-        self.restart_env: list[str] = []
+        self.restart_env: list[str] = []  # what the first process of each start was given
+        self.others_env: list[str] = []
         self.started_at: list[float] = []
 
     def spawn(self, command: list[str], env: Mapping[str, str]) -> FakeChild:
@@ -120,6 +121,8 @@ class FakeCluster:
             if start < len(self.failures):
                 after, who, status = self.failures[start]
                 self.clock.at(self.clock.now + after, lambda: self._exit(start, who, status))
+        else:
+            self.others_env.append(env[metrics.RESTARTS_ENV])
         child = FakeChild(100 * len(self.starts) + index, self.hangs)
         self.starts[-1][index] = child
         return child
@@ -148,6 +151,7 @@ def test_a_dying_process_restarts_the_whole_cluster_after_a_growing_backoff():
     assert sup.run() == 0
     assert len(cluster.starts) == 4 and sup.restarts == 3
     assert cluster.restart_env == ["0", "1", "2", "3"]
+    assert cluster.others_env == ["0"] * 4, "counted once, so a sum over processes is right"
     for start, (_, dead, _) in zip(cluster.starts, cluster.failures, strict=False):
         assert start[1 - dead].signals == [signal.SIGTERM], "the rest of the cluster is stopped"
         assert start[dead].signals == []
