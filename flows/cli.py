@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from flows import supervisor
+from flows import admin, supervisor
 from operators.settings import ConfigError
 
 
@@ -23,7 +23,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--json", action="store_true", help="print JSON instead of text")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     supervisor.add_command(sub)
-    # admin subcommands (flows/admin.py) register here: admin.add_commands(sub)
+    admin.add_commands(sub)
     return top
 
 

@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from benchmarks.workload import WorkloadSpec, generate, produce
-from flows.status import caught_up, flow_lag
+from flows.admin_status import caught_up, flow_lag
 from operators.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,6 +11,7 @@ import threading
 
 import psycopg
 
+from operators.flow_lock import hold_running
 from operators.pg_writer import PgShardWriter
 from operators.retry import retrying
 from operators.settings import Settings
@@ -39,6 +40,7 @@ class PgSession:
 
     def _open_once(self) -> psycopg.Connection:
         conn = connect(self._settings.pg_dsn)
+        hold_running(conn, self._settings.flow_id)
         ensure_control_schema(conn)
         self.tables = TargetTables(conn, self._settings.flow_id, self._settings.delete_mode)
         self.writer = PgShardWriter(conn, self._settings.flow_id, self._settings.delete_mode)
