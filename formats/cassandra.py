@@ -51,6 +51,7 @@ from formats.cells import (
     is_snapshot,
     kafka_key,
     row_fields,
+    schema_of,
 )
 from operators.events import DlqRecord, RawMessage, TableName
 from schemas.cql_types import CqlType, marshal_scalar
@@ -65,6 +66,10 @@ _MAX_CACHED_SHAPES = 1024
 
 class CassandraDialect(WriteTimeDialect):
     connector = "cassandra"
+
+    def decode(self, msg: RawMessage, table: TableName,
+               cql_types: Mapping[str, str] | None = None) -> CellChange | DlqRecord | None:
+        return decode_cassandra(msg, table, cql_types)
 
 
 def decode_cassandra(msg: RawMessage, table: TableName,
@@ -89,21 +94,17 @@ def _decode(msg: RawMessage, table: TableName, cql_types: Mapping[str, str]) -> 
     key_columns = tuple(key_values)
     key = tuple(convert(name, types[name], v) for name, v in key_values.items())
     named = _named_prefix(key)
-    change = CellChange(table, key_columns, key, None, CellKind.WRITE, ts_us, op == "i", {},
-                        msg.topic, msg.partition, msg.offset, snapshot=is_snapshot(source))
-    if op in ("i", "u"):
-        if named < len(key):
-            raise CellReject("missing_key", f"key {key_values} of a write has null values")
+    if op in ("i", "u") and named < len(key):
+        raise CellReject("missing_key", f"key {key_values} of a write has null values")
+    kind = {"i": CellKind.WRITE, "u": CellKind.WRITE, "r": CellKind.RANGE_DELETE,
+            "d": CellKind.PARTITION_DELETE if named < len(key) else CellKind.ROW_DELETE}[op]
+    whole_rows = kind in (CellKind.WRITE, CellKind.ROW_DELETE)
+    change = CellChange(table, key_columns, key, None if whole_rows else named, kind, ts_us,
+                        op == "i", {}, msg.topic, msg.partition, msg.offset,
+                        snapshot=is_snapshot(source), schema=schema_of(table, types, key_columns))
+    if kind is CellKind.WRITE:
         _write_cells(change, types, after)
-    elif op == "d":
-        if named < len(key):
-            change.kind = CellKind.PARTITION_DELETE
-            change.partition_key_columns = named
-        else:
-            change.kind = CellKind.ROW_DELETE
-    else:
-        change.kind = CellKind.RANGE_DELETE
-        change.partition_key_columns = named
+    elif kind is CellKind.RANGE_DELETE:
         clustering = key_columns[named:]
         change.range_start = _bound(after, RANGE_START, clustering)
         change.range_end = _bound(after, RANGE_END, clustering)

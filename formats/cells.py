@@ -13,32 +13,41 @@ applying them is the job of whoever keeps the cells' versions.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import lru_cache
 from typing import Any
 
 import orjson
 
 from formats.dialect import SourceDialect
-from operators.events import DlqRecord, RawMessage, TableName
+from operators.events import Column, DlqRecord, RawMessage, TableName, TableSchema
+from operators.keys import state_key
 from operators.versions import writetime_version
 from schemas.cql_types import CqlType
 from schemas.cql_types import column_type as cql_column_type
 
 _CONVERSION_ERRORS = (ValueError, TypeError, OverflowError, ArithmeticError)
-
+_MAX_CACHED_SCHEMAS = 1024
 
 
 class WriteTimeDialect(SourceDialect):
-    """A Cassandra-model source: changes ordered by their write time, `source.ts_us`; the native
-    path does not decode them."""
+    """A Cassandra-model source: changes ordered by their write time, `source.ts_us`, and
+    decoded by the dialect itself into `CellChange`s; the native path does not decode them."""
 
     native = False
 
     def version(self, source: Mapping[str, Any],
                 snapshot_point: Callable[[], int] = lambda: 0) -> bytes:
         return writetime_version(source.get("ts_us"))  # type: ignore[arg-type]
+
+    @abstractmethod
+    def decode(self, msg: RawMessage, table: TableName,
+               cql_types: Mapping[str, str] | None = None) -> CellChange | DlqRecord | None:
+        """One message of `table` → its `CellChange`, a `DlqRecord`, or None for a Kafka
+        tombstone. `cql_types`: column → declared CQL type, where known."""
 
 class CellKind(Enum):
     WRITE = "write"
@@ -81,6 +90,10 @@ class CellChange:
       it the cell reads as null, as if deleted at its write time.
     - `range_start`, `range_end`: the bounds of a RANGE_DELETE (None otherwise).
     - `snapshot`: the change comes from the connector's initial snapshot, not from the log.
+    - `schema`: the table's columns as the message's schema describes them (for creating and
+      widening the target table).
+    - `row_id`: the row's state key (`operators.keys.state_key`) for writes and row deletes;
+      empty for partition and range deletes, which cover many rows.
     """
 
     table: TableName
@@ -98,6 +111,12 @@ class CellChange:
     range_start: RangeBound | None = None
     range_end: RangeBound | None = None
     snapshot: bool = False
+    schema: TableSchema | None = field(default=None, repr=False, compare=False)
+    row_id: bytes = field(default=b"", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind in (CellKind.WRITE, CellKind.ROW_DELETE) and not self.row_id:
+            self.row_id = state_key(self.table, self.key)
 
     @property
     def partition_key(self) -> tuple[Any, ...]:
@@ -108,6 +127,19 @@ class CellChange:
     def version(self) -> bytes:
         """The change's version bytes (`operators/versions.py`): its write time."""
         return writetime_version(self.ts_us)
+
+
+@lru_cache(maxsize=_MAX_CACHED_SCHEMAS)
+def table_schema(table: TableName, columns: tuple[tuple[str, str], ...],
+                 key_columns: tuple[str, ...]) -> TableSchema:
+    """The schema of a cell table, one object per distinct schema (the target tables cache by
+    object)."""
+    return TableSchema(table, tuple(Column(n, t) for n, t in columns), key_columns, cells=True)
+
+
+def schema_of(table: TableName, types: Mapping[str, CqlType],
+              key_columns: tuple[str, ...]) -> TableSchema:
+    return table_schema(table, tuple((n, t.pg_type) for n, t in types.items()), key_columns)
 
 
 class CellReject(Exception):

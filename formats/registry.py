@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from formats.cassandra import CassandraDialect
 from formats.debezium.postgres import PostgresDialect
 from formats.debezium.sqlserver import SqlServerDialect
 from formats.dialect import SourceDialect
+from formats.scylla import ScyllaDialect
 
-DIALECTS: dict[str, SourceDialect] = {d.connector: d for d in (PostgresDialect(),
-                                                                SqlServerDialect())}
+DIALECTS: dict[str, SourceDialect] = {d.connector: d for d in (
+    PostgresDialect(), SqlServerDialect(), ScyllaDialect(), CassandraDialect())}
 
 
 def dialect_for(source: Mapping[str, Any]) -> SourceDialect:

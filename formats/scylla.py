@@ -68,6 +68,7 @@ from formats.cells import (
     is_snapshot,
     kafka_key,
     row_fields,
+    schema_of,
 )
 from operators.events import DlqRecord, RawMessage, TableName
 from schemas.cql_types import CqlType
@@ -78,6 +79,10 @@ _MAX_CACHED_SHAPES = 1024
 
 class ScyllaDialect(WriteTimeDialect):
     connector = "scylla"
+
+    def decode(self, msg: RawMessage, table: TableName,
+               cql_types: Mapping[str, str] | None = None) -> CellChange | DlqRecord | None:
+        return decode_scylla(msg, table, cql_types)
 
 
 class NoRowImage(Exception):
@@ -120,7 +125,7 @@ def _decode(msg: RawMessage, table: TableName, cql_types: Mapping[str, str]) -> 
     return CellChange(
         table, tuple(key_values), key, len(key) if kind is CellKind.PARTITION_DELETE else None,
         kind, ts_us, op == "c", cells, msg.topic, msg.partition, msg.offset,
-        snapshot=is_snapshot(source),
+        snapshot=is_snapshot(source), schema=schema_of(table, types, tuple(key_values)),
     )
 
 

@@ -1,6 +1,8 @@
 """Debezium change events (Postgres, SQL Server connectors) → ChangeEvent | TruncateEvent |
 DlqRecord. Keys and values are Connect JSON (with or without schemas) or Avro in the Confluent
-wire format (`operators/avro.py`); each message is told apart by its first byte.
+wire format (`operators/avro.py`); each message is told apart by its first byte. The changes of a
+Cassandra-model connector (ScyllaDB, Cassandra: `formats/cells.py`) are their dialect's to decode,
+into `CellChange`s.
 
 `Decoder.decode` never raises for bad input: every message it cannot use becomes a `DlqRecord`
 with the raw bytes, a short `error_type` and a message naming the field. It returns None for
@@ -21,6 +23,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from formats.cells import CellChange, WriteTimeDialect
 from formats.dialect import SourceDialect
 from formats.registry import dialect_for
 from operators.avro import AvroFrames, AvroProblem, SchemaFetcher, is_framed
@@ -42,7 +45,7 @@ from schemas.catalog import TableCatalog, coerce_for_column
 from schemas.debezium_types import Converter, FieldType, field_type
 
 log = logging.getLogger(__name__)
-Decoded = ChangeEvent | TruncateEvent | DlqRecord
+Decoded = ChangeEvent | TruncateEvent | DlqRecord | CellChange
 
 _ABSENT = object()
 _CONVERSION_ERRORS = (ValueError, TypeError, OverflowError, ArithmeticError)
@@ -192,6 +195,10 @@ class Decoder:
             raise _Reject("malformed_envelope", f"payload is a {_kind(payload)}")
         if "ddl" in payload or "tableChanges" in payload:
             return None
+        source = payload.get("source")
+        dialect = _cell_dialect(source)
+        if dialect is not None:  # its own ops and cells: the whole message is the dialect's
+            return dialect.decode(msg, self._topic_table(msg.topic))
         op = payload.get("op")
         if op is None:
             raise _Reject("missing_op", "value has no 'op' field")
@@ -199,7 +206,6 @@ class Decoder:
             return None
         if op not in ("c", "u", "r", "d", "t"):
             raise _Reject("unknown_op", f"op {op!r} is not one of c, u, r, d, t, m")
-        source = payload.get("source")
         if not isinstance(source, dict):
             raise _Reject("missing_source", "value has no 'source' object")
         try:
@@ -352,6 +358,17 @@ class Decoder:
             cached = (columns, {name: coerce_for_column(t) for name, t in columns.items()})
             self._plain[table] = cached
         return cached[1]
+
+
+def _cell_dialect(source: Any) -> WriteTimeDialect | None:
+    """The Cassandra-model dialect of a change's `source` block, if it is one."""
+    if not isinstance(source, dict):
+        return None
+    try:
+        dialect = dialect_for(source)
+    except ValueError:
+        return None
+    return dialect if isinstance(dialect, WriteTimeDialect) else None
 
 
 def _plain_value(converters: dict[str, Converter], table: TableName, name: str, v: Any) -> Any:

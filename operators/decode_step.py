@@ -2,7 +2,8 @@
 
 Runs on the worker that read the messages (no redistribution), so all events of one partition
 reach each shard in offset order. Change events go to the shard of their (table, key); a DLQ
-record to a shard chosen by its Kafka position; progress markers and truncates to every shard.
+record to a shard chosen by its Kafka position; progress markers, truncates and the partition
+and range deletes of Cassandra-model tables (`formats/cells.py`) to every shard.
 Each shard's items of one batch travel as one list: bytewax routes (and, in a cluster, sends)
 a few dozen values per batch instead of one per message. The native decoder's plain events travel
 as runs (`operators/native_decode.py`), after the shard's other items of the batch: LWW orders
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from operator import itemgetter
 
-from operators import tracing
+from formats.cells import CellChange
 from operators.decode import Decoder
 from operators.events import ChangeEvent, DlqRecord, ProgressMarker, ShardItem
 from operators.kafka_source import SourceItem, running_consumer
@@ -23,7 +24,7 @@ from operators.keys import shard_of, shard_of_position
 from operators.native_decode import run_events
 from operators.pg_session import connect
 from operators.settings import Settings
-from operators.shard_sink import shard_number, shard_part_name
+from operators.shard_sink import shard_part_name
 from operators.snapshot_points import record_new_points, stored_points
 from schemas.catalog import TableCatalog
 from schemas.registry import registry_fetcher
@@ -42,13 +43,6 @@ class DecodeStep:
         self._names = [shard_part_name(k) for k in range(settings.shards)]
 
     def __call__(self, items: list[SourceItem]) -> list[tuple[str, list[ShardItem]]]:
-        with tracing.span("decode", lambda: tracing.source_attributes(items)) as span:
-            out = self._decode(items)
-            if span.is_recording():
-                span.set_attribute("cdc.shards", [shard_number(name) for name, _ in out])
-            return out
-
-    def _decode(self, items: list[SourceItem]) -> list[tuple[str, list[ShardItem]]]:
         shards = self._shards
         messages = [item for item in items if type(item) is not ProgressMarker]
         decoded, runs = self._decoder.decode_runs(messages, shards)
@@ -60,14 +54,15 @@ class DecodeStep:
         ordered: set[int] = set()  # shards with a Python event or truncate among their runs
         for position, item in decoded:
             kind = type(item)
-            if kind is ChangeEvent:
+            if kind is ChangeEvent or (kind is CellChange and item.row_id):
                 shard = shard_of(item.row_id, shards)
                 routed[shard].append((position, item))
                 ordered.add(shard)
             elif kind is DlqRecord:
                 shard = shard_of_position(item.topic, item.partition, item.offset, shards)
                 routed[shard].append((position, item))
-            elif item is not None:  # a truncate: every shard holds rows of the table
+            elif item is not None:  # a truncate, a partition or range delete: every shard
+                # holds rows of the table
                 for shard, pairs in enumerate(routed):
                     pairs.append((position, item))
                     ordered.add(shard)

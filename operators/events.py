@@ -86,6 +86,9 @@ class TableSchema:
     table: TableName
     columns: tuple[Column, ...]
     key: tuple[str, ...]
+    cells: bool = False
+    """A Cassandra-model table (formats/cells.py): its rows carry cell versions
+    (`operators/cell_meta.py`) instead of one row version."""
 
 
 class Op(IntEnum):

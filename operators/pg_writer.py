@@ -19,6 +19,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from operators.cell_rows import CellWrite, RangeDelete
+from operators.cell_writer import CellWriter
 from operators.events import DlqRecord, Op, TableSchema, TruncateEvent
 from operators.keys import key_json_of
 from operators.lww import RowWrite, StaleEvent
@@ -77,6 +79,8 @@ class ShardBatch:
     truncates: list[tuple[TargetTable | None, TruncateEvent]] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     floors: dict[str, bytes] = field(default_factory=dict)
+    cell_writes: list[tuple[TargetTable, CellWrite]] = field(default_factory=list)
+    range_deletes: list[RangeDelete] = field(default_factory=list)
     applied: int = 0
     duplicates: int = 0
     counts: dict[tuple[str, str, str], int] = field(default_factory=dict)  # events by (table,
@@ -139,6 +143,7 @@ class PgShardWriter:
         self._soft = delete_mode is DeleteMode.SOFT
         self._plans: dict[tuple[str, _Kind, tuple[str, ...]], _Plan] = {}
         self._audit_stages: set[str] = set()
+        self._cells = CellWriter(conn)
 
     def write(self, batches: list[ShardBatch],
               before_commit: Callable[[], object] | None = None) -> None:
@@ -166,6 +171,8 @@ class PgShardWriter:
                 plan = self._plan(*group)
                 self._copy(plan, groups.get(group, []), staged.get(group, []))
                 statements += plan.statements
+            self._cells.write([w for batch in batches for w in batch.cell_writes])
+            self._cells.record_deletes([d for batch in batches for d in batch.range_deletes])
             self._stale([s for batch in batches for s in batch.stale])
             self._dlq([r for batch in batches for r in batch.dlq])
             statements.append(offsets)

@@ -4,6 +4,8 @@ Used when a shard's state directory is missing, empty, or out of step with Postg
 the one commit its undo record covers. Every key's version comes from its row (`_cdc_version`,
 `_cdc_deleted` in soft mode), its hard-delete tombstone, and its table's truncate floor. A row
 without a version (there before the flow first wrote to its table) leaves its key without state.
+A Cassandra-model table's rows carry their cell versions (`_cdc_cells`), its dead rows' versions
+are in `cdc.cell_tombstones` (`operators/cell_rows.py`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import orjson
 import psycopg
 from psycopg import sql
 
+from operators.cell_rows import Place, encode_cell_state
 from operators.events import TableName
 from operators.keys import shard_of, state_key
 from operators.lww import KeyState
-from operators.target_tables import DELETED_COLUMN, VERSION_COLUMN
+from operators.target_tables import CELLS_COLUMN, DELETED_COLUMN, VERSION_COLUMN
 
 log = logging.getLogger(__name__)
 FETCH_ROWS = 20_000
@@ -42,12 +45,15 @@ def _has_column(conn: psycopg.Connection, table: TableName, column: str) -> bool
 
 def committed_states(
     conn: psycopg.Connection, flow_id: str, shard: int, shards: int
-) -> Iterator[tuple[bytes, KeyState]]:
-    """(state key, state) of every key of `shard`, the newest of row and tombstone per key."""
+) -> Iterator[tuple[bytes, KeyState | bytes]]:
+    """(state key, state) of every key of `shard`, the newest of row and tombstone per key; a
+    cell row's state encoded."""
     tables = _flow_tables(conn, flow_id)
+    cell_tables = [(t, k) for t, k in tables if _has_column(conn, t, CELLS_COLUMN)]
+    yield from _cell_states(conn, cell_tables, shard, shards)
     seen: dict[bytes, KeyState] = {}
     for table, key_columns in tables:
-        if not _has_column(conn, table, VERSION_COLUMN):
+        if (table, key_columns) in cell_tables or not _has_column(conn, table, VERSION_COLUMN):
             continue
         deleted = (sql.Identifier(DELETED_COLUMN) if _has_column(conn, table, DELETED_COLUMN)
                    else sql.SQL("false"))
@@ -78,6 +84,32 @@ def committed_states(
                 seen[skey] = tomb
     log.info("shard %d: rebuilt state of %d keys from Postgres", shard, len(seen))
     yield from seen.items()
+
+
+def _cell_states(conn: psycopg.Connection, tables: list[tuple[TableName, list[str]]],
+                 shard: int, shards: int) -> Iterator[tuple[bytes, bytes]]:
+    """The states of `shard`'s cell rows: live ones from their tables, dead ones from
+    `cdc.cell_tombstones`."""
+    for table, key_columns in tables:
+        query = sql.SQL("SELECT {}, {} FROM {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, key_columns)), sql.Identifier(CELLS_COLUMN),
+            sql.Identifier(table.schema, table.name))
+        with conn.cursor(name=f"rebuild_cells_{shard}") as cur:
+            cur.itersize = FETCH_ROWS
+            for row in cur.execute(query):
+                skey = state_key(table, tuple(row[:-1]))
+                if shard_of(skey, shards) == shard:
+                    yield skey, encode_cell_state(Place.TABLE, row[-1])
+    names = {str(t): t for t, _ in tables}
+    with conn.cursor(name=f"rebuild_cell_tombs_{shard}") as cur:
+        cur.itersize = FETCH_ROWS
+        for table_name, key, cells in cur.execute(
+            "SELECT table_name, key::text, cells FROM cdc.cell_tombstones "
+            "WHERE table_name = ANY(%s)", (list(names),)
+        ):
+            skey = state_key(names[table_name], tuple(orjson.loads(key)))
+            if shard_of(skey, shards) == shard:
+                yield skey, encode_cell_state(Place.TOMBSTONES, cells)
 
 
 def committed_floors(conn: psycopg.Connection, flow_id: str) -> dict[str, bytes]:

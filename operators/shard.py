@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import orjson
 import psycopg
 
+from formats.cells import CellChange
+from operators.cell_sweep import CellSweep
 from operators.events import ChangeEvent, DlqRecord, ProgressMarker, ShardItem, TruncateEvent
 from operators.keys import key_json, shard_of_position
 from operators.lww import decide_batch
@@ -26,12 +28,12 @@ from operators.offsets import shard_commit, shard_offsets
 from operators.pg_writer import ShardBatch
 from operators.rebuild import committed_floors, committed_states
 from operators.retry import first_line
-from operators.state_store import ShardStateStore
+from operators.state_store import ShardStateStore, encode_state
 from operators.target_tables import TableProblem, TargetTable, TargetTables
 
 log = logging.getLogger(__name__)
 Position = tuple[str, int]
-Unit = ChangeEvent | DlqRecord | TruncateEvent | Run
+Unit = ChangeEvent | DlqRecord | TruncateEvent | CellChange | Run
 
 
 @dataclass(slots=True)
@@ -97,6 +99,7 @@ class Shard:
         self._committed: dict[Position, int] = {}
         self._taken: dict[Position, int] = {}  # marker offsets taken for a commit in flight
         self._floors: dict[str, bytes] = {}
+        self._cells = CellSweep(number, shards)
 
     def take(self) -> tuple[list[Unit], dict[Position, int]]:
         """What this shard holds, for a commit: its markers then count as handled."""
@@ -145,9 +148,12 @@ class Shard:
         batch = ShardBatch(shard=self.number, seq=self._store.seq + 1,
                            offsets=offsets_of(units, markers))
         floors: dict[str, bytes] = {}
+        cell_changes: list[CellChange] = []
         for unit in units:
             kind = type(unit)
-            if kind is DlqRecord:
+            if kind is CellChange:
+                cell_changes.append(unit)
+            elif kind is DlqRecord:
                 batch.dlq.append(unit)
             elif kind is TruncateEvent:
                 batch.truncates.append((tables.lookup(unit.table), unit))
@@ -159,8 +165,12 @@ class Shard:
                 if unit.version > max(self._floors.get(name, b""), floors.get(name, b"")):
                     floors[name] = unit.version
         self._awaiting(batch.seq)
-        self._decide_events([u for u in expand(units) if type(u) is ChangeEvent], batch,
-                            tables, floors)
+        states, replaced = self._decide_events(
+            [u for u in expand(units) if type(u) is ChangeEvent], batch, tables, floors)
+        cell_states, cell_replaced = self._cells.decide(cell_changes, batch, conn, tables,
+                                                        self._store.get_encoded)
+        self._store.commit_encoded(batch.seq, batch.commit_id, states + cell_states,
+                                   replaced + cell_replaced, floors)
         batch.floors = floors
         return batch
 
@@ -213,8 +223,10 @@ class Shard:
         self._written_seq = None
 
     def _decide_events(self, events: list[ChangeEvent], batch: ShardBatch, tables: TargetTables,
-                       floors: dict[str, bytes]) -> None:
-        """The Python path of `prepare`: `events` decided by `decide_batch`."""
+                       floors: dict[str, bytes],
+                       ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes | None]]]:
+        """The Python path of `prepare`: `events` decided by `decide_batch`; returns the new
+        states and the states they replace, encoded, for the store's commit."""
         table_of: dict[int, TargetTable] = {}
         decided: list[ChangeEvent] = []
         for event in events:
@@ -232,11 +244,14 @@ class Shard:
         batch.duplicates = decision.duplicates
         batch.applied = decision.applied
         batch.counts.update(decision.counts)
-        self._store.commit(batch.seq, batch.commit_id, decision.new_states, floors, states)
+        return ([(key, encode_state(state)) for key, state in decision.new_states.items()],
+                [(key, None if (old := states[key]) is None else encode_state(old))
+                 for key in decision.new_states])
 
     def confirm(self, batch: ShardBatch) -> None:
         """Postgres committed `batch`."""
         self.in_step = True
+        self._cells.confirm(batch.range_deletes)
         self._floors.update(batch.floors)
         self._committed.update(batch.offsets)
 
@@ -264,6 +279,7 @@ class Shard:
                     committed_floors(conn, self._flow_id))
         self._committed = shard_offsets(conn, self._flow_id, self.number)
         self._floors = self._store.floors()
+        self._cells.load(conn, self._flow_id)
         self.in_step = True
 
     def close(self) -> None:

@@ -168,13 +168,14 @@ class ShardStateStore:
         batch.put(_SEQ, str(previous_seq).encode())
         self._db.write(batch)
 
-    def load(self, seq: int, commit_id: bytes | None, states: Iterable[tuple[bytes, KeyState]],
-             floors: dict[str, bytes]) -> None:
+    def load(self, seq: int, commit_id: bytes | None,
+             states: Iterable[tuple[bytes, KeyState | bytes]], floors: dict[str, bytes]) -> None:
         """Bulk-load rebuilt state (after `clear`) in chunks and mark it as commit `seq` with id
-        `commit_id` (None: Postgres holds no id for it)."""
+        `commit_id` (None: Postgres holds no id for it). A state given as bytes is stored as it
+        is (a cell row's, `operators/cell_rows.py`)."""
         batch = rocksdict.WriteBatch(raw_mode=True)
         for key, state in states:
-            batch.put(key, encode_state(state))
+            batch.put(key, state if type(state) is bytes else encode_state(state))
             if batch.len() >= LOAD_CHUNK:
                 self._db.write(batch)
                 batch = rocksdict.WriteBatch(raw_mode=True)

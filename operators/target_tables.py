@@ -21,6 +21,8 @@ from schemas.control import DDL_LOCK
 VERSION_COLUMN = "_cdc_version"
 UPDATED_AT_COLUMN = "_cdc_updated_at"
 DELETED_COLUMN = "_cdc_deleted"
+CELLS_COLUMN = "_cdc_cells"
+EXPIRES_AT_COLUMN = "_cdc_expires_at"
 _MAX_SCHEMA_OBJECTS = 1024
 
 
@@ -45,10 +47,15 @@ class TargetTable:
         return sql.Identifier(self.name.schema, self.name.name)
 
 
-def metadata_columns(delete_mode: DeleteMode) -> list[tuple[str, str]]:
+def metadata_columns(delete_mode: DeleteMode, cells: bool = False) -> list[tuple[str, str]]:
+    """The replicator's columns of a target table. A Cassandra-model table (`cells`) keeps its
+    cell versions and next expiry (`operators/cell_rows.py`); its dead rows leave the table
+    whatever the delete mode."""
     columns = [(VERSION_COLUMN, "bytea NOT NULL"),
                (UPDATED_AT_COLUMN, "timestamptz NOT NULL DEFAULT now()")]
-    if delete_mode is DeleteMode.SOFT:
+    if cells:
+        columns += [(CELLS_COLUMN, "jsonb NOT NULL"), (EXPIRES_AT_COLUMN, "timestamptz")]
+    elif delete_mode is DeleteMode.SOFT:
         columns.append((DELETED_COLUMN, "boolean NOT NULL DEFAULT false"))
     return columns
 
@@ -138,7 +145,8 @@ class TargetTables:
             return self._ddl(event, create=True)
         _check_key(table, event)
         new_columns = [c for c in schema.columns if c.name not in table.columns]
-        missing_meta = [c for c, _ in metadata_columns(self._delete_mode) if c not in table.columns]
+        missing_meta = [c for c, _ in metadata_columns(self._delete_mode, schema.cells)
+                        if c not in table.columns]
         if new_columns or missing_meta:
             return self._ddl(event, add_columns=new_columns, add_meta=missing_meta)
         self._register(event)
@@ -157,8 +165,10 @@ class TargetTables:
                 self._conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
                     ident, sql.Identifier(column.name), sql.SQL(column.pg_type)))
                 self._history(event, "column added", column.name, column.pg_type)
+            cells = event.schema is not None and event.schema.cells
             for column in add_meta:
-                spec = dict(metadata_columns(self._delete_mode))[column].replace(" NOT NULL", "")
+                spec = dict(metadata_columns(self._delete_mode, cells))[column].replace(
+                    " NOT NULL", "")
                 self._conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
                     ident, sql.Identifier(column), sql.SQL(spec)))
             table = _read_table(self._conn, name)
@@ -188,13 +198,19 @@ class TargetTables:
         columns = [sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.pg_type))
                    for c in schema.columns]
         columns += [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(spec))
-                    for c, spec in metadata_columns(self._delete_mode)]
+                    for c, spec in metadata_columns(self._delete_mode, schema.cells)]
         columns.append(sql.SQL("PRIMARY KEY ({})").format(
             sql.SQL(", ").join(map(sql.Identifier, schema.key))))
         self._conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
             sql.Identifier(name.schema)))
         self._conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
             sql.Identifier(name.schema, name.name), sql.SQL(", ").join(columns)))
+        if schema.cells:  # the expiry sweep's probe
+            self._conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({}) "
+                                       "WHERE {} IS NOT NULL").format(
+                sql.Identifier(f"{name.name}_cdc_expires_at"),
+                sql.Identifier(name.schema, name.name), sql.Identifier(EXPIRES_AT_COLUMN),
+                sql.Identifier(EXPIRES_AT_COLUMN)))
 
     def _history(self, event: ChangeEvent, change: str, column: str, new_type: str) -> None:
         self._conn.execute(

@@ -124,6 +124,21 @@ CREATE TABLE IF NOT EXISTS cdc.tombstones (
     PRIMARY KEY (table_name, key)
 );
 
+CREATE TABLE IF NOT EXISTS cdc.cell_tombstones (
+    table_name text NOT NULL,
+    key        jsonb NOT NULL,
+    cells      jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (table_name, key)
+);
+
+CREATE TABLE IF NOT EXISTS cdc.cell_range_deletes (
+    table_name text NOT NULL,
+    bounds     bytea NOT NULL,
+    ts_us      bigint NOT NULL,
+    PRIMARY KEY (table_name, bounds)
+);
+
 CREATE TABLE IF NOT EXISTS cdc.truncations (
     table_name   text PRIMARY KEY,
     version      bytea NOT NULL,

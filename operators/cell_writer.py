@@ -1,0 +1,193 @@
+"""Cassandra-model rows into Postgres (`operators/cell_rows.py` decides them).
+
+A row's write lands only on the versions it was decided against: each statement matches the
+stored `_cdc_cells` (or `cdc.cell_tombstones.cells`) to the write's `expected` versions, and the
+writer checks that every staged row was written. A shard whose state is not what Postgres holds
+(lost, rebuilt wrong, or a second owner) therefore cannot overwrite newer cells: the commit rolls
+back with `CellVersionConflict`, and the shard rebuilds its state from Postgres before it decides
+again. Rows are staged by `COPY` per (table, written columns), like the row sources' writes.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from operators.cell_meta import newest_write
+from operators.cell_rows import CellWrite, Place, RangeDelete
+from operators.events import TableName
+from operators.keys import key_json
+from operators.target_tables import (
+    CELLS_COLUMN,
+    EXPIRES_AT_COLUMN,
+    UPDATED_AT_COLUMN,
+    VERSION_COLUMN,
+    TargetTable,
+)
+from operators.versions import writetime_version
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CONTROL = ("_cdc_key", "_cdc_expected", "_cdc_place", "_cdc_alive", CELLS_COLUMN,
+            VERSION_COLUMN, EXPIRES_AT_COLUMN)
+
+
+class CellVersionConflict(RuntimeError):
+    """Postgres holds other cell versions for a row than the shard decided against."""
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def _jsonb(value: Any) -> Jsonb:
+    return Jsonb(value, dumps=_dumps)
+
+
+def expiry_time(expires_us: int | None) -> datetime | None:
+    return None if expires_us is None else _EPOCH + timedelta(microseconds=expires_us)
+
+
+class CellWriter:
+    """Writes the cell rows of a transaction on one connection (its stages are temp tables)."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self._conn = conn
+        self._stages: dict[tuple[str, tuple[str, ...]], sql.Identifier] = {}
+
+    def write(self, writes: list[tuple[TargetTable, CellWrite]]) -> None:
+        """Stage and apply `writes`; `CellVersionConflict` when a row's versions were not the
+        expected ones."""
+        groups: dict[tuple[TargetTable, tuple[str, ...]], list[CellWrite]] = defaultdict(list)
+        for table, write in writes:
+            groups[(table, tuple(sorted(write.values)))].append(write)
+        checks: list[tuple[sql.Composable, int, TargetTable]] = []
+        for (table, columns), rows in groups.items():
+            stage = self._stage(table, columns)
+            self._copy(stage, table, columns, rows)
+            checks += [(stmt, expected, table)
+                       for stmt, expected in _statements(table, columns, stage, rows) if expected]
+        if not checks:
+            return
+        cur = self._conn.execute(sql.SQL("; ").join(stmt for stmt, _, _ in checks))
+        for _stmt, expected, table in checks:
+            if cur.rowcount != expected:
+                raise CellVersionConflict(
+                    f"{table.name}: {expected} rows were decided against cell versions that "
+                    f"{cur.rowcount} of them still have in Postgres: the shard's state is not "
+                    "Postgres' (rebuilding it)")
+            cur.nextset()
+
+    def _stage(self, table: TargetTable, columns: tuple[str, ...]) -> sql.Identifier:
+        cache_key = (str(table.name), columns)
+        stage = self._stages.get(cache_key)
+        if stage is None:
+            stage = sql.Identifier(f"_cdc_cell_stage_{len(self._stages)}")
+            defs = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(table.columns[c]))
+                    for c in (*table.key, *columns)]
+            defs += [sql.SQL("_cdc_key jsonb, _cdc_expected jsonb, _cdc_place text, "
+                             "_cdc_alive boolean, {} jsonb, {} bytea, {} timestamptz").format(
+                sql.Identifier(CELLS_COLUMN), sql.Identifier(VERSION_COLUMN),
+                sql.Identifier(EXPIRES_AT_COLUMN))]
+            self._conn.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DELETE ROWS").format(
+                stage, sql.SQL(", ").join(defs)))
+            self._stages[cache_key] = stage
+        return stage
+
+    def _copy(self, stage: sql.Identifier, table: TargetTable, columns: tuple[str, ...],
+              rows: list[CellWrite]) -> None:
+        json_at = {c for c in columns if table.columns.get(c) in ("json", "jsonb")}
+        names = [*table.key, *columns, *_CONTROL]
+        copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            stage, sql.SQL(", ").join(map(sql.Identifier, names)))
+        with self._conn.cursor().copy(copy_sql) as copy:
+            for w in rows:
+                key = dict(zip(w.key_columns, w.key, strict=True))
+                values = [_jsonb(w.values[c]) if c in json_at and w.values[c] is not None
+                          else w.values[c] for c in columns]
+                expected = None if w.expected is None else _jsonb(w.expected)
+                copy.write_row((
+                    *(key[c] for c in table.key), *values, key_json(w.key).decode(), expected,
+                    w.place.value, w.alive, _jsonb(w.meta),
+                    writetime_version(newest_write(w.meta)), expiry_time(w.expires_us)))
+
+    def record_deletes(self, deletes: list[RangeDelete]) -> None:
+        """Keep the partition and range deletions (they fence rows written later)."""
+        if not deletes:
+            return
+        self._conn.cursor().executemany(
+            """INSERT INTO cdc.cell_range_deletes (table_name, bounds, ts_us)
+               VALUES (%s, %s, %s) ON CONFLICT (table_name, bounds)
+               DO UPDATE SET ts_us = greatest(cdc.cell_range_deletes.ts_us, excluded.ts_us)""",
+            [(str(d.table), pickle.dumps((*d.table, *d.bounds), protocol=4), d.ts_us)
+             for d in deletes])
+
+
+def known_deletes(conn: psycopg.Connection) -> dict[str, list[RangeDelete]]:
+    """Every partition and range deletion kept, per table (`str(TableName)`)."""
+    found: dict[str, list[RangeDelete]] = defaultdict(list)
+    for table_name, bounds, ts_us in conn.execute(
+            "SELECT table_name, bounds, ts_us FROM cdc.cell_range_deletes"):
+        schema, name, partition, start, end = pickle.loads(bounds)
+        found[table_name].append(RangeDelete(TableName(schema, name), partition, start, end,
+                                             ts_us))
+    return dict(found)
+
+
+def _statements(table: TargetTable, columns: tuple[str, ...], stage: sql.Identifier,
+                rows: list[CellWrite]) -> list[tuple[sql.Composable, int]]:
+    """The statements of one staged group, each with the rows it must touch."""
+    n = {(place, alive): 0 for place in Place for alive in (True, False)}
+    for w in rows:
+        n[(w.place, w.alive)] += 1
+    target, name = table.ident, sql.Literal(str(table.name))
+    match = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(c))
+                                  for c in table.key)
+    meta = [CELLS_COLUMN, VERSION_COLUMN, EXPIRES_AT_COLUMN]
+    sets = sql.SQL(", ").join(sql.SQL("{0} = s.{0}").format(sql.Identifier(c))
+                              for c in (*columns, *meta))
+    cols = sql.SQL(", ").join(map(sql.Identifier, (*table.key, *columns, *meta)))
+    s_cols = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c))
+                                for c in (*table.key, *columns, *meta))
+    cells = sql.Identifier(CELLS_COLUMN)
+    statements = [
+        # alive, was in the table: update on the expected versions
+        (sql.SQL("UPDATE {target} t SET {sets}, {updated} = now() FROM {stage} s "
+                 "WHERE {match} AND s._cdc_alive AND s._cdc_place = 'L' "
+                 "AND t.{cells} = s._cdc_expected").format(
+            target=target, sets=sets, updated=sql.Identifier(UPDATED_AT_COLUMN), stage=stage,
+            match=match, cells=cells), n[(Place.TABLE, True)]),
+        # dead, was in the table: leave it
+        (sql.SQL("DELETE FROM {target} t USING {stage} s WHERE {match} AND NOT s._cdc_alive "
+                 "AND s._cdc_place = 'L' AND t.{cells} = s._cdc_expected").format(
+            target=target, stage=stage, match=match, cells=cells), n[(Place.TABLE, False)]),
+        # alive, was a tombstone: the tombstone goes
+        (sql.SQL("DELETE FROM cdc.cell_tombstones t USING {stage} s WHERE t.table_name = {name} "
+                 "AND t.key = s._cdc_key AND s._cdc_alive AND s._cdc_place = 'T' "
+                 "AND t.cells = s._cdc_expected").format(stage=stage, name=name),
+         n[(Place.TOMBSTONES, True)]),
+        # dead, was a tombstone: its versions change
+        (sql.SQL("UPDATE cdc.cell_tombstones t SET cells = s.{cells}, updated_at = now() "
+                 "FROM {stage} s WHERE t.table_name = {name} AND t.key = s._cdc_key "
+                 "AND NOT s._cdc_alive AND s._cdc_place = 'T' "
+                 "AND t.cells = s._cdc_expected").format(stage=stage, name=name, cells=cells),
+         n[(Place.TOMBSTONES, False)]),
+        # alive, not in the table: a new row (a row already there is a conflict: it fails)
+        (sql.SQL("INSERT INTO {target} ({cols}) SELECT {s_cols} FROM {stage} s "
+                 "WHERE s._cdc_alive AND s._cdc_place <> 'L'").format(
+            target=target, cols=cols, s_cols=s_cols, stage=stage),
+         n[(Place.NONE, True)] + n[(Place.TOMBSTONES, True)]),
+        # dead, not a tombstone yet: a new tombstone
+        (sql.SQL("INSERT INTO cdc.cell_tombstones (table_name, key, cells) "
+                 "SELECT {name}, s._cdc_key, s.{cells} FROM {stage} s "
+                 "WHERE NOT s._cdc_alive AND s._cdc_place <> 'T'").format(
+            name=name, cells=cells, stage=stage),
+         n[(Place.NONE, False)] + n[(Place.TABLE, False)]),
+    ]
+    return statements

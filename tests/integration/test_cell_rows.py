@@ -1,0 +1,181 @@
+"""Cassandra-model changes through the shard sink into real Postgres, against the independent
+cell oracle (`benchmarks/cell_oracle.py`): any order, duplicates, batches cut anywhere, the shard
+reopened or its state lost between batches."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from benchmarks import cell_oracle
+from benchmarks.replicator_run import drop_flows
+from formats.cells import CellChange, CellKind, RangeBound, schema_of
+from operators.cell_writer import CellVersionConflict
+from operators.events import ProgressMarker, TableName
+from operators.settings import Settings
+from operators.shard_sink import ShardPartition
+from schemas.cql_types import column_type
+
+pytestmark = pytest.mark.integration
+TOPIC = "scylla.ks.items"
+KEY = ("id", "ck")
+COLUMNS = ("a", "b")
+
+
+def _types():
+    return {"id": column_type({"type": "int64"}, "bigint"),
+            "ck": column_type({"type": "int64"}, "bigint"),
+            "a": column_type({"type": "string"}, "text"),
+            "b": column_type({"type": "int64"}, "bigint")}
+
+
+class Items:
+    """Changes of table `<schema>.items (id bigint, ck bigint, a text, b bigint,
+    PRIMARY KEY (id, ck))`, as the ScyllaDB and Cassandra decoders make them."""
+
+    def __init__(self, schema: str) -> None:
+        self.table = TableName(schema, "items")
+        self.schema = schema_of(self.table, _types(), KEY)
+        self.offset = 0
+
+    def change(self, event: cell_oracle.Event) -> CellChange:
+        self.offset += 1
+        whole = event.kind in ("write", "row_delete")
+        key = event.key if whole else (*event.key, None)
+        return CellChange(
+            self.table, KEY, key, None if whole else 1, CellKind(event.kind), event.ts_us,
+            event.marker, dict(event.cells), TOPIC, 0, self.offset,
+            expires_us=dict(event.expiries), schema=self.schema,
+            range_start=_bound(event.range_start), range_end=_bound(event.range_end))
+
+
+def _bound(bound: cell_oracle.Bound | None) -> RangeBound | None:
+    return None if bound is None else RangeBound(bound.prefix, bound.inclusive)
+
+
+def rows(dsn: str, table: TableName) -> dict[tuple, dict]:
+    with psycopg.connect(dsn) as conn:
+        found = conn.execute(f'SELECT id, ck, a, b FROM "{table.schema}"."{table.name}"')
+        return {(i, c): {k: v for k, v in (("a", a), ("b", b)) if v is not None}
+                for i, c, a, b in found}
+
+
+NOW_US = time.time_ns() // 1000
+_ts = st.integers(min_value=1, max_value=6)
+_key = st.tuples(st.integers(1, 2), st.integers(1, 3))
+_value = {"a": st.sampled_from(["x", "y", "yy"]) | st.none(), "b": st.integers(-2, 2) | st.none()}
+
+
+@st.composite
+def events(draw) -> cell_oracle.Event:
+    kind = draw(st.sampled_from(["write", "write", "write", "row_delete", "partition_delete",
+                                 "range_delete"]))
+    ts = NOW_US - 10_000_000 + draw(_ts)
+    key = draw(_key)
+    if kind == "row_delete":
+        return cell_oracle.Event("items", key, 1, kind, ts)
+    if kind == "partition_delete":
+        return cell_oracle.Event("items", key[:1], 1, kind, ts)
+    if kind == "range_delete":
+        bound = st.none() | st.builds(lambda ck, inclusive: cell_oracle.Bound((ck,), inclusive),
+                                      st.integers(1, 3), st.booleans())
+        return cell_oracle.Event("items", key[:1], 1, kind, ts, range_start=draw(bound),
+                                 range_end=draw(bound))
+    cells = {c: draw(_value[c]) for c in draw(st.sets(st.sampled_from(COLUMNS)))}
+    # a TTL either long past (the cell is already expired) or far ahead
+    with_ttl = [c for c in sorted(cells) if cells[c] is not None]
+    expiries = {c: NOW_US + draw(st.sampled_from([-5_000_000, 3_600_000_000]))
+                for c in (draw(st.sets(st.sampled_from(with_ttl))) if with_ttl else ())}
+    return cell_oracle.Event("items", key, 1, kind, ts, marker=draw(st.booleans()),
+                             cells=cells, expiries=expiries)
+
+
+@pytest.fixture
+def settings(pg_dsn, tmp_path):
+    name = f"cells{uuid.uuid4().hex[:10]}"
+    yield Settings(topics=TOPIC, pg_dsn=pg_dsn, state_dir=tmp_path, flow_id=name,
+                   target_schema=name, shards=1, batch_size=1000)
+    drop_flows(pg_dsn, name)
+
+
+@hypothesis_settings(max_examples=60, deadline=None,
+                     phases=[Phase.explicit, Phase.reuse, Phase.generate],
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(history=st.lists(events(), min_size=1, max_size=25), data=st.data(),
+       restarts=st.lists(st.sampled_from(["keep", "reopen", "lose state"]), min_size=3,
+                         max_size=3))
+def test_property_postgres_equals_the_cell_oracle(pg_dsn, tmp_path, history, data, restarts):
+    """Every event arrives once or twice, in any order, in batches: the table holds the rows
+    Cassandra would show, cell by cell."""
+    arrivals = data.draw(st.permutations(history + data.draw(
+        st.lists(st.sampled_from(history), max_size=5))))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(arrivals)), max_size=3)))
+    name = f"cellprop{uuid.uuid4().hex[:10]}"
+    config = Settings(topics=TOPIC, pg_dsn=pg_dsn, state_dir=tmp_path / name, flow_id=name,
+                      target_schema=name, shards=1)
+    items = Items(name)
+    try:
+        shard = ShardPartition(config, 0)
+        bounds = [0, *cuts, len(arrivals)]
+        for i, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False)):
+            batch = [items.change(e) for e in arrivals[start:end]]
+            shard.write_batch([[*batch, ProgressMarker(TOPIC, 0, items.offset + 1)]])
+            shard.snapshot()
+            action = restarts[i % len(restarts)]
+            if action != "keep":
+                shard.close()
+                if action == "lose state":
+                    shutil.rmtree(config.state_dir, ignore_errors=True)
+                shard = ShardPartition(config, 0)
+        shard.close()
+        expected = cell_oracle.visible_rows(history, time.time_ns() // 1000).get("items", {})
+        assert rows(pg_dsn, items.table) == expected
+    finally:
+        drop_flows(pg_dsn, name)
+
+
+def test_a_late_write_older_than_a_row_delete_stays_deleted_and_is_audited(settings):
+    items = Items(settings.target_schema)
+    shard = ShardPartition(settings, 0)
+    write = cell_oracle.Event("items", (1, 1), 1, "write", 10, marker=True, cells={"a": "x"})
+    delete = cell_oracle.Event("items", (1, 1), 1, "row_delete", 20)
+    late = cell_oracle.Event("items", (1, 1), 1, "write", 15, cells={"b": 5})
+    newer = cell_oracle.Event("items", (1, 1), 1, "write", 30, cells={"b": 7})
+    shard.write_batch([[items.change(write), items.change(delete)]])
+    shard.write_batch([[items.change(late), ProgressMarker(TOPIC, 0, 4)]])
+    shard.snapshot()
+    assert rows(settings.pg_dsn, items.table) == {}
+    shard.write_batch([[items.change(newer), ProgressMarker(TOPIC, 0, 5)]])
+    shard.snapshot()
+    assert rows(settings.pg_dsn, items.table) == {(1, 1): {"b": 7}}
+    with psycopg.connect(settings.pg_dsn) as conn:
+        stale = conn.execute('SELECT "offset", reason FROM cdc.stale_events WHERE flow_id = %s',
+                             (settings.flow_id,)).fetchall()
+    assert stale == [(3, "older than the row's cell versions or a deletion covering it")]
+
+
+def test_a_write_decided_on_versions_postgres_does_not_hold_is_refused(settings):
+    """The SQL guard: a row whose `_cdc_cells` changed behind the shard's back is not written
+    over; the commit fails and nothing of it lands."""
+    items = Items(settings.target_schema)
+    shard = ShardPartition(settings, 0)
+    shard.write_batch([[items.change(cell_oracle.Event("items", (1, 1), 1, "write", 10,
+                                                        cells={"a": "x"})),
+                        ProgressMarker(TOPIC, 0, 2)]])
+    shard.snapshot()
+    table = f'"{items.table.schema}"."{items.table.name}"'
+    with psycopg.connect(settings.pg_dsn) as conn:
+        conn.execute(f"""UPDATE {table} SET a = 'newer',
+                         _cdc_cells = '{{"c": {{"a": [50, 0, 0, "6e6577"]}}}}'""")
+    late = items.change(cell_oracle.Event("items", (1, 1), 1, "write", 20, cells={"a": "y"}))
+    with pytest.raises(CellVersionConflict):
+        shard.write_batch([[late, ProgressMarker(TOPIC, 0, 3)]])
+        shard.snapshot()
+    assert rows(settings.pg_dsn, items.table) == {(1, 1): {"a": "newer"}}
