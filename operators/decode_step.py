@@ -17,6 +17,7 @@ from __future__ import annotations
 from operator import itemgetter
 
 from formats.cells import CellChange
+from operators import tracing
 from operators.decode import Decoder
 from operators.events import ChangeEvent, DlqRecord, ProgressMarker, ShardItem
 from operators.kafka_source import SourceItem, running_consumer
@@ -24,7 +25,7 @@ from operators.keys import shard_of, shard_of_position
 from operators.native_decode import run_events
 from operators.pg_session import connect
 from operators.settings import Settings
-from operators.shard_sink import shard_part_name
+from operators.shard_sink import shard_number, shard_part_name
 from operators.snapshot_points import record_new_points, stored_points
 from schemas.catalog import TableCatalog
 from schemas.registry import registry_fetcher
@@ -43,6 +44,13 @@ class DecodeStep:
         self._names = [shard_part_name(k) for k in range(settings.shards)]
 
     def __call__(self, items: list[SourceItem]) -> list[tuple[str, list[ShardItem]]]:
+        with tracing.span("decode", lambda: tracing.source_attributes(items)) as span:
+            out = self._decode(items)
+            if span.is_recording():
+                span.set_attribute("cdc.shards", [shard_number(name) for name, _ in out])
+            return out
+
+    def _decode(self, items: list[SourceItem]) -> list[tuple[str, list[ShardItem]]]:
         shards = self._shards
         messages = [item for item in items if type(item) is not ProgressMarker]
         decoded, runs = self._decoder.decode_runs(messages, shards)
