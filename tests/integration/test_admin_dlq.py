@@ -127,3 +127,41 @@ def test_dlq_rows_replayed_after_their_table_exists_apply_or_come_out_stale(run)
             finally:
                 store.close()
     assert replicate(run, "--json", "dlq", "replay").json()["rows"] == 0
+
+
+def test_rows_the_writer_refused_are_replayed_from_kafka_once_their_table_is_fixed(run):
+    """A table keyed on other columns than the messages refuses them (`key_mismatch`, DLQ rows
+    holding the decoded row); with its key fixed, a replay reads each message from Kafka again
+    and the outcomes are those of LWW in arrival order."""
+    spec = dict(seed=6, events=300, keys=60, tables=("customers",), partitions=1,
+                duplicates_pct=5.0, out_of_order_pct=8.0, deletes_pct=10.0)
+    create_tables_like_workload(run.dsn, run.schema, WorkloadSpec(topic_prefix=run.prefix,
+                                                                  **spec))
+    table = sql.Identifier(run.schema, "customers")
+    with psycopg.connect(run.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT customers_pkey, "
+                             "ADD PRIMARY KEY (id, name)").format(table))
+    workload = run.make_workload(**spec)
+    run.start()
+    run.wait_caught_up(workload)
+    assert run.stop() == [0]
+    entries = workload.arrivals[(workload.topics[0], 0)]
+    messages = {offset for offset, (_, tombstone) in enumerate(entries) if not tombstone}
+    with psycopg.connect(run.dsn, autocommit=True) as conn:
+        assert dict(conn.execute('SELECT "offset", error_type FROM cdc.dlq WHERE flow_id = %s',
+                                 (run.flow_id,)).fetchall()) == dict.fromkeys(
+            messages, "key_mismatch")
+        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT customers_pkey, ALTER COLUMN name "
+                             "DROP NOT NULL, ADD PRIMARY KEY (id)").format(table))
+
+    done = replicate(run, "--json", "dlq", "replay")
+    assert done.code == 0, done.err
+    oracle = workload.oracle
+    stale = {o for _, _, o in oracle.stale_positions}
+    got = statuses(run)
+    assert {o for o, s in got.items() if s == "stale"} == stale
+    assert done.json()["outcomes"] == {"applied": len(messages) - len(stale) - oracle.duplicates,
+                                       "duplicate": oracle.duplicates, "stale": len(stale)}
+    with psycopg.connect(run.dsn) as conn:
+        assert table_rows(conn, run.schema, "customers", workload.spec.key_columns) == (
+            oracle.rows["customers"])
