@@ -10,7 +10,10 @@ worker index bytewax (timely) gave the calling thread.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -42,8 +45,9 @@ def log_context(**fields: Any) -> Iterator[None]:
 
 
 def worker_index() -> int | None:
-    """The bytewax worker the calling thread runs: timely names its threads `timely:work-N`
-    (N counts the workers of the whole cluster). None on another thread, or off Linux."""
+    """The bytewax worker the calling thread runs, numbered over the whole cluster: timely
+    names its threads `timely:work-N`, N counting this process's workers. None on another
+    thread, or off Linux."""
     if not hasattr(_threads, "worker"):
         try:
             with open(f"/proc/self/task/{threading.get_native_id()}/comm") as comm:
@@ -51,8 +55,29 @@ def worker_index() -> int | None:
         except OSError:
             name = ""
         prefix = "timely:work-"
-        _threads.worker = int(name[len(prefix):]) if name.startswith(prefix) else None
+        if name.startswith(prefix):
+            process, workers = cluster_layout(sys.argv, os.environ)
+            _threads.worker = process * workers + int(name[len(prefix):])
+        else:
+            _threads.worker = None
     return _threads.worker
+
+
+def cluster_layout(argv: list[str], environ: Mapping[str, str]) -> tuple[int, int]:
+    """This process's index in its bytewax cluster and its workers per process: `bytewax.run`'s
+    `-i` and `-w` (or their variables); 0 and 1 in a process `bytewax.run` did not start."""
+    if not argv or not argv[0].endswith(os.path.join("bytewax", "run.py")):
+        return 0, 1
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    parser.add_argument("-i", "--process-id", type=int,
+                        default=int(environ.get("BYTEWAX_PROCESS_ID", 0)))
+    parser.add_argument("-w", "--workers-per-process", type=int,
+                        default=int(environ.get("BYTEWAX_WORKERS_PER_PROCESS", 1)))
+    try:
+        known, _ = parser.parse_known_args(argv[1:])
+    except argparse.ArgumentError:
+        return 0, 1
+    return known.process_id, known.workers_per_process
 
 
 class ContextFilter(logging.Filter):

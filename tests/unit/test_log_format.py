@@ -4,7 +4,12 @@ context fields where known, passwords masked in either format."""
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import orjson
 import pytest
@@ -12,11 +17,12 @@ from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main
 
-from operators.log_format import configure_logging, log_context
+from operators.log_format import cluster_layout, configure_logging, log_context
 from operators.settings import ConfigError, LogFormat, Settings, load_settings
 
 log = logging.getLogger("tests.log_format")
 PASSWORD = "Zq7-hunter2"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -96,6 +102,55 @@ def test_json_lines_name_the_bytewax_worker_that_logged(capsys):
     *items, own = json_lines(capsys.readouterr().err)
     assert [(line["message"], line["worker"]) for line in items] == [("item 0", 0), ("item 1", 0)]
     assert "worker" not in own
+
+
+CLUSTER_FLOW = """
+import logging
+from bytewax import operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource
+from operators.log_format import configure_logging
+
+configure_logging("json")
+log = logging.getLogger("cluster_flow")
+flow = Dataflow("log_cluster")
+items = op.redistribute("spread", op.input("in", flow, TestingSource(range(16))))
+op.output("out", op.map("log", items, lambda x: log.info("item %d", x)), TestingSink([]))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_workers_are_numbered_over_the_whole_cluster(tmp_path):
+    (tmp_path / "cluster_flow.py").write_text(CLUSTER_FLOW)
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(2))
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    processes = [subprocess.Popen([sys.executable, "-m", "bytewax.run", "cluster_flow", "-w", "2",
+                                   "-i", str(k), "-a", addresses], cwd=ROOT, env=env,
+                                  stderr=subprocess.PIPE, text=True) for k in range(2)]
+    workers = []
+    for process in processes:
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 0, stderr
+        workers.append({line["worker"] for line in map(orjson.loads, stderr.splitlines())
+                        if line["logger"] == "cluster_flow"})
+    assert workers[0] and workers[0] <= {0, 1}
+    assert workers[1] and workers[1] <= {2, 3}  # process 1 runs workers 2 and 3
+
+
+@pytest.mark.parametrize(("argv", "environ", "layout"), [
+    (["/venv/lib/bytewax/run.py", "flows.replicate", "-w", "2", "-i", "1", "-a", "a;b"], {},
+     (1, 2)),
+    (["/venv/lib/bytewax/run.py", "flows.replicate", "-a", "a;b"],
+     {"BYTEWAX_PROCESS_ID": "3", "BYTEWAX_WORKERS_PER_PROCESS": "4"}, (3, 4)),
+    (["/venv/bin/pytest", "-i", "7"], {}, (0, 1)),
+])
+def test_the_cluster_layout_comes_from_the_bytewax_run_arguments(argv, environ, layout):
+    assert cluster_layout(argv, environ) == layout
 
 
 def test_an_unknown_log_format_is_a_config_error_naming_the_setting(monkeypatch):
