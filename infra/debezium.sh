@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The live source: Kafka Connect standalone with the Debezium Postgres connector (pgoutput),
 # reading the source cluster (infra/source_postgres.sh, 127.0.0.1:5433) and writing
-# `<prefix>.<schema>.<table>` topics to the local Kafka with the JSON converter, schemas on.
+# `<prefix>.<schema>.<table>` topics to the local Kafka with the JSON converter, schemas on, or
+# (DEBEZIUM_FORMAT=avro) with Apicurio's Avro converter through the local schema registry.
 #
 #   infra/debezium.sh up      download the jars once, start the worker, wait until the connector
 #                             and its task run
@@ -18,6 +19,11 @@
 #   DEBEZIUM_TABLES        table.include.list, regular expressions (default `public\..*`)
 #   DEBEZIUM_SNAPSHOT_MODE snapshot.mode (default `initial`)
 #   DEBEZIUM_PARTITIONS    partitions of the topics the connector creates (default 1)
+#   DEBEZIUM_FORMAT        `json` (default) or `avro`: keys and values as Avro in the Confluent
+#                          wire format (magic 0, 4-byte content id), schemas registered under
+#                          `<topic>-key` / `<topic>-value`
+#   DEBEZIUM_REGISTRY_URL  the registry's Apicurio v2 API for `avro` (default
+#                          http://127.0.0.1:$SCHEMA_REGISTRY_PORT/apis/registry/v2, port 8081)
 #   DEBEZIUM_EXTRA         more connector properties, one `key=value` a line (override the above)
 #   DEBEZIUM_WORK          worker folder (default .local/debezium/<name>)
 #   DEBEZIUM_REST_PORT     Connect REST port on 127.0.0.1 (default 8083)
@@ -29,6 +35,8 @@ POM="$ROOT/infra/debezium/pom.xml"
 LIB="$ROOT/.local/debezium/lib"
 NAME="${DEBEZIUM_NAME:-source}"
 [[ "$NAME" =~ ^[a-z0-9_]+$ ]] || { echo "debezium: DEBEZIUM_NAME must match [a-z0-9_]+ (it names a slot)" >&2; exit 2; }
+FORMAT="${DEBEZIUM_FORMAT:-json}"
+[[ "$FORMAT" =~ ^(json|avro)$ ]] || { echo "debezium: DEBEZIUM_FORMAT must be json or avro" >&2; exit 2; }
 WORK="$(realpath -m "${DEBEZIUM_WORK:-$ROOT/.local/debezium/$NAME}")"
 REST_PORT="${DEBEZIUM_REST_PORT:-8083}"
 REST="http://127.0.0.1:$REST_PORT"
@@ -51,6 +59,27 @@ import json, sys
 s = json.loads(sys.argv[1])
 states = [s["connector"]["state"]] + [t["state"] for t in s["tasks"]]
 sys.exit(0 if s["tasks"] and set(states) == {"RUNNING"} else 1)' "$body"
+}
+
+# Connector-level converter settings for DEBEZIUM_FORMAT (none for json: the worker's JsonConverter).
+# Apicurio's converter writes the Confluent framing only with headers off and the as-confluent
+# 4-byte id; the id is the content id, which the registry's Confluent API serves as
+# /schemas/ids/{id}.
+converters() {
+    [[ "$FORMAT" == avro ]] || return 0
+    local side registry
+    registry="${DEBEZIUM_REGISTRY_URL:-http://127.0.0.1:${SCHEMA_REGISTRY_PORT:-8081}/apis/registry/v2}"
+    for side in key value; do
+        cat <<PROPS
+$side.converter=io.apicurio.registry.utils.converter.AvroConverter
+$side.converter.apicurio.registry.url=$registry
+$side.converter.apicurio.registry.auto-register=true
+$side.converter.apicurio.registry.find-latest=true
+$side.converter.apicurio.registry.as-confluent=true
+$side.converter.apicurio.registry.headers.enabled=false
+$side.converter.apicurio.registry.use-id=contentId
+PROPS
+    done
 }
 
 write_connector() {
@@ -78,6 +107,7 @@ skipped.operations=none
 interval.handling.mode=string
 topic.creation.default.replication.factor=1
 topic.creation.default.partitions=${DEBEZIUM_PARTITIONS:-1}
+$(converters)
 ${DEBEZIUM_EXTRA:-}
 PROPS
 }

@@ -39,6 +39,8 @@ class LiveSource:
     bootstrap: str
     work: Path
     partitions: int = 1
+    format: str = "json"
+    """Keys' and values' encoding: `json` (schemas on) or `avro` (through the local registry)."""
     extra: dict[str, str] = field(default_factory=dict)
     """More connector properties (`DEBEZIUM_EXTRA`)."""
     rest_port: int = field(default_factory=lambda: free_ports(1)[0])
@@ -54,7 +56,8 @@ class LiveSource:
     def env(self) -> dict[str, str]:
         return {**os.environ, "DEBEZIUM_NAME": self.name, "DEBEZIUM_TOPIC_PREFIX": self.name,
                 "DEBEZIUM_DBNAME": self.name, "DEBEZIUM_TABLES": r"public\..*",
-                "DEBEZIUM_PARTITIONS": str(self.partitions), "DEBEZIUM_WORK": str(self.work),
+                "DEBEZIUM_PARTITIONS": str(self.partitions), "DEBEZIUM_FORMAT": self.format,
+                "DEBEZIUM_WORK": str(self.work),
                 "DEBEZIUM_REST_PORT": str(self.rest_port), "KAFKA_BOOTSTRAP": self.bootstrap,
                 "DEBEZIUM_EXTRA": "\n".join(f"{k}={v}" for k, v in self.extra.items())}
 
@@ -173,7 +176,7 @@ def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]
 
 def topic_messages(bootstrap: str, topic: str, timeout_s: float = 30) -> list[Any]:
     """Every message now in partition 0 of `topic`, in order."""
-    _, end = end_offsets(bootstrap, [topic]).popitem()
+    end = end_offsets(bootstrap, [topic])[(topic, 0)]
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-read",
                          "enable.auto.commit": False})
     consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
