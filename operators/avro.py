@@ -8,12 +8,15 @@ identify it, and the payload as Python values.
 Avro logical types are not applied when reading (fastavro would turn a Connect Decimal into a
 `Decimal` and a Connect Timestamp into a `datetime`): the Connect names Debezium's AvroConverter
 writes (`connect.name`, `connect.parameters`, `connect.type`) drive conversion exactly as for
-JSON, so both encodings of one change give the same row.
+JSON, so both encodings of one change give the same row. An Avro `float` (Connect FLOAT32, e.g.
+Postgres `real`) is read as the shortest decimal that is the same float32, as JsonConverter
+prints it (215921.84, not the float32's exact 215921.84375).
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +35,7 @@ _CONNECT_TYPES = {
     "fixed": "bytes", "array": "array", "map": "map", "record": "struct",
 }
 _PRIMITIVES = ("null", "int", "long", "float", "double", "boolean", "string", "bytes")
+_FLOAT32 = "cdc-float32"  # the logical type `_for_reading` gives every Avro float
 
 
 class AvroProblem(Exception):
@@ -57,7 +61,7 @@ class _Writer:
     def __init__(self, schema_text: str) -> None:
         schema = orjson.loads(schema_text)
         self.connect = connect_schema(schema)
-        self.parsed = fastavro.parse_schema(_without_logical_types(schema))
+        self.parsed = fastavro.parse_schema(_for_reading(schema))
 
 
 class AvroFrames:
@@ -107,12 +111,42 @@ def is_framed(raw: bytes) -> bool:
     return bool(raw) and raw[0] in AVRO_MAGIC
 
 
-def _without_logical_types(schema: Any) -> Any:
-    if isinstance(schema, dict):
-        return {k: _without_logical_types(v) for k, v in schema.items() if k != "logicalType"}
+def _for_reading(schema: Any) -> Any:
+    """The schema fastavro reads with: no logical types, but `_FLOAT32` on every float."""
+    if schema == "float":
+        return {"type": "float", "logicalType": _FLOAT32}
     if isinstance(schema, list):
-        return [_without_logical_types(v) for v in schema]
-    return schema
+        return [_for_reading(branch) for branch in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: v for k, v in schema.items() if k != "logicalType"}
+    avro_type = out.get("type")
+    if avro_type == "float":
+        out["logicalType"] = _FLOAT32
+    elif isinstance(avro_type, (dict, list)):
+        out["type"] = _for_reading(avro_type)
+    elif avro_type == "record":
+        out["fields"] = [{**f, "type": _for_reading(f["type"])} for f in out.get("fields", ())]
+    elif avro_type == "array":
+        out["items"] = _for_reading(out.get("items"))
+    elif avro_type == "map":
+        out["values"] = _for_reading(out.get("values"))
+    return out
+
+
+def _shortest_float32(value: float, *_schemas: Any) -> float:
+    """The shortest decimal (Python float) that rounds to the same float32 as `value`."""
+    for digits in range(1, 10):
+        short = float(f"{value:.{digits}g}")
+        try:
+            if struct.unpack("f", struct.pack("f", short))[0] == value:
+                return short
+        except OverflowError:  # rounded up past the largest float32
+            continue
+    return value  # NaN
+
+
+fastavro.read.LOGICAL_READERS[f"float-{_FLOAT32}"] = _shortest_float32
 
 
 def connect_schema(schema: Any) -> dict[str, Any]:

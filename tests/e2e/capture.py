@@ -43,6 +43,8 @@ from tests.e2e.workload import IN_FLIGHT, in_flight_across_the_snapshot
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "debezium_live"
 BOOTSTRAP = "127.0.0.1:9092"
+# A fixture file's content from a captured message and what the source held after its change.
+Record = Callable[[Any, dict[str, Any]], dict[str, Any]]
 
 
 @dataclass
@@ -140,11 +142,13 @@ def fixture(message: Any, expected: dict[str, Any]) -> dict[str, Any]:
             "value": text(message.value()), "expected": expected}
 
 
-def capture() -> list[str]:
-    """Every table of `source_tables` through every operation (`steps`)."""
+def capture(encoding: str = "json", record: Record = fixture,
+            folder: Path = FIXTURES) -> list[str]:
+    """Every table of `source_tables` through every operation (`steps`), the connector writing
+    `encoding` (`LiveSource.format`), each message kept as `record` makes it into `folder`."""
     rng = random.Random(20261206)
     source = LiveSource(f"capture_{uuid.uuid4().hex[:8]}", BOOTSTRAP,
-                        Path(tempfile.mkdtemp()) / "connect")
+                        Path(tempfile.mkdtemp()) / "connect", format=encoding)
     source.create_database()
     try:
         written = {}
@@ -186,8 +190,8 @@ def capture() -> list[str]:
         for topic, messages in consume(counts).items():
             for file, message in zip(order[topic], messages, strict=True):
                 if file is not None:
-                    written[file] = fixture(message, expected[file])
-        return write(written)
+                    written[file] = record(message, expected[file])
+        return write(written, folder)
     finally:
         drop(source, [t.name for t in (ALLTYPES_TABLE, ACCOUNTS_TABLE)])
 
@@ -223,10 +227,10 @@ def capture_in_flight() -> list[str]:
         drop(source, ["t", "other"])
 
 
-def write(files: dict[str, dict[str, Any]]) -> list[str]:
-    FIXTURES.mkdir(parents=True, exist_ok=True)
+def write(files: dict[str, dict[str, Any]], folder: Path = FIXTURES) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
     for file, doc in files.items():
-        (FIXTURES / file).write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+        (folder / file).write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     return sorted(files)
 
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import json
+import math
+import struct
 import uuid
 
+import fastavro
+import numpy
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from operators.avro import AvroFrames, AvroProblem, UnknownSchema, connect_schema
+
+FLOAT32_MAX = struct.unpack("<f", b"\xff\xff\x7f\x7f")[0]
 
 ROW = {
     "type": "record", "name": "Value", "namespace": "srv.inventory.customers",
@@ -99,3 +109,34 @@ def test_a_guid_framed_message_asks_for_its_guid_and_is_read() -> None:
     schema, header, payload = AvroFrames(fetch, "key").split(b"\x01" + guid.bytes + b"\x54")
     assert asked == [str(guid)] and header == b"\x01" + guid.bytes
     assert payload == {"id": 42} and schema["fields"][0]["type"] == "int64"
+
+
+@settings(max_examples=300)
+@given(st.floats(width=32))
+def test_an_avro_float_reads_as_the_shortest_decimal_of_the_same_float32(value: float) -> None:
+    """As JsonConverter prints a Connect FLOAT32 (`real`: 215921.84, not 215921.84375), in every
+    position a schema may hold a float: a field, a union branch, an array's items, a map's
+    values."""
+    schema = {"type": "record", "name": "R", "fields": [
+        {"name": "plain", "type": "float"},
+        {"name": "optional", "type": ["null", {"type": "float"}]},
+        {"name": "items", "type": {"type": "array", "items": "float"}},
+        {"name": "by_name", "type": {"type": "map", "values": "float"}}]}
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, fastavro.parse_schema(schema),
+                               {"plain": value, "optional": value, "items": [value],
+                                "by_name": {"x": value}})
+    _, _, payload = AvroFrames(lambda ident: json.dumps(schema), "value").split(
+        b"\x00\x00\x00\x00\x01" + body.getvalue())
+    read = [payload["plain"], payload["optional"], payload["items"][0], payload["by_name"]["x"]]
+    if math.isnan(value):
+        assert all(math.isnan(v) for v in read)
+        return
+    assert read == [float(str(numpy.float32(value)))] * 4  # numpy: the shortest unique digits
+
+
+def test_the_largest_float32_reads_as_itself_where_a_rounded_decimal_would_overflow() -> None:
+    schema = '{"type": "record", "name": "R", "fields": [{"name": "x", "type": "float"}]}'
+    _, _, payload = AvroFrames(lambda ident: schema, "value").split(
+        b"\x00\x00\x00\x00\x01" + struct.pack("<f", FLOAT32_MAX))
+    assert payload["x"] == 3.4028235e38
