@@ -128,9 +128,11 @@ class Decoder:
         self, target_schema: str, table_map: dict[str, str], catalog: TableCatalog | None,
         fetch_schema: SchemaFetcher | None = None, native: bool = True,
         snapshot_points: SnapshotPoints | None = None,
+        cql_types: dict[str, dict[str, str]] | None = None,
     ) -> None:
         """`native`: try the native fast path (`operators/native_decode.py`) first;
-        `snapshot_points`: the snapshots known before (none by default)."""
+        `snapshot_points`: the snapshots known before (none by default); `cql_types`: topic →
+        column → declared CQL type, for the messages of Cassandra-model sources."""
         self._target_schema = target_schema
         self._overrides = {topic: self._parse_target(t) for topic, t in table_map.items()}
         self._catalog = catalog
@@ -142,6 +144,7 @@ class Decoder:
         self._fast = FastPath() if native else None
         self._defects_logged: set[tuple[str, type]] = set()
         self.snapshot_points = SnapshotPoints() if snapshot_points is None else snapshot_points
+        self._cql_types = cql_types or {}
 
     def decode(self, msg: RawMessage) -> Decoded | None:
         if self._fast is not None:
@@ -198,7 +201,8 @@ class Decoder:
         source = payload.get("source")
         dialect = _cell_dialect(source)
         if dialect is not None:  # its own ops and cells: the whole message is the dialect's
-            return dialect.decode(msg, self._topic_table(msg.topic))
+            return dialect.decode(msg, self._topic_table(msg.topic),
+                                  self._cql_types.get(msg.topic))
         op = payload.get("op")
         if op is None:
             raise _Reject("missing_op", "value has no 'op' field")

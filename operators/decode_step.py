@@ -38,7 +38,8 @@ class DecodeStep:
                  if settings.schema_registry_url else None)
         self._points = stored_points(settings)
         self._decoder = Decoder(settings.target_schema, settings.table_map, catalog, fetch,
-                                native=settings.native_decode, snapshot_points=self._points)
+                                native=settings.native_decode, snapshot_points=self._points,
+                                cql_types=settings.cql_types)
         self._settings = settings
         self._shards = settings.shards
         self._names = [shard_part_name(k) for k in range(settings.shards)]

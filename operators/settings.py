@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     table_map: dict[str, str] = Field(
         default_factory=dict, description='topic -> "schema.table" or "table" overrides (JSON)'
     )
+    cql_types: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="topic -> {column: declared CQL type} for ScyllaDB and Cassandra topics "
+                    '(JSON), e.g. {"scylla.ks.orders": {"amount": "decimal"}}')
     delete_mode: DeleteMode = DeleteMode.HARD
     batch_size: int = Field(5000, ge=1)
     batch_ms: int = Field(500, ge=1)
