@@ -40,18 +40,19 @@ import orjson
 from formats.cells import (
     CellChange,
     CellKind,
+    CellMessage,
     CellReject,
     RangeBound,
     WriteTimeDialect,
     column_type,
-    connect_json,
     convert,
     decoded_or_dlq,
     envelope,
     is_snapshot,
-    kafka_key,
+    key_values,
     row_fields,
     schema_of,
+    value_parts,
 )
 from operators.events import DlqRecord, RawMessage, TableName
 from schemas.cql_types import CqlType, marshal_scalar
@@ -68,34 +69,37 @@ class CassandraDialect(WriteTimeDialect):
     connector = "cassandra"
 
     def decode(self, msg: RawMessage, table: TableName,
-               cql_types: Mapping[str, str] | None = None) -> CellChange | DlqRecord | None:
-        return decode_cassandra(msg, table, cql_types)
+               cql_types: Mapping[str, str] | None = None,
+               parts: CellMessage | None = None) -> CellChange | DlqRecord | None:
+        return decode_cassandra(msg, table, cql_types, parts)
 
 
 def decode_cassandra(msg: RawMessage, table: TableName,
-                     cql_types: Mapping[str, str] | None = None) -> CellChange | DlqRecord | None:
+                     cql_types: Mapping[str, str] | None = None,
+                  parts: CellMessage | None = None) -> CellChange | DlqRecord | None:
     """One message of `table` → its `CellChange`, a `DlqRecord` naming what is wrong with it, or
     None for a Kafka tombstone (`tombstones.on.delete=true`). `cql_types`: column → declared
     CQL type, where known."""
-    return decoded_or_dlq(_decode, msg, table, cql_types)
+    return decoded_or_dlq(_decode, msg, table, cql_types, parts)
 
 
-def _decode(msg: RawMessage, table: TableName, cql_types: Mapping[str, str]) -> CellChange:
-    value_schema, payload = connect_json(msg.value, "value", "malformed_json")  # type: ignore[arg-type]
+def _decode(msg: RawMessage, parts: CellMessage, table: TableName,
+            cql_types: Mapping[str, str]) -> CellChange:
+    value_schema, payload = value_parts(parts)
     op, source, ts_us = envelope(payload, OPS)
     after = payload.get("after")
     if not isinstance(after, dict):
         raise CellReject("missing_after", f"op {op!r} has no 'after' object")
-    key_values = kafka_key(msg.key)
+    keys = key_values(parts)
     types = _shape(orjson.dumps(value_schema), tuple(sorted(cql_types.items())))
-    missing = [name for name in key_values if name not in types]
+    missing = [name for name in keys if name not in types]
     if missing:
         raise CellReject("bad_schema", f"key column(s) {missing} are not in the row schema")
-    key_columns = tuple(key_values)
-    key = tuple(convert(name, types[name], v) for name, v in key_values.items())
+    key_columns = tuple(keys)
+    key = tuple(convert(name, types[name], v) for name, v in keys.items())
     named = _named_prefix(key)
     if op in ("i", "u") and named < len(key):
-        raise CellReject("missing_key", f"key {key_values} of a write has null values")
+        raise CellReject("missing_key", f"key {keys} of a write has null values")
     kind = {"i": CellKind.WRITE, "u": CellKind.WRITE, "r": CellKind.RANGE_DELETE,
             "d": CellKind.PARTITION_DELETE if named < len(key) else CellKind.ROW_DELETE}[op]
     whole_rows = kind in (CellKind.WRITE, CellKind.ROW_DELETE)

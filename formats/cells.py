@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -45,9 +45,20 @@ class WriteTimeDialect(SourceDialect):
 
     @abstractmethod
     def decode(self, msg: RawMessage, table: TableName,
-               cql_types: Mapping[str, str] | None = None) -> CellChange | DlqRecord | None:
+               cql_types: Mapping[str, str] | None = None,
+               parts: CellMessage | None = None) -> CellChange | DlqRecord | None:
         """One message of `table` → its `CellChange`, a `DlqRecord`, or None for a Kafka
-        tombstone. `cql_types`: column → declared CQL type, where known."""
+        tombstone. `cql_types`: column → declared CQL type, where known; `parts`: the message
+        already read from its framing (Avro or Connect JSON), else it is read as Connect JSON."""
+
+class CellMessage(NamedTuple):
+    """A message read from its framing: the value's Connect schema and payload, and the Kafka
+    key's payload (None for a null key)."""
+
+    schema: Mapping[str, Any] | None
+    payload: Any
+    key: Any
+
 
 class CellKind(Enum):
     WRITE = "write"
@@ -153,15 +164,18 @@ class CellReject(Exception):
         self.error_type = error_type
 
 
-def decoded_or_dlq(decode: Callable[[RawMessage, TableName, Mapping[str, str]], CellChange],
-                   msg: RawMessage, table: TableName,
-                   cql_types: Mapping[str, str] | None) -> CellChange | DlqRecord | None:
-    """What a cell source's `decode` makes of `msg`: None for a Kafka tombstone, the DLQ record
-    of a rejected message."""
+Decode = Callable[[RawMessage, CellMessage, TableName, Mapping[str, str]], CellChange]
+
+
+def decoded_or_dlq(decode: Decode, msg: RawMessage, table: TableName,
+                   cql_types: Mapping[str, str] | None,
+                   parts: CellMessage | None) -> CellChange | DlqRecord | None:
+    """What a cell source's `decode` makes of `msg` (read from `parts`, or as Connect JSON):
+    None for a Kafka tombstone, the DLQ record of a rejected message."""
     if msg.value is None:
         return None
     try:
-        return decode(msg, table, cql_types or {})
+        return decode(msg, parts or read_json(msg), table, cql_types or {})
     except CellReject as reject:
         return dlq(msg, reject)
 
@@ -172,6 +186,13 @@ def dlq(msg: RawMessage, reject: CellReject) -> DlqRecord:
 
 
 # --- reading a Connect JSON message, shared by the cell sources --------------------------------
+
+
+def read_json(msg: RawMessage) -> CellMessage:
+    """The parts of a message whose key and value are Connect JSON."""
+    schema, payload = connect_json(msg.value, "value", "malformed_json")  # type: ignore[arg-type]
+    key = None if msg.key is None else connect_json(msg.key, "key", "malformed_key")[1]
+    return CellMessage(schema, payload, key)
 
 
 def connect_json(raw: bytes, what: str, error_type: str) -> tuple[Mapping[str, Any], Any]:
@@ -214,14 +235,21 @@ def is_snapshot(source: Mapping[str, Any]) -> bool:
     return flag not in (None, False, "false")
 
 
-def kafka_key(raw: bytes | None) -> dict[str, Any]:
-    """Key column → value (plain JSON) from the Kafka key, in primary-key order."""
-    if raw is None:
+def key_values(parts: CellMessage) -> dict[str, Any]:
+    """Key column → value from the Kafka key, in primary-key order."""
+    if parts.key is None:
         raise CellReject("missing_key", "Kafka key is null")
-    _, payload = connect_json(raw, "key", "malformed_key")
-    if not isinstance(payload, dict) or not payload:
+    if not isinstance(parts.key, dict) or not parts.key:
         raise CellReject("missing_key", "Kafka key payload is not a non-empty struct")
-    return payload
+    return parts.key
+
+
+def value_parts(parts: CellMessage) -> tuple[Mapping[str, Any], Any]:
+    """(schema, payload) of the value; a value without a schema cannot be typed."""
+    if not isinstance(parts.schema, dict):
+        raise CellReject("no_schema", "value has no schema (JsonConverter schemas.enable=true "
+                                      "or Avro is needed: the schema tells the columns' types)")
+    return parts.schema, parts.payload
 
 
 def row_fields(value_schema: Mapping[str, Any], image: str) -> dict[str, Mapping[str, Any]]:

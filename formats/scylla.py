@@ -58,17 +58,18 @@ import orjson
 from formats.cells import (
     CellChange,
     CellKind,
+    CellMessage,
     CellReject,
     WriteTimeDialect,
     column_type,
-    connect_json,
     convert,
     decoded_or_dlq,
     envelope,
     is_snapshot,
-    kafka_key,
+    key_values,
     row_fields,
     schema_of,
+    value_parts,
 )
 from operators.events import DlqRecord, RawMessage, TableName
 from schemas.cql_types import CqlType
@@ -81,8 +82,9 @@ class ScyllaDialect(WriteTimeDialect):
     connector = "scylla"
 
     def decode(self, msg: RawMessage, table: TableName,
-               cql_types: Mapping[str, str] | None = None) -> CellChange | DlqRecord | None:
-        return decode_scylla(msg, table, cql_types)
+               cql_types: Mapping[str, str] | None = None,
+               parts: CellMessage | None = None) -> CellChange | DlqRecord | None:
+        return decode_scylla(msg, table, cql_types, parts)
 
 
 class NoRowImage(Exception):
@@ -93,26 +95,28 @@ class NoRowImage(Exception):
 
 
 def decode_scylla(msg: RawMessage, table: TableName,
-                  cql_types: Mapping[str, str] | None = None) -> CellChange | DlqRecord | None:
+                  cql_types: Mapping[str, str] | None = None,
+                  parts: CellMessage | None = None) -> CellChange | DlqRecord | None:
     """One message of `table` → its `CellChange`, a `DlqRecord` naming what is wrong with it, or
     None for a Kafka tombstone. `cql_types`: column → declared CQL type, where known. Raises
     `NoRowImage` for an insert or update without row images."""
-    return decoded_or_dlq(_decode, msg, table, cql_types)
+    return decoded_or_dlq(_decode, msg, table, cql_types, parts)
 
 
-def _decode(msg: RawMessage, table: TableName, cql_types: Mapping[str, str]) -> CellChange:
-    value_schema, payload = connect_json(msg.value, "value", "malformed_json")  # type: ignore[arg-type]
+def _decode(msg: RawMessage, parts: CellMessage, table: TableName,
+            cql_types: Mapping[str, str]) -> CellChange:
+    value_schema, payload = value_parts(parts)
     op, source, ts_us = envelope(payload, OPS)
-    key_values = kafka_key(msg.key)
+    keys = key_values(parts)
     legacy, types = _shape(orjson.dumps(value_schema), tuple(sorted(cql_types.items())))
-    missing = [name for name in key_values if name not in types]
+    missing = [name for name in keys if name not in types]
     if missing:
         raise CellReject("bad_schema", f"key column(s) {missing} are not in the row schema")
-    key = tuple(convert(name, types[name], v) for name, v in key_values.items())
+    key = tuple(convert(name, types[name], v) for name, v in keys.items())
     if None in key:
-        raise CellReject("missing_key", f"key {key_values} has null values")
+        raise CellReject("missing_key", f"key {keys} has null values")
     before, after = _image(payload, "before"), _image(payload, "after")
-    regular = {name: t for name, t in types.items() if name not in key_values}
+    regular = {name: t for name, t in types.items() if name not in keys}
     kind = CellKind.WRITE
     cells: dict[str, Any] = {}
     if op == "d":
@@ -123,9 +127,9 @@ def _decode(msg: RawMessage, table: TableName, cql_types: Mapping[str, str]) -> 
     else:
         cells = _advanced_cells(regular, before, after, op, msg)
     return CellChange(
-        table, tuple(key_values), key, len(key) if kind is CellKind.PARTITION_DELETE else None,
+        table, tuple(keys), key, len(key) if kind is CellKind.PARTITION_DELETE else None,
         kind, ts_us, op == "c", cells, msg.topic, msg.partition, msg.offset,
-        snapshot=is_snapshot(source), schema=schema_of(table, types, tuple(key_values)),
+        snapshot=is_snapshot(source), schema=schema_of(table, types, tuple(keys)),
     )
 
 

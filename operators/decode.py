@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from formats.cells import CellChange, WriteTimeDialect
+from formats.cells import CellChange, CellMessage, WriteTimeDialect
 from formats.dialect import SourceDialect
 from formats.registry import dialect_for
 from operators.avro import AvroFrames, AvroProblem, SchemaFetcher, is_framed
@@ -201,8 +201,10 @@ class Decoder:
         source = payload.get("source")
         dialect = _cell_dialect(source)
         if dialect is not None:  # its own ops and cells: the whole message is the dialect's
+            key = None if msg.key is None else self._keys.split(msg.topic, msg.key)[2]
             return dialect.decode(msg, self._topic_table(msg.topic),
-                                  self._cql_types.get(msg.topic))
+                                  self._cql_types.get(msg.topic),
+                                  CellMessage(value_schema, payload, key))
         op = payload.get("op")
         if op is None:
             raise _Reject("missing_op", "value has no 'op' field")
