@@ -179,6 +179,11 @@ class TargetTables:
         if create or add_columns:
             metrics.SCHEMA_CHANGES.labels(str(name)).inc()
         self._by_name[name] = table
+        # schemas resolved before now map to the table as it was: a narrower schema (a column
+        # the source dropped again) must resolve to the table with the column, which a write
+        # merging an earlier image still names
+        self._by_schema.clear()
+        self._by_value.clear()
         return table
 
     def _register(self, event: ChangeEvent) -> None:

@@ -94,3 +94,24 @@ def test_a_wider_schema_is_still_resolved_and_widens_the_table(settings) -> None
     event = things.event(1, 11, note="n")
     event.schema = wider
     assert "note" in tables.for_event(event).columns
+
+
+def test_a_column_added_then_dropped_at_the_source_keeps_its_last_value(settings) -> None:
+    """The source adds a column, updates a row, drops the column, updates it again (one batch):
+    the narrower schema resolves to the table as it is now, with the added column, so the write
+    that merges the earlier image's value of it lands."""
+    things = Things(settings.target_schema)
+    wider = TableSchema(things.table, (*things.schema.columns, Column("extra", "integer")),
+                        ("id",))
+    shard = ShardPartition(settings, 0)
+    shard.write_batch([[things.event(1, 10), ProgressMarker(TOPIC, 0, 2)]])
+    added = things.event(1, 11, extra=5)
+    added.schema = wider
+    dropped = things.event(1, 12)
+    dropped.values = {"id": 1, "qty": 3}  # a partial image: `name` unchanged (TOAST)
+    shard.write_batch([[added, dropped, ProgressMarker(TOPIC, 0, 4)]])
+    shard.close()
+    with psycopg.connect(settings.pg_dsn) as conn:
+        row = conn.execute(f'SELECT name, qty, extra FROM "{settings.target_schema}".things'
+                           ).fetchone()
+    assert row == ("v11", 3, 5)
