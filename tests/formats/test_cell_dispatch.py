@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from formats.cassandra import decode_cassandra
-from formats.scylla import decode_scylla
+from formats.scylla import NoRowImage, decode_scylla
 from operators.decode import Decoder
 from operators.events import DlqRecord, RawMessage, TableName
 from tests.formats.test_scylla import CQL_TYPES
@@ -48,3 +48,13 @@ def test_a_cell_message_without_a_schema_goes_to_the_dlq_as_no_schema():
     schemaless = msg._replace(value=json.dumps(doc["payload"]).encode())
     got = Decoder("tgt", {}, None, native=False).decode(schemaless)
     assert isinstance(got, DlqRecord) and got.error_type == "no_schema"
+
+
+def test_a_scylla_stream_without_row_images_stops_the_flow_instead_of_filling_the_dlq():
+    """`cdc.include.before/after=none` (the connector's default) is a setting to change, not a
+    bad message: the decoder raises, naming the settings."""
+    msg = _message(FIXTURES / "scylla" / "advanced_full_insert.json")
+    doc = json.loads(msg.value)
+    doc["payload"]["before"] = doc["payload"]["after"] = None
+    with pytest.raises(NoRowImage, match="cdc.include.after"):
+        Decoder("tgt", {}, None, native=False).decode(msg._replace(value=json.dumps(doc).encode()))
