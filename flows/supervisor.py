@@ -32,6 +32,7 @@ from enum import Enum
 from types import FrameType
 from typing import Protocol
 
+from operators.log_format import configure_logging
 from operators.metrics import RESTARTS_ENV
 from operators.settings import ConfigError, load_settings
 
@@ -267,8 +268,7 @@ def run_command(args: argparse.Namespace) -> int:
     if not 0 < args.backoff_initial <= args.backoff_max or args.grace < 0:
         raise ConfigError("--backoff-initial must be > 0 and <= --backoff-max; --grace >= 0")
     settings = load_settings()  # a bad setting: one line and status 2 here, not per process
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)  # REPLICATE_LOG_FORMAT, like the processes' lines
     if settings.metrics_port is not None:
         log.info("metrics of process K on port %d + K", settings.metrics_port)
     supervisor = Supervisor(cluster, Backoff(args.backoff_initial, args.backoff_max), args.grace)

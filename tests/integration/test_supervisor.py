@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 
@@ -187,3 +188,17 @@ def test_one_flow_run_with_1_then_3_then_2_processes_converges_exactly_once(run)
     run.wait_caught_up(workload)
     assert run.stop() == [0]
     assert_matches_oracle(run, workload)
+
+
+def test_a_process_that_exits_on_a_bad_setting_stops_replicate_run_with_status_2(run):
+    """Not restarted (the next start would fail the same), and said in the log format the
+    processes use."""
+    run.extra_env |= {"REPLICATE_TOPICS": f"{run.prefix}.missing", "REPLICATE_LOG_FORMAT": "json"}
+    supervise(run, processes=2)
+    assert run.running[0].wait(timeout=START_TIMEOUT_S) == 2
+    lines = [orjson.loads(line) for line in run.log_path.read_text().splitlines()
+             if line.startswith('{"time"')]
+    said = [line["message"] for line in lines if line["logger"] == "replicate.supervisor"]
+    assert len(said) == 2 and said[0].startswith("started process 0"), said
+    assert said[1].endswith("exited with status 2 (a setting that cannot be used, named "
+                            "above): not restarting")
