@@ -11,7 +11,8 @@ are in `cdc.cell_tombstones` (`operators/cell_rows.py`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import orjson
 import psycopg
@@ -62,26 +63,18 @@ def committed_states(
         query = sql.SQL("SELECT {}, {version}, {} FROM {} WHERE {version} IS NOT NULL").format(
             sql.SQL(", ").join(map(sql.Identifier, key_columns)), deleted,
             sql.Identifier(table.schema, table.name), version=sql.Identifier(VERSION_COLUMN))
-        with conn.cursor(name=f"rebuild_{shard}") as cur:
-            cur.itersize = FETCH_ROWS
-            for row in cur.execute(query):
-                skey = state_key(table, tuple(row[:-2]))
-                if shard_of(skey, shards) == shard:
-                    seen[skey] = KeyState(bytes(row[-2]), row[-1])
+        for skey, row in _rows_of_shard(conn, query, (), lambda r, t=table: state_key(
+                t, tuple(r[:-2])), shard, shards):
+            seen[skey] = KeyState(bytes(row[-2]), row[-1])
     names = {str(t): t for t, _ in tables}
-    with conn.cursor(name=f"rebuild_tomb_{shard}") as cur:
-        cur.itersize = FETCH_ROWS
-        for table_name, key, version in cur.execute(
-            "SELECT table_name, key::text, version FROM cdc.tombstones "
-            "WHERE table_name = ANY(%s)", (list(names),)
-        ):
-            skey = state_key(names[table_name], tuple(orjson.loads(key)))
-            if shard_of(skey, shards) != shard:
-                continue
-            tomb = KeyState(bytes(version), True)
-            live = seen.get(skey)
-            if live is None or live.version < tomb.version:
-                seen[skey] = tomb
+    for skey, (_, _, version) in _rows_of_shard(
+            conn, "SELECT table_name, key::text, version FROM cdc.tombstones "
+                  "WHERE table_name = ANY(%s)", (list(names),),
+            lambda r: state_key(names[r[0]], tuple(orjson.loads(r[1]))), shard, shards):
+        tomb = KeyState(bytes(version), True)
+        live = seen.get(skey)
+        if live is None or live.version < tomb.version:
+            seen[skey] = tomb
     log.info("shard %d: rebuilt state of %d keys from Postgres", shard, len(seen))
     yield from seen.items()
 
@@ -94,22 +87,28 @@ def _cell_states(conn: psycopg.Connection, tables: list[tuple[TableName, list[st
         query = sql.SQL("SELECT {}, {} FROM {}").format(
             sql.SQL(", ").join(map(sql.Identifier, key_columns)), sql.Identifier(CELLS_COLUMN),
             sql.Identifier(table.schema, table.name))
-        with conn.cursor(name=f"rebuild_cells_{shard}") as cur:
-            cur.itersize = FETCH_ROWS
-            for row in cur.execute(query):
-                skey = state_key(table, tuple(row[:-1]))
-                if shard_of(skey, shards) == shard:
-                    yield skey, encode_cell_state(Place.TABLE, row[-1])
+        for skey, row in _rows_of_shard(conn, query, (), lambda r, t=table: state_key(
+                t, tuple(r[:-1])), shard, shards):
+            yield skey, encode_cell_state(Place.TABLE, row[-1])
     names = {str(t): t for t, _ in tables}
-    with conn.cursor(name=f"rebuild_cell_tombs_{shard}") as cur:
+    for skey, (_, _, cells) in _rows_of_shard(
+            conn, "SELECT table_name, key::text, cells FROM cdc.cell_tombstones "
+                  "WHERE table_name = ANY(%s)", (list(names),),
+            lambda r: state_key(names[r[0]], tuple(orjson.loads(r[1]))), shard, shards):
+        yield skey, encode_cell_state(Place.TOMBSTONES, cells)
+
+
+def _rows_of_shard(conn: psycopg.Connection, query: sql.Composable | str, params: Sequence[Any],
+                   key_of: Callable[[tuple[Any, ...]], bytes], shard: int, shards: int,
+                   ) -> Iterator[tuple[bytes, tuple[Any, ...]]]:
+    """(state key, row) of the rows of `query` whose key (`key_of(row)`) hashes to `shard`,
+    read through a server-side cursor in chunks."""
+    with conn.cursor(name=f"rebuild_{shard}") as cur:
         cur.itersize = FETCH_ROWS
-        for table_name, key, cells in cur.execute(
-            "SELECT table_name, key::text, cells FROM cdc.cell_tombstones "
-            "WHERE table_name = ANY(%s)", (list(names),)
-        ):
-            skey = state_key(names[table_name], tuple(orjson.loads(key)))
+        for row in cur.execute(query, params or None):
+            skey = key_of(row)
             if shard_of(skey, shards) == shard:
-                yield skey, encode_cell_state(Place.TOMBSTONES, cells)
+                yield skey, row
 
 
 def committed_floors(conn: psycopg.Connection, flow_id: str) -> dict[str, bytes]:

@@ -4,7 +4,6 @@ reopened or its state lost between batches."""
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 
@@ -22,6 +21,7 @@ from operators.events import ProgressMarker, TableName
 from operators.settings import Settings
 from operators.shard_sink import ShardPartition
 from schemas.cql_types import column_type
+from tests.integration.shard_batches import write_in_batches
 
 pytestmark = pytest.mark.integration
 TOPIC = "scylla.ks.items"
@@ -122,19 +122,12 @@ def test_property_postgres_equals_the_cell_oracle(pg_dsn, tmp_path, history, dat
                       target_schema=name, shards=1)
     items = Items(name)
     try:
-        shard = ShardPartition(config, 0)
         bounds = [0, *cuts, len(arrivals)]
-        for i, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False)):
-            batch = [items.change(e) for e in arrivals[start:end]]
-            shard.write_batch([[*batch, ProgressMarker(TOPIC, 0, items.offset + 1)]])
-            shard.snapshot()
-            action = restarts[i % len(restarts)]
-            if action != "keep":
-                shard.close()
-                if action == "lose state":
-                    shutil.rmtree(config.state_dir, ignore_errors=True)
-                shard = ShardPartition(config, 0)
-        shard.close()
+        batches = []
+        for start, end in zip(bounds, bounds[1:], strict=False):
+            batches.append([items.change(e) for e in arrivals[start:end]])
+            batches[-1].append(ProgressMarker(TOPIC, 0, items.offset + 1))
+        write_in_batches(config, batches, restarts)
         expected = cell_oracle.visible_rows(history, time.time_ns() // 1000).get("items", {})
         assert rows(pg_dsn, items.table) == expected
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import shutil
 import time
 import uuid
 from unittest import mock
@@ -33,6 +32,7 @@ from operators.pg_writer import ShardBatch, new_commit_id
 from operators.settings import DeleteMode, Settings
 from operators.shard_sink import ShardPartition
 from operators.versions import pg_version
+from tests.integration.shard_batches import write_in_batches
 from tests.unit.test_lww import arrivals, oracle
 
 pytestmark = pytest.mark.integration
@@ -445,19 +445,11 @@ def test_property_postgres_equals_the_max_version_oracle(pg_dsn, tmp_path, case,
                       target_schema=name, shards=1)
     things = Things(name)
     try:
-        shard = ShardPartition(config, 0)
         bounds = [0, *cuts, len(sequence)]
-        for i, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False)):
-            shard.write_batch([[things.event(k, v, Op.DELETE if d else Op.UPSERT, qty=x)
-                               for k, v, d, x in sequence[start:end]]])
-            shard.snapshot()
-            action = restarts[i % len(restarts)]
-            if action != "keep":
-                shard.close()
-                if action == "lose state":
-                    shutil.rmtree(config.state_dir, ignore_errors=True)
-                shard = ShardPartition(config, 0)
-        shard.close()
+        write_in_batches(config, [[things.event(k, v, Op.DELETE if d else Op.UPSERT, qty=x)
+                                   for k, v, d, x in sequence[start:end]]
+                                  for start, end in zip(bounds, bounds[1:], strict=False)],
+                         restarts)
         expected_rows, expected_stale, _ = oracle(sequence)
         got = {k: qty for k, (_, qty) in rows(pg_dsn, things.table).items()}
         with psycopg.connect(pg_dsn) as conn:
