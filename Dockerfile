@@ -34,4 +34,6 @@ ENV REPLICATE_STATE_DIR=/var/lib/replicator/state
 VOLUME ["/var/lib/replicator/state"]
 EXPOSE 9108
 
-CMD ["python", "-m", "bytewax.run", "flows.replicate"]
+# under the supervisor, which restarts the flow with backoff when it dies; more processes:
+# `replicate run --processes N` (docs/operations.md, "Scale")
+CMD ["replicate", "run"]

@@ -24,7 +24,7 @@ from psycopg import sql
 from benchmarks.workload import Workload, WorkloadSpec, generate, produce
 from operators.events import TableName
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_ports(count: int) -> list[int]:

@@ -64,11 +64,11 @@ def test_prometheus_scrapes_the_replicator_metrics_port(compose):
     assert f"replicator:{port}" in targets
 
 
-def test_dockerfile_runs_the_replicate_flow():
+def test_dockerfile_runs_the_flow_under_the_supervisor():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in dockerfile
     assert "COPY native " in dockerfile and "maturin build" in dockerfile  # as `make install`
-    assert 'CMD ["python", "-m", "bytewax.run", "flows.replicate"]' in dockerfile
+    assert 'CMD ["replicate", "run"]' in dockerfile  # under the supervisor
 
 
 def test_registry_image_is_the_version_infra_runs(compose):
