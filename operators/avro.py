@@ -10,7 +10,10 @@ Avro logical types are not applied when reading (fastavro would turn a Connect D
 writes (`connect.name`, `connect.parameters`, `connect.type`) drive conversion exactly as for
 JSON, so both encodings of one change give the same row. An Avro `float` (Connect FLOAT32, e.g.
 Postgres `real`) is read as the shortest decimal that is the same float32, as JsonConverter
-prints it (215921.84, not the float32's exact 215921.84375).
+prints it (215921.84, not the float32's exact 215921.84375). A Connect map whose keys are optional
+or not strings, which the converter writes as an array of `io.confluent.connect.avro.MapEntry`
+records (Cassandra's `map<text, int>`), has a Connect map schema again; its value stays the list
+of `{key, value}` records, which the column's converter reads as a map.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ _CONNECT_TYPES = {
 }
 _PRIMITIVES = ("null", "int", "long", "float", "double", "boolean", "string", "bytes")
 _FLOAT32 = "cdc-float32"  # the logical type `_for_reading` gives every Avro float
+_MAP_ENTRY = "io.confluent.connect.avro.MapEntry"  # the record of a map written as an array
 
 
 class AvroProblem(Exception):
@@ -196,6 +200,20 @@ def _connect(schema: Any, named: dict[str, dict[str, Any]], namespace: str) -> d
             named[full] = out
     elif avro_type == "array":
         out["items"] = _connect(schema.get("items"), named, namespace)
+        if _avro_name(schema.get("items"), namespace) == _MAP_ENTRY:  # a Connect map
+            fields = {f["field"]: {k: v for k, v in f.items() if k != "field"}
+                      for f in out.pop("items")["fields"]}
+            out.update(type="map", keys=fields["key"], values=fields["value"])
     elif avro_type == "map":
         out["values"] = _connect(schema.get("values"), named, namespace)
     return out
+
+
+def _avro_name(schema: Any, namespace: str) -> str | None:
+    """The full name of a named Avro type, defined here or referred to."""
+    if isinstance(schema, str):
+        return schema if "." in schema else f"{namespace}.{schema}".lstrip(".")
+    if isinstance(schema, dict) and isinstance(schema.get("name"), str):
+        name = schema["name"]
+        return name if "." in name else f"{schema.get('namespace', namespace)}.{name}".lstrip(".")
+    return None
