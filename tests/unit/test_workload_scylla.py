@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import zlib
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,12 @@ from typing import Any
 import orjson
 import pytest
 
-from benchmarks.cell_oracle import Event, visible_rows
+from benchmarks.cell_oracle import Bound, Event, reconcile, visible_rows
 from benchmarks.workload_scylla import REGULAR, ScyllaSpec, ScyllaWorkload, generate
+from formats.cassandra import decode_cassandra
+from formats.cells import CellChange
+from formats.scylla import decode_scylla
+from operators.events import RawMessage, TableName
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "scylla"
 SPEC = ScyllaSpec(events=4_000, keys=300, partitions=3, ties_pct=5, replay_pct=5,
@@ -241,3 +246,250 @@ def test_a_workload_refuses_restamped_source_times(workload: ScyllaWorkload) -> 
     topic, part = sorted(workload.arrivals)[0]
     with pytest.raises(ValueError):
         next(workload.iter_partition(topic, part, source_time=lambda: 0))
+
+
+# --------------------------------------------------------------------------- other encodings
+
+MIXED = ScyllaSpec(events=4_000, keys=300, partitions=3, ties_pct=5, replay_pct=5,
+                   out_of_order_pct=3, deletes_pct=12, seed=13, ttl_pct=40,
+                   clock_us=1_800_000_000_000_000)
+ADVANCED = replace(MIXED, topic_prefix="MyScyllaCluster", keyspace="shop",
+                   encodings=(("orders", "advanced"), ("carts", "advanced")))
+CASSANDRA = replace(MIXED, topic_prefix="cassandra-cluster-1", keyspace="inventory",
+                    encodings=(("orders", "cassandra"), ("carts", "cassandra")))
+CQL_TYPES = {"amount": "decimal"}
+
+
+_WORKLOADS: dict[ScyllaSpec, ScyllaWorkload] = {}
+
+
+def workload_of(spec: ScyllaSpec) -> ScyllaWorkload:
+    """Each spec generated once for the module's tests."""
+    if spec not in _WORKLOADS:
+        _WORKLOADS[spec] = generate(spec)
+    return _WORKLOADS[spec]
+
+
+@pytest.fixture(scope="module")
+def advanced() -> ScyllaWorkload:
+    return workload_of(ADVANCED)
+
+
+@pytest.fixture(scope="module")
+def cassandra() -> ScyllaWorkload:
+    return workload_of(CASSANDRA)
+
+
+def _cassandra_fixture(name: str) -> dict[str, Any]:
+    return orjson.loads((FIXTURES.parent / "cassandra" / f"{name}.json").read_bytes())
+
+
+def _without(d: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+def test_advanced_messages_have_the_schemas_and_payload_keys_of_the_full_image_fixtures(
+        advanced: ScyllaWorkload) -> None:
+    want = _fixture("advanced_full_update_partial")
+    want_rows = {f["field"]: f for f in want["value"]["schema"]["fields"][2]["fields"]}
+    for table in KEY_COLUMNS:
+        key, value = _first(advanced, table, "u")
+        if table == "orders":
+            assert key["schema"] == want["key"]["schema"]
+        got_fields = value["schema"]["fields"]
+        for got, exp in zip(got_fields, want["value"]["schema"]["fields"], strict=True):
+            if got["field"] in ("before", "after"):
+                assert _without(got, "fields", "name") == _without(exp, "fields", "name")
+                assert got["name"] == f"MyScyllaCluster.shop.{table}.{got['field'].capitalize()}"
+                assert all(f == want_rows[f["field"]] for f in got["fields"]
+                           if f["field"] != "cart_id")
+                assert [f["field"] for f in got["fields"]] == sorted(
+                    (*KEY_COLUMNS[table], *REGULAR))
+            else:
+                assert got == exp
+        assert list(value["payload"]) == list(want["value"]["payload"])
+        assert value["payload"]["ts_us"] is None and value["payload"]["ts_ns"] is None
+
+
+def test_advanced_images_are_the_rows_before_and_after_each_statement(
+        advanced: ScyllaWorkload) -> None:
+    """Inserts without `before`, updates with the pre-image when the row had live data, row
+    deletes with it, partition deletes with neither, and a tombstone after every delete."""
+    seen = set()
+    messages = _messages(advanced)
+    for i, (topic, _, key, value) in enumerate(messages):
+        if value is None:
+            continue
+        p, table = value["payload"], topic.rsplit(".", 1)[1]
+        for image in (p["before"], p["after"]):
+            assert image is None or {c: image[c] for c in KEY_COLUMNS[table]} == key["payload"]
+        shape = (table, p["op"], p["before"] is not None, p["after"] is not None)
+        seen.add(shape)
+        if p["op"] == "d":
+            assert messages[i + 1][3] is None and messages[i + 1][2] == key
+    assert seen == {("orders", "c", False, True), ("orders", "u", True, True),
+                    ("orders", "u", False, True), ("orders", "d", True, False),
+                    ("carts", "c", False, True), ("carts", "u", True, True),
+                    ("carts", "u", False, True), ("carts", "d", False, False)}
+
+
+def test_cassandra_messages_have_the_schemas_of_the_connectors_fixtures(
+        cassandra: ScyllaWorkload) -> None:
+    want = _cassandra_fixture("insert")
+    want_fields = want["value"]["schema"]["fields"]
+    want_cells = {f["field"]: f for f in want_fields[3]["fields"]}
+    key, value = _first(cassandra, "orders", "i")
+    assert key["schema"] == want["key"]["schema"]
+    assert value["schema"]["name"] == want["value"]["schema"]["name"]
+    got_fields = value["schema"]["fields"]
+    assert got_fields[:3] == want_fields[:3]  # ts_ms, op, source
+    assert _without(got_fields[3], "fields") == _without(want_fields[3], "fields")
+    cells = got_fields[3]["fields"]
+    assert [f["field"] for f in cells] == [*KEY_COLUMNS["orders"], *sorted(REGULAR),
+                                           "_range_start", "_range_end"]
+    wrapper = _without(want_cells["note"], "fields", "field")
+    for cell in cells:
+        if cell["field"] in want_cells:  # the columns the fixture's table has
+            assert cell == want_cells[cell["field"]]
+        else:  # bigint, boolean, double: the same cell struct around their value
+            assert _without(cell, "fields", "field") == wrapper
+            assert cell["fields"][1:] == want_cells["note"]["fields"][1:]
+    assert {"big": "int64", "flag": "boolean", "score": "double"} == {
+        c["field"]: c["fields"][0]["type"] for c in cells if c["field"] not in want_cells}
+
+
+@pytest.mark.parametrize(("op", "fixture"), [
+    ("i", "insert"), ("u", "update_one_column"), ("d", "row_delete"), ("r", "range_delete")])
+def test_cassandra_payloads_have_the_shape_of_the_fixture_of_their_op(
+        cassandra: ScyllaWorkload, op: str, fixture: str) -> None:
+    want = _cassandra_fixture(fixture)["value"]["payload"]
+    _, value = _first(cassandra, "orders", op)
+    p = value["payload"]
+    assert list(p) == list(want) and list(p["source"]) == list(want["source"])
+    assert list(p["after"]) == [*KEY_COLUMNS["orders"], *sorted(REGULAR), "_range_start",
+                                "_range_end"]
+    src = p["source"]
+    assert (src["connector"], src["db"], src["keyspace"], src["table"]) == (
+        "cassandra", "NULL", "inventory", "orders")
+    assert src["ts_ms"] == src["ts_us"] // 1000 and src["ts_ns"] == src["ts_us"] * 1000
+    shown = {c: v for c, v in p["after"].items() if v is not None and not c.startswith("_")}
+    assert all(list(v) == ["value", "deletion_ts", "set"] and v["set"] for v in shown.values())
+
+
+def test_cassandra_deletes_are_cells_with_their_deletion_time_and_no_kafka_tombstone(
+        cassandra: ScyllaWorkload) -> None:
+    kinds = set()
+    for _, _, key, value in _messages(cassandra):
+        assert value is not None
+        p = value["payload"]
+        if p["op"] not in ("d", "r"):
+            continue
+        ts, after = p["source"]["ts_us"], p["after"]
+        regular = [after[c] for c in REGULAR]
+        if p["op"] == "r":
+            assert regular == [None] * len(REGULAR) and after["order_id"] is None
+            assert key["payload"]["order_id"] is None
+            for side, bound in (("START", after["_range_start"]), ("END", after["_range_end"])):
+                assert bound["method"] in (f"INCL_{side}_BOUND", f"EXCL_{side}_BOUND")
+                assert all(list(v) == ["name", "value", "type"] and v["name"] == "order_id"
+                           for v in bound["values"])
+                kinds.add(("range", side, bool(bound["values"])))
+            continue
+        assert regular == [{"value": None, "deletion_ts": ts, "set": True}] * len(REGULAR)
+        assert after["_range_start"] is None and after["_range_end"] is None
+        clustering = key["payload"].get("order_id", "none")
+        kinds.add(("d", clustering is None))
+        if clustering is None:  # a partition delete of `orders`: null clustering cell
+            assert after["order_id"] == {"value": None, "deletion_ts": ts, "set": True}
+    assert kinds == {("d", True), ("d", False), ("range", "START", True),
+                     ("range", "START", False), ("range", "END", True),
+                     ("range", "END", False)}
+
+
+def test_ttl_cells_expire_before_the_window_ends_or_a_day_later(
+        cassandra: ScyllaWorkload) -> None:
+    clock, by = CASSANDRA.clock_us, CASSANDRA.expiring_by_us
+    expiries = [e for ev in cassandra.statements for e in ev.expiries.values()]
+    assert len(expiries) == cassandra.stats["ttl_cells"]
+    assert all(e % 10**6 == 0 for e in expiries)  # Cassandra keeps seconds
+    past = [e for e in expiries if e <= clock]
+    during = [e for e in expiries if clock < e < by]
+    ahead = [e for e in expiries if e >= by + 86_000 * 10**6]
+    assert len(past) + len(during) + len(ahead) == len(expiries)
+    assert min(len(past), len(during), len(ahead)) > 20
+    before, after = cassandra.rows_at(clock), cassandra.rows_at(by)
+    assert before != after and after == cassandra.rows_at(by + 3_600 * 10**6)
+
+
+def _as_event(change: CellChange, statement: Event) -> Event:
+    """A decoded change in the oracle's terms (timestamps naive UTC, a row delete of `carts`
+    as the partition delete it is there)."""
+    kind = change.kind.value
+    if statement.table == "carts" and kind == "row_delete":
+        kind = "partition_delete"
+    whole = kind in ("write", "row_delete")
+    key = change.key if whole else change.key[:change.partition_key_columns or len(change.key)]
+    cells = {c: v.astimezone(UTC).replace(tzinfo=None) if isinstance(v, datetime) else v
+             for c, v in change.cells.items()}
+
+    def bound(b: Any) -> Bound | None:
+        return Bound(tuple(b.values), b.inclusive) if b is not None and b.values else None
+
+    return Event(statement.table, key, 1, kind, change.ts_us, marker=change.row_marker,
+                 cells=cells, expiries=dict(change.expires_us),
+                 range_start=bound(change.range_start), range_end=bound(change.range_end))
+
+
+@pytest.mark.parametrize("spec", [
+    SPEC, ADVANCED, CASSANDRA,
+    replace(MIXED, encodings=(("orders", "advanced"), ("carts", "cassandra")))],
+    ids=["legacy", "advanced", "cassandra", "mixed"])
+def test_every_message_decodes_to_exactly_its_statement_and_the_replay_to_the_oracle(
+        spec: ScyllaSpec) -> None:
+    """Through the product's own decoders: what each connector can express is all the workload
+    generates, so the decoded changes reconcile to the workload's rows at every time."""
+    wl = workload_of(spec)
+    decoded = []
+    for topic, part in sorted(wl.arrivals):
+        table = topic.rsplit(".", 1)[1]
+        decode = decode_cassandra if spec.encoding(table) == "cassandra" else decode_scylla
+        for offset, ((key, value), (statement, tomb, _)) in enumerate(zip(
+                wl.messages(topic, part), wl.arrivals[(topic, part)], strict=True)):
+            change = decode(RawMessage(topic, part, offset, key, value),
+                            TableName("t", table), CQL_TYPES)
+            if tomb:
+                assert change is None
+                continue
+            assert isinstance(change, CellChange), change
+            event = _as_event(change, statement)
+            assert event == statement, (topic, part, offset)
+            decoded.append(event)
+    for now in (spec.clock_us - 86_400 * 10**6, spec.clock_us, spec.expiring_by_us - 10**7,
+                spec.expiring_by_us, spec.expiring_by_us + 2 * 86_400 * 10**6):
+        got = reconcile(decoded).visible_rows(now)
+        want = wl.rows_at(now)
+        for table, cols in KEY_COLUMNS.items():
+            assert {k: dict.fromkeys(REGULAR) | dict(zip(cols, k, strict=True)) | cells
+                    for k, cells in got.get(table, {}).items()} == want[table]
+
+
+def test_only_the_advanced_encoding_never_ties_a_rows_write_time(
+        advanced: ScyllaWorkload) -> None:
+    """A tie's winner may be the value the row held, which a full image cannot show."""
+    seen: set[tuple[str, tuple[Any, ...], int]] = set()
+    for ev in advanced.statements:
+        assert (ev.table, ev.key, ev.ts_us) not in seen
+        seen.add((ev.table, ev.key, ev.ts_us))
+    assert advanced.stats["ties"] == 0 and workload_of(CASSANDRA).stats["ties"] > 0
+
+
+def test_avro_is_refused_for_the_cassandra_encoding() -> None:
+    with pytest.raises(ValueError, match="cell_value"):
+        generate(replace(CASSANDRA, events=10, registry_url="http://127.0.0.1:1"))
+
+
+def test_an_unknown_encoding_or_table_is_refused() -> None:
+    with pytest.raises(ValueError):
+        generate(replace(MIXED, encodings=(("orders", "avro"),)))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        generate(replace(MIXED, encodings=(("items", "legacy"),)))
