@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -180,6 +181,55 @@ def run_backlog(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> 
         line += (f" Top functions by own time (cProfile, a second pass): "
                  f"`{cp_out.relative_to(ROOT)}`.")
         res.profile_note = line
+    return [prefix] + wl.topics
+
+
+# --------------------------------------------------------------------------- scylla
+
+
+def run_scylla(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> list[str]:
+    """A ScyllaDB backlog (benchmarks/workload_scylla.py): the replicator, checked against the
+    cell oracle, and the baselines on the same topics."""
+    from benchmarks.workload_scylla import ScyllaSpec
+    from benchmarks.workload_scylla import generate as generate_scylla
+
+    prefix = new_prefix(sc.name)
+    spec = dict(sc.spec)
+    if args.events:
+        spec["events"] = args.events
+    t0 = time.monotonic()
+    scylla_spec = ScyllaSpec(topic_prefix=prefix, **spec)
+    wl = generate_scylla(scylla_spec)
+    log(f"generated {wl.message_count:,} messages in {time.monotonic() - t0:.1f}s "
+        f"({wl.stats})")
+    t0 = time.monotonic()
+    produce(wl, args.bootstrap)  # a ScyllaWorkload offers what produce reads
+    log(f"produced in {time.monotonic() - t0:.1f}s")
+    res.spec = {k: v for k, v in asdict(scylla_spec).items() if k != "topic_prefix"}
+    res.spec["messages"] = wl.message_count
+    total_bytes = systems.cell_workload_bytes(wl)
+    live = {t: len(rows) for t, rows in wl.rows.items()}
+    res.notes.append(f"Topic prefix `{prefix}`; {total_bytes / 1e6:,.1f} MB of keys+values "
+                     f"in {wl.message_count:,} messages; generated: {wl.stats}; visible rows "
+                     f"in the oracle: {live}.")
+    runners = {
+        "replicator": lambda: systems.run_cell_replicator(
+            wl, prefix, args.bootstrap, args.dsn, OUT / prefix, total_bytes, args.settings),
+        "kafka-read": lambda: systems.run_kafka_read(wl, prefix, args.bootstrap, total_bytes,
+                                                     OUT / prefix),
+        "ceiling": lambda: systems.run_cell_ceiling(wl, prefix, args.dsn, total_bytes),
+    }
+    for name in args.systems.split(",") if args.systems else sc.systems:
+        if name not in runners:
+            raise SystemExit(f"system {name!r} does not run the {sc.name} scenario")
+        log(f"running {name}")
+        try:
+            r = runners[name]()
+        except Exception as exc:  # noqa: BLE001 - one failing baseline must not hide the rest
+            r = SystemResult(name, messages=wl.message_count, bytes=total_bytes,
+                             error=f"{type(exc).__name__}: {str(exc)[:300]}")
+        _print_system(r)
+        res.systems.append(r)
     return [prefix] + wl.topics
 
 
@@ -364,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     name = " ".join([sc.name, *(f"{k}={v}" for k, v in sorted(args.settings.items()))])
     res = ScenarioResult(name, "python -m benchmarks.run " + shlex.join(argv_shown),
                          sc.description, machine=machine_info())
-    runner = {"backlog": run_backlog, "latency": run_latency, "memory": run_memory}[sc.kind]
+    runner = {"backlog": run_backlog, "latency": run_latency, "memory": run_memory,
+              "scylla": run_scylla}[sc.kind]
     created: list[str] = []
     try:
         created = runner(sc, res, args)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks.stats import TARGET_VS_CEILING
+
 ALL_SYSTEMS = ("replicator", "replicator-py", "kafka-read", "ceiling", "naive", "jdbc")
 
 
@@ -12,13 +14,14 @@ ALL_SYSTEMS = ("replicator", "replicator-py", "kafka-read", "ceiling", "naive", 
 class Scenario:
     name: str
     description: str
-    kind: str  # "backlog" | "latency" | "memory"
-    spec: dict[str, Any] = field(default_factory=dict)  # WorkloadSpec fields
+    kind: str  # "backlog" | "latency" | "memory" | "scylla"
+    spec: dict[str, Any] = field(default_factory=dict)  # WorkloadSpec (ScyllaSpec) fields
     systems: tuple[str, ...] = ALL_SYSTEMS
     profile: bool = True
     rate: float | None = None  # latency: produce rate, messages/s
     memory_keys: tuple[int, ...] = ()  # memory: distinct-key counts
     events_per_key: float = 1.2  # memory: true changes per key of the key space
+    target_vs_ceiling: float = TARGET_VS_CEILING  # the issue's target for replicator / ceiling
 
 
 REFERENCE_SPEC: dict[str, Any] = dict(
@@ -26,6 +29,13 @@ REFERENCE_SPEC: dict[str, Any] = dict(
     partitions=4, duplicates_pct=2.0, out_of_order_pct=2.0, deletes_pct=5.0,
     connector="postgresql", schemas_enable=True, seed=7,
 )
+
+SCYLLA_SPEC: dict[str, Any] = dict(
+    events=300_000, keys=100_000, partitions=4, deletes_pct=8.0, ties_pct=1.0, replay_pct=2.0,
+    out_of_order_pct=1.0, seed=7,
+)
+SCYLLA_SYSTEMS = ("replicator", "kafka-read", "ceiling")
+SCYLLA_TARGET_VS_CEILING = 0.4  # issue 18
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -57,6 +67,25 @@ SCENARIOS: dict[str, Scenario] = {
             "Tiny Avro backlog for CI: the smoke shape in the Confluent wire format.",
             "backlog", {**REFERENCE_SPEC, "events": 3_000, "keys": 500, "encoding": "avro"},
             systems=("replicator", "kafka-read", "ceiling"),
+        ),
+        Scenario(
+            "scylla",
+            "Backlog of ScyllaDB CDC changes in the connector's legacy format (JSON with "
+            "schemas; benchmarks/workload_scylla.py): 300k CQL statements on 100k rows of two "
+            "tables (`orders` with a clustering key, `carts` without), inserts with a row marker, "
+            "partial updates of 1-3 columns, cells set to NULL, row and partition deletes (each "
+            "with a Kafka tombstone), 1% write-time ties, 2% re-delivered runs, 1% swapped "
+            "changes of a row, 4 partitions. Checked against the independent cell oracle "
+            "(benchmarks/cell_oracle.py). The ceiling stages, per batch, the rows as the oracle "
+            "reconciles them, with their cell versions (docs/performance.md, \"ScyllaDB\").",
+            "scylla", SCYLLA_SPEC, systems=SCYLLA_SYSTEMS, profile=False,
+            target_vs_ceiling=SCYLLA_TARGET_VS_CEILING,
+        ),
+        Scenario(
+            "scylla-smoke",
+            "Tiny ScyllaDB backlog for CI: the scylla shape with 3k statements and 500 rows.",
+            "scylla", {**SCYLLA_SPEC, "events": 3_000, "keys": 500}, systems=SCYLLA_SYSTEMS,
+            profile=False, target_vs_ceiling=SCYLLA_TARGET_VS_CEILING,
         ),
         Scenario(
             "latency",

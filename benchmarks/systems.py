@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -489,3 +489,253 @@ def run_jdbc(wl: Workload, prefix: str, bootstrap: str, dsn: str, total_bytes: i
 def jdbc_version() -> str:
     m = re.search(r"<debezium.version>([^<]+)<", (JDBC_DIR / "pom.xml").read_text())
     return m.group(1) if m else "?"
+
+
+# --------------------------------------------------------------------------- scylla (cells)
+# The `scylla` scenario's workload (benchmarks/workload_scylla.py) has no LWW oracle: its
+# expected rows are what Cassandra's cell semantics make of the statements (`wl.rows`).
+
+
+def cell_workload_bytes(wl: Any) -> int:
+    """Keys + values of every message of a ScyllaWorkload."""
+    return sum(len(k) + len(v or b"") for tp in wl.arrivals for k, v in wl.iter_partition(*tp))
+
+
+def cql_types_setting(wl: Any) -> str:
+    """REPLICATE_CQL_TYPES for a ScyllaWorkload: its declared CQL types that the legacy message
+    does not tell (a decimal arrives as a string)."""
+    from benchmarks.workload_scylla import KEYS, REGULAR
+
+    declared = {c: t for c, t in REGULAR.items() if t == "decimal"}
+    return json.dumps({wl.spec.topic(t): declared for t in KEYS})
+
+
+def _utc_naive(value: Any) -> Any:
+    """A timestamptz as the oracle holds timestamps: naive UTC."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def compare_cell_tables(dsn: str, wl: Any, schema: str, table_name) -> RowDiff:
+    """RowDiff of every table of a ScyllaWorkload against the cell oracle's rows; key and
+    regular columns only, `table_name(table)` names the relation."""
+    from benchmarks.workload_scylla import KEYS, REGULAR
+
+    total = RowDiff()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table, key in KEYS.items():
+            columns = [*key, *REGULAR]
+            cur = conn.execute(sql.SQL("SELECT {} FROM {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, columns)),
+                sql.Identifier(schema, table_name(table))))
+            got = {tuple(r[:len(key)]): {c: _utc_naive(v) for c, v in zip(columns, r,
+                                                                          strict=True)}
+                   for r in cur}
+            total = total.add(diff_rows(got, wl.rows.get(table, {})))
+    return total
+
+
+def _timed_replicator(run: Run, wl: Any, dsn: str, res: SystemResult) -> bool:
+    """Run `run` over the backlog and fill `res`'s times, peak RSS and CPU note; False (and
+    `res.error`) when it did not catch up. The process is stopped either way."""
+    t0 = time.time()
+    run.start()
+    sampler = RssSampler(run.running[0].pid).start()
+    try:
+        t_end = wait_replicator(run, wl, dsn)
+        res.peak_rss_mb = sampler.stop()
+        t_first = first_log_time(run.log_path, FIRST_FETCH_LINE, PYTHON_LOG_TIME)
+    except Exception as exc:  # noqa: BLE001 - reported, and the other systems still run
+        sampler.stop()
+        run.stop()
+        res.error = str(exc)[:300]
+        return False
+    run.stop()
+    res.seconds = t_end - t_first
+    res.seconds_with_startup = t_end - t0
+    cpu = {of: sampler.cpu_between(t_first, t_end, of) for of in CPU_OF}
+    if all(cpu.values()):
+        per = {of: seconds / wl.message_count * 1e6 for of, seconds in cpu.items()}
+        res.note += (f"; {per['process']:.1f} µs of process CPU per message (Postgres "
+                     f"{per['postgres']:.1f}, the whole machine {per['machine']:.1f})")
+    return True
+
+
+def run_cell_replicator(wl: Any, prefix: str, bootstrap: str, dsn: str, workdir: Path,
+                        total_bytes: int, settings: Mapping[str, str] = MappingProxyType({})
+                        ) -> SystemResult:
+    """The replicator on a ScyllaWorkload (default settings and the tables' CQL types); its
+    tables must equal the cell oracle's rows, with no DLQ rows."""
+    res = SystemResult("replicator", messages=wl.message_count, bytes=total_bytes,
+                       timing="its log line `source: first messages fetched` → every shard's "
+                              "offset of every partition committed in cdc.offsets (polled every "
+                              "0.1 s); incl. start-up: from process start")
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {**default_replicator_env(), "REPLICATE_CQL_TYPES": cql_types_setting(wl), **settings}
+    shards = int(env.pop("REPLICATE_SHARDS", default_shards()))
+    run = Run(bootstrap, dsn, state_dir=workdir / "state", prefix=prefix, shards=shards,
+              extra_env=env)
+    res.note = f"{shards} shards, batch_ms/marker_ms at defaults, Python path (cells)"
+    if not _timed_replicator(run, wl, dsn, res):
+        return res
+    diff = compare_cell_tables(dsn, wl, run.schema, lambda t: t)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        dlq, stale = (conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE flow_id = %s").format(
+            sql.Identifier("cdc", t)), (run.flow_id,)).fetchone()[0]
+            for t in ("dlq", "stale_events"))
+    if diff.total or dlq:
+        res.error = f"does not match the cell oracle: {diff.describe()}; {dlq:,} DLQ rows"
+        res.correctness = "MISMATCH"
+        return res
+    res.correctness = f"{diff.describe()} (rows, DLQ, offsets)"
+    res.rows_differ, res.exactly_matches_oracle = 0, True
+    res.note += f"; {stale:,} changes audited as stale"
+    return res
+
+
+def _cell_meta(state: Any, table: str, key: tuple, now_us: int
+               ) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """(regular column values, `_cdc_cells`-shaped versions, alive) of one row of the oracle's
+    reconciled state, read at `now_us`: versions at or before the row's deletion are dropped,
+    as the replicator drops them."""
+    from benchmarks.cell_oracle import cell_rank
+    from benchmarks.workload_scylla import REGULAR
+
+    deleted = state.deletion_us(table, key)
+    floor = -1 if deleted is None else deleted
+    meta: dict[str, Any] = {"c": {}}
+    if deleted is not None:
+        meta["d"] = deleted
+    marker = state.markers.get((table, key))
+    alive = False
+    if marker is not None and marker.ts_us > floor:
+        meta["m"] = [marker.ts_us, marker.expiry_us or 0]
+        alive = marker.expiry_us is None or now_us < marker.expiry_us
+    values: dict[str, Any] = dict.fromkeys(REGULAR)
+    for col in REGULAR:
+        cell = state.cells.get((table, key, col))
+        if cell is None or cell.ts_us <= floor:
+            continue
+        ts, kind, expiry, tie = cell_rank(cell)
+        meta["c"][col] = [ts, kind, expiry, tie.hex()]
+        if cell.value is not None and (cell.expiry_us is None or now_us < cell.expiry_us):
+            values[col] = cell.value.replace(tzinfo=UTC) if isinstance(cell.value, datetime) \
+                else cell.value
+            alive = True
+    return values, meta, alive
+
+
+def _cell_ceiling_batches(wl: Any, batch: int) -> list[dict[str, list[tuple]]]:
+    """Per batch of `batch` changes (partition by partition, as the reference ceiling takes
+    them): the rows they touched, as the oracle reconciles them at the batch's end and reads
+    them at `spec.clock_us` (as `wl.rows`), per table:
+    (key..., regular columns..., _cdc_cells, _cdc_version, _cdc_deleted)."""
+    from benchmarks.cell_oracle import Reconciled
+
+    state = Reconciled()
+    rows_of: dict[tuple[str, tuple], set[tuple]] = {}  # partition -> its rows seen
+    changes = [ev for tp in sorted(wl.arrivals) for ev, tomb, _ in wl.arrivals[tp] if not tomb]
+    out = []
+    for i in range(0, len(changes), batch):
+        touched: set[tuple[str, tuple]] = set()
+        for ev in changes[i:i + batch]:
+            state.add(ev)
+            partition = (ev.table, ev.key[:ev.partition_key_len])
+            if ev.kind in ("partition_delete", "range_delete"):
+                touched.update((ev.table, k) for k in rows_of.get(partition, ()))
+            else:
+                rows_of.setdefault(partition, set()).add(ev.key)
+                touched.add((ev.table, ev.key))
+        per: dict[str, list[tuple]] = {}
+        for table, key in sorted(touched):
+            values, meta, alive = _cell_meta(state, table, key, wl.spec.clock_us)
+            newest = max([meta.get("d", 0), meta.get("m", [0])[0],
+                          *(r[0] for r in meta["c"].values())])
+            per.setdefault(table, []).append(
+                (*key, *values.values(), json.dumps(meta, separators=(",", ":")),
+                 newest.to_bytes(8, "big", signed=True), not alive))
+        out.append(per)
+    return out
+
+
+def _create_cell_ceiling_tables(conn: psycopg.Connection, wl: Any, schema: str
+                                ) -> dict[str, tuple[str, ...]]:
+    """The ceiling's tables: the replicator's column types (schemas/cql_types.py on the
+    workload's Connect schemas), `_cdc_cells` jsonb, `_cdc_version`, soft deletes, and a
+    `<t>_live` view. Returns table -> its columns in staging order."""
+    from benchmarks.workload_scylla import KEYS, REGULAR, schemas
+    from schemas.cql_types import column_type
+
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    out = {}
+    for table, key in KEYS.items():
+        fields = {f["field"]: f for f in schemas(wl.spec, table)[1]["fields"]
+                  if f["field"] == "after"}["after"]["fields"]
+        wire = {f["field"]: (f["fields"][0] if f["type"] == "struct" else f) for f in fields}
+        cql = {**dict.fromkeys(key, "int"), **REGULAR}
+        columns = (*key, *REGULAR)
+        defs = [sql.SQL("{} {}").format(sql.Identifier(c),
+                                        sql.SQL(column_type(wire[c], cql[c]).pg_type))
+                for c in columns]
+        defs += [sql.SQL("_cdc_cells jsonb NOT NULL, _cdc_version bytea NOT NULL, "
+                         "_cdc_deleted boolean NOT NULL"),
+                 sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key)))]
+        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(schema, table),
+                                                            sql.SQL(", ").join(defs)))
+        conn.execute(sql.SQL("CREATE VIEW {} AS SELECT * FROM {} WHERE NOT _cdc_deleted").format(
+            sql.Identifier(schema, table + "_live"), sql.Identifier(schema, table)))
+        out[table] = (*columns, "_cdc_cells", "_cdc_version", "_cdc_deleted")
+    return out
+
+
+def run_cell_ceiling(wl: Any, prefix: str, dsn: str, total_bytes: int,
+                     batch: int = CEILING_BATCH) -> SystemResult:
+    """The staged-merge ceiling of a ScyllaWorkload: per batch of changes, the rows they
+    touched as the oracle reconciles them (values and cell versions, computed before timing)
+    → COPY into a temp stage, then one `INSERT ... ON CONFLICT DO UPDATE` per table where the
+    stored versions differ. Dead rows are soft deletes."""
+    from benchmarks.workload_scylla import KEYS
+
+    schema = f"{prefix}_ceiling"
+    res = SystemResult("ceiling", messages=wl.message_count, bytes=total_bytes,
+                       timing="first COPY → last commit; decoding and cell reconciliation done "
+                              "before timing (no Kafka, no decode, no merge of versions)")
+    batches = _cell_ceiling_batches(wl, batch)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        stmts = {}
+        for table, columns in _create_cell_ceiling_tables(conn, wl, schema).items():
+            stage = sql.Identifier(f"stage_{table}")
+            conn.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DELETE ROWS").format(
+                stage, sql.Identifier(schema, table)))
+            ids = sql.SQL(", ").join(map(sql.Identifier, columns))
+            stmts[table] = (
+                sql.SQL("COPY {} ({}) FROM STDIN").format(stage, ids),
+                sql.SQL("INSERT INTO {t} ({ids}) SELECT {ids} FROM {s} ON CONFLICT ({k}) "
+                        "DO UPDATE SET {sets} WHERE {t}._cdc_cells IS DISTINCT FROM "
+                        "excluded._cdc_cells").format(
+                    t=sql.Identifier(schema, table), ids=ids, s=stage,
+                    k=sql.SQL(", ").join(map(sql.Identifier, KEYS[table])),
+                    sets=sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(
+                        sql.Identifier(c)) for c in columns if c not in KEYS[table])))
+        t0 = time.monotonic()
+        for per in batches:
+            with conn.transaction():
+                for table, rows in per.items():
+                    copy_stmt, upsert = stmts[table]
+                    with conn.cursor().copy(copy_stmt) as cp:
+                        for row in rows:
+                            cp.write_row(row)
+                    conn.execute(upsert)
+        res.seconds = time.monotonic() - t0
+    diff = compare_cell_tables(dsn, wl, schema, lambda t: t + "_live")
+    res.rows_differ = diff.total
+    res.exactly_matches_oracle = diff.total == 0
+    res.correctness = diff.describe() + " (table rows only; no audit)"
+    if diff.total:
+        res.error = f"ceiling does not match the cell oracle: {diff.describe()}"
+    staged = sum(len(rows) for per in batches for rows in per.values())
+    res.note = (f"{batch} changes per transaction, one connection, soft deletes; {staged:,} rows "
+                "staged (each batch's touched rows, with their cell versions as `_cdc_cells`)")
+    return res

@@ -1,4 +1,5 @@
-"""The benchmark harness still runs end to end (tiny `smoke` scenario, results not written)."""
+"""The benchmark harness still runs end to end (tiny `smoke` and `scylla-smoke` scenarios, results
+not written)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,19 @@ def test_smoke_scenario_checks_correctness_and_reports(kafka_bootstrap, pg_dsn, 
     assert "read every message" in output, output[-3000:]  # kafka-read counted them all
     assert "profile failed" not in output, output[-3000:]
     assert "| decode: Decoder.decode_runs |" in output, "no per-stage profile"
+
+
+def test_scylla_smoke_scenario_matches_the_cell_oracle_and_reports(kafka_bootstrap, pg_dsn):
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--scenario", "scylla-smoke", "--no-write"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in output.splitlines()
+            if line.startswith("| ") and line.count("|") == 12}
+    assert "matches oracle" in rows.get("replicator", ""), output[-3000:]
+    assert "(rows, DLQ, offsets)" in rows["replicator"], output[-3000:]
+    assert "matches oracle" in rows.get("ceiling", ""), output[-3000:]
+    assert "read every message" in rows.get("kafka-read", ""), output[-3000:]
+    ratio = next((line for line in output.splitlines() if line.startswith("Targets:")), "")
+    assert "(target ≥ 0.4)" in ratio, f"not issue 18's target: {ratio!r}"
