@@ -17,11 +17,13 @@ from __future__ import annotations
 from operator import itemgetter
 
 from formats.cells import CellChange
+from formats.scylla import NoRowImage
 from operators import tracing
 from operators.decode import Decoder
 from operators.events import ChangeEvent, DlqRecord, ProgressMarker, ShardItem
 from operators.kafka_source import SourceItem, running_consumer
 from operators.keys import shard_of, shard_of_position
+from operators.lifecycle import stop_for_setting
 from operators.native_decode import run_events
 from operators.pg_session import connect
 from operators.settings import Settings
@@ -54,7 +56,10 @@ class DecodeStep:
     def _decode(self, items: list[SourceItem]) -> list[tuple[str, list[ShardItem]]]:
         shards = self._shards
         messages = [item for item in items if type(item) is not ProgressMarker]
-        decoded, runs = self._decoder.decode_runs(messages, shards)
+        try:
+            decoded, runs = self._decoder.decode_runs(messages, shards)
+        except NoRowImage as exc:
+            stop_for_setting(str(exc))
         record_new_points(self._points, self._settings)  # before the batch's offsets commit
         consumer = running_consumer(self._settings)
         if consumer is not None:  # the plans it may have learned read ahead from now on

@@ -1,4 +1,5 @@
-"""Process setup: stopping on SIGTERM/SIGINT, the garbage collector's pace, malloc arenas.
+"""Process setup: stopping on SIGTERM/SIGINT or on a setting found unusable while running, the
+garbage collector's pace, malloc arenas.
 
 A stop abandons the batch in flight: its Postgres transaction rolls back when the connection
 closes, and the next start repairs the shard's RocksDB state from its undo record and replays the
@@ -13,7 +14,9 @@ import gc
 import logging
 import os
 import signal
+import sys
 from types import FrameType
+from typing import NoReturn
 
 log = logging.getLogger(__name__)
 # Collect the youngest generation every 200k new container objects instead of 700: every event
@@ -32,6 +35,16 @@ def _stop(signum: int, _frame: FrameType | None) -> None:
              signal.Signals(signum).name)
     logging.shutdown()
     os._exit(0)
+
+
+def stop_for_setting(message: str) -> NoReturn:
+    """Stop the process with status 2, as an unusable setting does at start, for one found only
+    in the input (e.g. a connector writing no row images): one line naming the setting, and no
+    restart by the supervisor, since every restart would stop at the same message. Nothing of
+    the batch in flight was committed (as for a stop)."""
+    print(f"replicate: {message}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    os._exit(2)
 
 
 def install_stop_handlers() -> None:

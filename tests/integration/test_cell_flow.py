@@ -5,13 +5,17 @@ disorder, partial updates, write-time ties, row and partition deletes."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import orjson
 import psycopg
 import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from benchmarks.replicator_run import Run, delete_topics
 from benchmarks.workload import create_workload_topics, produce
@@ -20,6 +24,7 @@ from tests.integration.kills import BackgroundProducer, kill_repeatedly
 
 pytestmark = pytest.mark.integration
 RATE = 700  # messages/s: the input keeps arriving through the kills
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "scylla"
 
 
 @pytest.fixture
@@ -80,3 +85,23 @@ def test_scylla_streams_converge_to_the_cell_oracle_through_kill_9s(run):
                            (run.flow_id,)).fetchone()[0]
     assert dlq == 0
     delete_topics(run.bootstrap, workload.topics)
+
+
+def test_a_scylla_stream_without_row_images_stops_the_flow_with_status_2(run):
+    """The connector's default (`cdc.include.before/after=none`) is a setting to change: the
+    flow stops with one line naming it and status 2, which the supervisor does not restart."""
+    fixture = orjson.loads((FIXTURES / "advanced_full_insert.json").read_bytes())
+    fixture["value"]["payload"]["before"] = fixture["value"]["payload"]["after"] = None
+    topic = f"{run.prefix}.shop.orders"
+    run.topics.append(topic)
+    admin = AdminClient({"bootstrap.servers": run.bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(timeout=30)
+    producer = Producer({"bootstrap.servers": run.bootstrap})
+    producer.produce(topic, key=orjson.dumps(fixture["key"]), value=orjson.dumps(fixture["value"]))
+    assert producer.flush(30) == 0
+    run.start()
+    deadline = time.monotonic() + 60
+    while run.alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [p.poll() for p in run.running] == [2], run.log_tail()
+    assert "replicate: " in run.log_tail() and "cdc.include.after=full" in run.log_tail()
