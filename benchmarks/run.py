@@ -205,8 +205,10 @@ def run_scylla(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> l
     t0 = time.monotonic()
     produce(wl, args.bootstrap)  # a ScyllaWorkload offers what produce reads
     log(f"produced in {time.monotonic() - t0:.1f}s")
-    res.spec = {k: v for k, v in asdict(scylla_spec).items() if k != "topic_prefix"}
-    res.spec["messages"] = wl.message_count
+    res.spec = {"encoding": ",".join(f"{t}={e}" for t, e in scylla_spec.encodings) or "legacy",
+                **{k: v for k, v in asdict(scylla_spec).items()
+                   if k not in ("topic_prefix", "encodings") and v not in ("", 0.0)},
+                "messages": wl.message_count}
     total_bytes = systems.cell_workload_bytes(wl)
     live = {t: len(rows) for t, rows in wl.rows.items()}
     res.notes.append(f"Topic prefix `{prefix}`; {total_bytes / 1e6:,.1f} MB of keys+values "

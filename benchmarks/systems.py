@@ -559,6 +559,9 @@ def _timed_replicator(run: Run, wl: Any, dsn: str, res: SystemResult) -> bool:
         per = {of: seconds / wl.message_count * 1e6 for of, seconds in cpu.items()}
         res.note += (f"; {per['process']:.1f} µs of process CPU per message (Postgres "
                      f"{per['postgres']:.1f}, the whole machine {per['machine']:.1f})")
+        others = (cpu["machine"] - cpu["process"] - cpu["postgres"]) / (t_end - t_first)
+        res.note += (f"; the other processes (the Kafka broker, and anyone sharing the machine) "
+                     f"used {others:.2f} of its {os.cpu_count()} CPUs meanwhile")
     return True
 
 
