@@ -14,7 +14,7 @@ deletion).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -86,6 +86,34 @@ class RangeDelete:
         return _within(self.start, clustering, True) and _within(self.end, clustering, False)
 
 
+class Deletions:
+    """Partition and range deletions, found by the table and partition they delete: a row's
+    lookup costs the deletions of its own partition only."""
+
+    def __init__(self, deletes: Iterable[RangeDelete] = ()) -> None:
+        self._by_table: dict[str, dict[int, dict[tuple[Any, ...], list[RangeDelete]]]] = {}
+        for delete in deletes:
+            self.add(delete)
+
+    def add(self, delete: RangeDelete) -> None:
+        sizes = self._by_table.setdefault(str(delete.table), {})
+        sizes.setdefault(len(delete.partition), {}).setdefault(delete.partition, []).append(delete)
+
+    def _of_partition(self, table: str, key: tuple[Any, ...]) -> Iterator[RangeDelete]:
+        for size, partitions in self._by_table.get(table, {}).items():
+            yield from partitions.get(key[:size], ())
+
+    def covering(self, table: TableName, key: tuple[Any, ...]) -> int | None:
+        """The newest deletion's time that covers the row of `key`, if any."""
+        return max((d.ts_us for d in self._of_partition(str(table), key) if d.covers(key)),
+                   default=None)
+
+    def same_bounds(self, delete: RangeDelete) -> list[int]:
+        """The times of the deletions of exactly `delete`'s rows."""
+        return [d.ts_us for d in self._of_partition(str(delete.table), delete.partition)
+                if d.bounds == delete.bounds]
+
+
 def _within(bound: RangeBound | None, clustering: tuple[Any, ...], start: bool) -> bool:
     if bound is None:
         return True
@@ -141,15 +169,13 @@ class _Row:
 def decide_cells(changes: list[CellChange], revisit: Iterable[tuple[TableName, tuple[str, ...],
                                                                      tuple[Any, ...], bytes]],
                  stored: Callable[[list[bytes]], list[bytes | None]],
-                 known_deletes: dict[str, list[RangeDelete]], now_us: int) -> CellDecision:
+                 known_deletes: Deletions, now_us: int) -> CellDecision:
     """Decide `changes` (in arrival order) and the rows of `revisit` (table, key columns, key,
     row id: rows a deletion of the batch covers, or with a cell past its expiry) for one shard.
     `stored(row ids)`: their RocksDB values; `known_deletes`: the partition and range deletions
-    committed before, per table (`str(TableName)`)."""
+    committed before."""
     decision = CellDecision()
-    deletes = _new_deletes([c for c in changes if not c.row_id], known_deletes, decision)
-    every_delete = {t: [*known_deletes.get(t, ()), *deletes.get(t, ())]
-                    for t in known_deletes.keys() | deletes.keys()}
+    new_deletes = _new_deletes([c for c in changes if not c.row_id], known_deletes, decision)
     row_changes = [c for c in changes if c.row_id]
     ids = list(dict.fromkeys([*(c.row_id for c in row_changes), *(r[3] for r in revisit)]))
     rows: dict[bytes, _Row] = {}
@@ -160,7 +186,8 @@ def decide_cells(changes: list[CellChange], revisit: Iterable[tuple[TableName, t
         row = rows.get(row_id)
         if row is None:
             place, meta = decode_cell_state(raw[row_id])
-            covered = max((d.ts_us for d in every_delete.get(str(table), ()) if d.covers(key)),
+            covered = max((t for t in (known_deletes.covering(table, key),
+                                        new_deletes.covering(table, key)) if t is not None),
                           default=None)
             row = rows[row_id] = _Row(table, key_columns, key, place, meta,
                                       cell_meta.with_deletion(meta, covered))
@@ -198,16 +225,14 @@ def decide_cells(changes: list[CellChange], revisit: Iterable[tuple[TableName, t
     return decision
 
 
-def _new_deletes(changes: list[CellChange], known: dict[str, list[RangeDelete]],
-                 decision: CellDecision) -> dict[str, list[RangeDelete]]:
+def _new_deletes(changes: list[CellChange], known: Deletions,
+                 decision: CellDecision) -> Deletions:
     """The batch's partition and range deletions that are newer than those known."""
-    new: dict[str, list[RangeDelete]] = {}
+    new = Deletions()
     for change in changes:
         delete = RangeDelete.of(change)
         op = change.kind.value
-        name = str(change.table)
-        same = [d.ts_us for d in [*known.get(name, ()), *new.get(name, ())]
-                if d.bounds == delete.bounds]
+        same = [*known.same_bounds(delete), *new.same_bounds(delete)]
         newest = max(same, default=-1)
         if newest >= delete.ts_us:
             outcome = "duplicate" if delete.ts_us in same else "stale"
@@ -223,7 +248,7 @@ def _new_deletes(changes: list[CellChange], known: dict[str, list[RangeDelete]],
             continue
         _count(decision, change.table, op, "applied")
         decision.applied += 1
-        new.setdefault(name, []).append(delete)
+        new.add(delete)
         decision.deletes.append(delete)
     return new
 

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from formats.cells import CellChange
-from operators.cell_rows import RangeDelete, decide_cells
+from operators.cell_rows import Deletions, RangeDelete, decide_cells
 from operators.cell_writer import known_deletes
 from operators.events import DlqRecord, TableName
 from operators.keys import key_json, shard_of, state_key
@@ -35,22 +35,22 @@ class CellSweep:
     def __init__(self, shard: int, shards: int) -> None:
         self._shard = shard
         self._shards = shards
-        self._deletes: dict[str, list[RangeDelete]] = {}
+        self._deletes = Deletions()
         self._tables: list[TableName] = []
         self._swept_at = 0.0
 
     def load(self, conn: psycopg.Connection, flow_id: str) -> None:
         """The deletions and cell tables Postgres holds (the shard comes in step)."""
-        self._deletes = known_deletes(conn)
         self._tables = [TableName(s, t) for s, t in conn.execute(
             """SELECT t.table_schema, t.table_name FROM cdc.tables t
                JOIN information_schema.columns c ON c.table_schema = t.table_schema
                 AND c.table_name = t.table_name AND c.column_name = %s
                WHERE t.flow_id = %s""", (EXPIRES_AT_COLUMN, flow_id)).fetchall()]
+        self._deletes = known_deletes(conn, self._tables)
 
     def confirm(self, deletes: list[RangeDelete]) -> None:
         for delete in deletes:
-            self._deletes.setdefault(str(delete.table), []).append(delete)
+            self._deletes.add(delete)
 
     def decide(self, changes: list[CellChange], batch: ShardBatch, conn: psycopg.Connection,
                tables: TargetTables, stored: Callable[[list[bytes]], list[bytes | None]],

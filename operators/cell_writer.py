@@ -21,7 +21,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from operators.cell_meta import newest_write
-from operators.cell_rows import CellWrite, Place, RangeDelete
+from operators.cell_rows import CellWrite, Deletions, Place, RangeDelete
 from operators.events import TableName
 from operators.keys import key_json
 from operators.target_tables import (
@@ -129,15 +129,15 @@ class CellWriter:
              for d in deletes])
 
 
-def known_deletes(conn: psycopg.Connection) -> dict[str, list[RangeDelete]]:
-    """Every partition and range deletion kept, per table (`str(TableName)`)."""
-    found: dict[str, list[RangeDelete]] = defaultdict(list)
-    for table_name, bounds, ts_us in conn.execute(
-            "SELECT table_name, bounds, ts_us FROM cdc.cell_range_deletes"):
+def known_deletes(conn: psycopg.Connection, tables: list[TableName]) -> Deletions:
+    """The partition and range deletions kept of `tables`."""
+    found = Deletions()
+    for bounds, ts_us in conn.execute(
+            "SELECT bounds, ts_us FROM cdc.cell_range_deletes WHERE table_name = ANY(%s)",
+            ([str(t) for t in tables],)):
         schema, name, partition, start, end = pickle.loads(bounds)
-        found[table_name].append(RangeDelete(TableName(schema, name), partition, start, end,
-                                             ts_us))
-    return dict(found)
+        found.add(RangeDelete(TableName(schema, name), partition, start, end, ts_us))
+    return found
 
 
 def _statements(table: TargetTable, columns: tuple[str, ...], stage: sql.Identifier,
