@@ -197,9 +197,10 @@ class Shard:
 
     def _decide_native(self, units: list[Unit], markers: dict[Position, int],
                        tables: TargetTables) -> Decided | None:
-        """`units` decided in Rust: when they are runs (and DLQ records) only."""
+        """`units` decided in Rust: when they are runs (and DLQ records) only; anything else
+        (a Python event, a truncate, a cell change) sends the whole commit the Python way."""
         runs = [u for u in units if type(u) is Run]
-        if not runs or any(type(u) in (ChangeEvent, TruncateEvent) for u in units):
+        if not runs or any(type(u) is not Run and type(u) is not DlqRecord for u in units):
             return None
         native = decide_runs(runs, self._store, tables, self._floors)
         if native is None:

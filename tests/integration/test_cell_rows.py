@@ -17,11 +17,13 @@ from benchmarks import cell_oracle
 from benchmarks.replicator_run import drop_flows
 from formats.cells import CellChange, CellKind, RangeBound, schema_of
 from operators.cell_writer import CellVersionConflict
+from operators.decode import Decoder
 from operators.events import ProgressMarker, TableName
 from operators.settings import Settings
 from operators.shard_sink import ShardPartition
 from schemas.cql_types import column_type
 from tests.integration.shard_batches import write_in_batches
+from tests.integration.test_native_shard import TOPICS, message
 
 pytestmark = pytest.mark.integration
 TOPIC = "scylla.ks.items"
@@ -172,3 +174,24 @@ def test_a_write_decided_on_versions_postgres_does_not_hold_is_refused(settings)
         shard.write_batch([[late, ProgressMarker(TOPIC, 0, 3)]])
         shard.snapshot()
     assert rows(settings.pg_dsn, items.table) == {(1, 1): {"a": "newer"}}
+
+
+def test_cell_changes_beside_native_runs_in_one_commit_are_applied(settings):
+    """A shard's commit may hold native runs (Debezium) and cell changes from two decode calls:
+    the runs must not take the native path alone, which would commit the cell changes' offsets
+    without applying them."""
+    decoder = Decoder(settings.target_schema, {}, None, native=True)
+    decoder.decode(message(TOPICS[0], 0, "c", 0, 1))  # teaches the native path the schema
+    decoded, runs = decoder.decode_runs([message(TOPICS[0], 1, "c", 7, 20)], 1)
+    assert runs[0] and not [item for _, item in decoded if item is not None]
+    items = Items(settings.target_schema)
+    insert = items.change(cell_oracle.Event("items", (1, 1), 1, "write", 10, marker=True,
+                                            cells={"a": "x"}))
+    shard = ShardPartition(settings, 0)
+    shard.write_batch([[*runs[0], insert, ProgressMarker(TOPIC, 0, items.offset + 1)]])
+    shard.snapshot()
+    shard.close()
+    assert rows(settings.pg_dsn, items.table) == {(1, 1): {"a": "x"}}
+    with psycopg.connect(settings.pg_dsn) as conn:
+        native = conn.execute(f'SELECT id FROM "{settings.target_schema}".things').fetchall()
+    assert native == [(7,)]
