@@ -30,6 +30,7 @@ import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from flows.admin_common import Output, open_store
+from formats.cells import CellChange
 from operators.decode import Decoder
 from operators.events import ChangeEvent, DlqRecord, Op, RawMessage, TruncateEvent
 from operators.keys import shard_of
@@ -74,11 +75,11 @@ def flow_decoder(settings: Settings) -> Decoder:
              if settings.schema_registry_url else None)
     return Decoder(settings.target_schema, settings.table_map,
                    TableCatalog(lambda: connect(settings.pg_dsn)), fetch, native=False,
-                   snapshot_points=stored_points(settings))
+                   snapshot_points=stored_points(settings), cql_types=settings.cql_types)
 
 
 def _written_form(raw_value: bytes | None) -> bool:
-    """A row the writer sent to the DLQ holds the decoded row (`operators/shard.py` dlq_for)."""
+    """A row the writer sent to the DLQ holds the decoded row (`operators/shard_dlq.py`)."""
     try:
         doc = orjson.loads(raw_value) if raw_value else None
     except orjson.JSONDecodeError:
@@ -143,6 +144,9 @@ class DlqReplay:
             self.outcomes[row.id] = f"failed: {decoded.error_type}"
         elif type(decoded) is TruncateEvent:
             self.outcomes[row.id] = "skipped: a truncate (re-send it from the source)"
+        elif type(decoded) is CellChange:
+            self.outcomes[row.id] = ("skipped: a ScyllaDB or Cassandra change (`replicate "
+                                     "replay` from its offset applies it by its cell versions)")
         elif decoded is None:
             self.outcomes[row.id] = "skipped: nothing to apply"
         else:

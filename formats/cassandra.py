@@ -31,6 +31,7 @@ its documentation differs: the docs' `op: "c"` and µs `source.ts_ms` are not wh
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -63,6 +64,9 @@ RANGE_END = "_range_end"
 _BOUND_KINDS = {RANGE_START: ("INCL_START_BOUND", "EXCL_START_BOUND"),
                 RANGE_END: ("INCL_END_BOUND", "EXCL_END_BOUND")}
 _MAX_CACHED_SHAPES = 1024
+# clustering orders a range delete cannot be applied in by comparing values: descending columns
+# and Cassandra's own UUID and inet comparators
+_UNORDERED = re.compile(r"ReversedType|TimeUUIDType|UUIDType|InetAddressType")
 
 
 class CassandraDialect(WriteTimeDialect):
@@ -108,6 +112,7 @@ def _decode(msg: RawMessage, parts: CellMessage, table: TableName,
                         snapshot=is_snapshot(source), schema=schema_of(table, types, key_columns))
     if kind is CellKind.WRITE:
         _write_cells(change, types, after)
+        change.marker_expires_us = _insert_ttl(change)
     elif kind is CellKind.RANGE_DELETE:
         clustering = key_columns[named:]
         change.range_start = _bound(after, RANGE_START, clustering)
@@ -153,10 +158,21 @@ def _write_cells(change: CellChange, types: Mapping[str, CqlType],
         change.cells[name] = value
         expiry = cell.get("deletion_ts")
         if value is not None and expiry is not None:
-            if type(expiry) is not int:
+            if type(expiry) is not int or not 0 < expiry < 1 << 63:
                 raise CellReject("bad_value", f"column {name!r}: deletion_ts {expiry!r} is not "
                                               "µs since the epoch")
             change.expires_us[name] = expiry
+
+
+def _insert_ttl(change: CellChange) -> int | None:
+    """When an INSERT's row marker expires: an INSERT's TTL (its own, or the table's default)
+    is every cell's and the marker's, and the message shows it on the cells only; so when every
+    value written expires at one time, the marker does too."""
+    values = [col for col, v in change.cells.items() if v is not None]
+    expiries = {change.expires_us.get(col) for col in values}
+    if not change.row_marker or not values or len(expiries) != 1 or None in expiries:
+        return None
+    return expiries.pop()
 
 
 def _bound(after: Mapping[str, Any], which: str, clustering: tuple[str, ...]) -> RangeBound:
@@ -184,6 +200,11 @@ def _bound(after: Mapping[str, Any], which: str, clustering: tuple[str, ...]) ->
     values = []
     for name in names:
         item = given[name]
+        unordered = _UNORDERED.search(item["type"])
+        if unordered is not None:
+            raise CellReject("unsupported_range", f"'{which}' {name!r}: a range over a "
+                             f"{unordered.group(0)} clustering column is not applied (its order "
+                             "is not its values' natural order); replay the rows it deleted")
         try:
             values.append(marshal_scalar(item["type"]).parse(item["value"]))
         except (ValueError, TypeError, OverflowError, ArithmeticError) as exc:

@@ -24,7 +24,7 @@ import orjson
 
 from formats.dialect import SourceDialect
 from operators.events import Column, DlqRecord, RawMessage, TableName, TableSchema
-from operators.keys import state_key
+from operators.keys import UnsupportedKey, state_key
 from operators.versions import writetime_version
 from schemas.cql_types import CqlType
 from schemas.cql_types import column_type as cql_column_type
@@ -99,6 +99,7 @@ class CellChange:
       tombstone). A column absent from `cells` was not touched and keeps its own cell.
     - `expires_us`: for cells written with a TTL, the time they expire (µs since the epoch); past
       it the cell reads as null, as if deleted at its write time.
+    - `marker_expires_us`: for an INSERT with a TTL, when its row marker expires.
     - `range_start`, `range_end`: the bounds of a RANGE_DELETE (None otherwise).
     - `snapshot`: the change comes from the connector's initial snapshot, not from the log.
     - `schema`: the table's columns as the message's schema describes them (for creating and
@@ -119,6 +120,7 @@ class CellChange:
     partition: int
     offset: int
     expires_us: dict[str, int] = field(default_factory=dict)
+    marker_expires_us: int | None = None
     range_start: RangeBound | None = None
     range_end: RangeBound | None = None
     snapshot: bool = False
@@ -178,6 +180,8 @@ def decoded_or_dlq(decode: Decode, msg: RawMessage, table: TableName,
         return decode(msg, parts or read_json(msg), table, cql_types or {})
     except CellReject as reject:
         return dlq(msg, reject)
+    except UnsupportedKey as exc:
+        return DlqRecord.of(msg, "unsupported_key", f"key: {exc}")
 
 
 def dlq(msg: RawMessage, reject: CellReject) -> DlqRecord:

@@ -1,10 +1,9 @@
 """Cassandra's cell versions of one row, and how changes merge into them: pure logic, no I/O.
 
 A Cassandra-model row (formats/cells.py) is kept as its *meta*: the version of every cell, of
-the row marker and of the newest deletion covering the row. The shard keeps it in RocksDB, the
-target table in `_cdc_cells` (jsonb, the same form), and the SQL functions of
-`schemas/cell_sql.py` merge it exactly as `merge` does here, so the target is right even when a
-write bypasses the shard's state.
+the row marker and of the newest deletion covering the row. The shard keeps it in RocksDB and the
+target table in `_cdc_cells` (jsonb, the same form); a write lands only on the meta it was
+decided against (`operators/cell_writer.py`).
 
 The form is JSON lists, compared element by element (Python lists and jsonb arrays order alike):
 
@@ -111,12 +110,13 @@ def cell_rank(ts_us: int, value: Any, expires_us: int | None) -> list[Any]:
 
 
 def write_delta(ts_us: int, marker: bool, cells: dict[str, Any],
-                expires_us: dict[str, int]) -> Meta:
-    """The meta of one write: its marker (an INSERT) and its cells."""
+                expires_us: dict[str, int], marker_expires_us: int | None = None) -> Meta:
+    """The meta of one write: its marker (an INSERT, which expires with an INSERT's TTL) and its
+    cells."""
     delta: Meta = {"c": {col: cell_rank(ts_us, v, expires_us.get(col))
                          for col, v in cells.items()}}
     if marker:
-        delta["m"] = [ts_us, 0]
+        delta["m"] = [ts_us, marker_expires_us or 0]
     return delta
 
 

@@ -14,8 +14,12 @@ deletion).
 
 from __future__ import annotations
 
+import ipaddress
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from enum import Enum
 from typing import Any
 
@@ -77,6 +81,26 @@ class RangeDelete:
         """What tells two deletions apart, less their time."""
         return (self.partition, self.start, self.end)
 
+    def to_json(self) -> bytes:
+        """The deletion less its time, as `cdc.cell_range_deletes.bounds` keeps it: values
+        tagged with their type, so that they read back as they were (equal deletions give equal
+        bytes)."""
+        def bound(b: RangeBound | None) -> Any:
+            return None if b is None else [[tagged(v) for v in b.values], b.inclusive]
+
+        return orjson.dumps([list(self.table), [tagged(v) for v in self.partition],
+                             bound(self.start), bound(self.end)])
+
+    @classmethod
+    def from_json(cls, raw: bytes, ts_us: int) -> RangeDelete:
+        table, partition, start, end = orjson.loads(raw)
+
+        def bound(b: Any) -> RangeBound | None:
+            return None if b is None else RangeBound(tuple(untagged(v) for v in b[0]), b[1])
+
+        return cls(TableName(*table), tuple(untagged(v) for v in partition), bound(start),
+                   bound(end), ts_us)
+
     def covers(self, key: tuple[Any, ...]) -> bool:
         """Whether the row of primary key `key` lies in this deletion."""
         size = len(self.partition)
@@ -84,6 +108,31 @@ class RangeDelete:
             return False
         clustering = key[size:]
         return _within(self.start, clustering, True) and _within(self.end, clustering, False)
+
+
+_TAGS: dict[type, tuple[str, Callable[[Any], Any]]] = {
+    bool: ("b", bool), int: ("i", int), float: ("f", float), str: ("s", str),
+    bytes: ("x", bytes.hex), Decimal: ("d", str), datetime: ("t", datetime.isoformat),
+    date: ("D", date.isoformat), time: ("T", time.isoformat), uuid.UUID: ("u", str),
+    timedelta: ("td", lambda v: v // timedelta(microseconds=1)),
+    ipaddress.IPv4Address: ("ip", str), ipaddress.IPv6Address: ("ip", str),
+}
+_UNTAG: dict[str, Callable[[Any], Any]] = {
+    "b": bool, "i": int, "f": float, "s": str, "x": bytes.fromhex, "d": Decimal,
+    "t": datetime.fromisoformat, "D": date.fromisoformat, "T": time.fromisoformat,
+    "u": uuid.UUID, "td": lambda v: timedelta(microseconds=v), "ip": ipaddress.ip_address,
+}
+
+
+def tagged(value: Any) -> list[Any]:
+    """A key value as `[type tag, JSON value]`; other types (frozen collections) as JSON."""
+    tag, plain = _TAGS.get(type(value), ("j", lambda v: v))
+    return [tag, plain(value)]
+
+
+def untagged(item: list[Any]) -> Any:
+    tag, value = item
+    return value if tag == "j" else _UNTAG[tag](value)
 
 
 class Deletions:
@@ -169,13 +218,17 @@ class _Row:
 def decide_cells(changes: list[CellChange], revisit: Iterable[tuple[TableName, tuple[str, ...],
                                                                      tuple[Any, ...], bytes]],
                  stored: Callable[[list[bytes]], list[bytes | None]],
-                 known_deletes: Deletions, now_us: int) -> CellDecision:
+                 known_deletes: Deletions, now_us: int,
+                 counts_here: Callable[[CellChange], bool] = lambda change: True,
+                 ) -> CellDecision:
     """Decide `changes` (in arrival order) and the rows of `revisit` (table, key columns, key,
     row id: rows a deletion of the batch covers, or with a cell past its expiry) for one shard.
     `stored(row ids)`: their RocksDB values; `known_deletes`: the partition and range deletions
-    committed before."""
+    committed before; `counts_here(deletion)`: whether this shard counts and audits a partition
+    or range deletion, which every shard receives (one of them does)."""
     decision = CellDecision()
-    new_deletes = _new_deletes([c for c in changes if not c.row_id], known_deletes, decision)
+    new_deletes = _new_deletes([c for c in changes if not c.row_id], known_deletes, decision,
+                               counts_here)
     row_changes = [c for c in changes if c.row_id]
     ids = list(dict.fromkeys([*(c.row_id for c in row_changes), *(r[3] for r in revisit)]))
     rows: dict[bytes, _Row] = {}
@@ -201,7 +254,7 @@ def decide_cells(changes: list[CellChange], revisit: Iterable[tuple[TableName, t
             delta = cell_meta.deletion_delta(change.ts_us)
         else:
             delta = cell_meta.write_delta(change.ts_us, change.row_marker, change.cells,
-                                          change.expires_us)
+                                          change.expires_us, change.marker_expires_us)
         before = row.meta
         merged = cell_meta.merge(before, delta)
         op = "delete" if change.kind is CellKind.ROW_DELETE else "write"
@@ -225,8 +278,8 @@ def decide_cells(changes: list[CellChange], revisit: Iterable[tuple[TableName, t
     return decision
 
 
-def _new_deletes(changes: list[CellChange], known: Deletions,
-                 decision: CellDecision) -> Deletions:
+def _new_deletes(changes: list[CellChange], known: Deletions, decision: CellDecision,
+                 counts_here: Callable[[CellChange], bool]) -> Deletions:
     """The batch's partition and range deletions that are newer than those known."""
     new = Deletions()
     for change in changes:
@@ -234,8 +287,11 @@ def _new_deletes(changes: list[CellChange], known: Deletions,
         op = change.kind.value
         same = [*known.same_bounds(delete), *new.same_bounds(delete)]
         newest = max(same, default=-1)
+        counted = counts_here(change)
         if newest >= delete.ts_us:
             outcome = "duplicate" if delete.ts_us in same else "stale"
+            if not counted:
+                continue
             _count(decision, change.table, op, outcome)
             if outcome == "duplicate":
                 decision.duplicates += 1
@@ -246,8 +302,9 @@ def _new_deletes(changes: list[CellChange], known: Deletions,
                     writetime_version(change.ts_us), writetime_version(newest),
                     STALE_DELETION))
             continue
-        _count(decision, change.table, op, "applied")
-        decision.applied += 1
+        if counted:
+            _count(decision, change.table, op, "applied")
+            decision.applied += 1
         new.add(delete)
         decision.deletes.append(delete)
     return new

@@ -1,16 +1,17 @@
 """Cassandra-model rows into Postgres (`operators/cell_rows.py` decides them).
 
 A row's write lands only on the versions it was decided against: each statement matches the
-stored `_cdc_cells` (or `cdc.cell_tombstones.cells`) to the write's `expected` versions, and the
-writer checks that every staged row was written. A shard whose state is not what Postgres holds
-(lost, rebuilt wrong, or a second owner) therefore cannot overwrite newer cells: the commit rolls
-back with `CellVersionConflict`, and the shard rebuilds its state from Postgres before it decides
-again. Rows are staged by `COPY` per (table, written columns), like the row sources' writes.
+stored `_cdc_cells` (or `cdc.cell_tombstones.cells`) to the write's `expected` versions (a row
+the table held before the flow wrote it has none: NULL matches NULL), a new row or tombstone
+only where none is, and the writer checks that every staged row was written. A shard whose state
+is not what Postgres holds (copied from elsewhere, edited by hand, or a second owner) therefore
+cannot overwrite newer cells: the commit rolls back with `CellVersionConflict` and the flow stops
+(docs/operations.md: rebuild the state). Rows are staged by `COPY` per (table, written columns),
+like the row sources' writes.
 """
 
 from __future__ import annotations
 
-import pickle
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,8 +22,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from operators.cell_meta import newest_write
-from operators.cell_rows import CellWrite, Deletions, Place, RangeDelete
-from operators.events import TableName
+from operators.cell_rows import CellWrite, Place, RangeDelete
 from operators.keys import key_json
 from operators.target_tables import (
     CELLS_COLUMN,
@@ -67,17 +67,18 @@ class CellWriter:
         groups: dict[tuple[TargetTable, tuple[str, ...]], list[CellWrite]] = defaultdict(list)
         for table, write in writes:
             groups[(table, tuple(sorted(write.values)))].append(write)
-        checks: list[tuple[sql.Composable, int, TargetTable]] = []
+        checks: list[tuple[sql.Composable, int | None, TargetTable]] = []
         for (table, columns), rows in groups.items():
             stage = self._stage(table, columns)
             self._copy(stage, table, columns, rows)
             checks += [(stmt, expected, table)
-                       for stmt, expected in _statements(table, columns, stage, rows) if expected]
+                       for stmt, expected in _statements(table, columns, stage, rows)
+                       if expected != 0]
         if not checks:
             return
         cur = self._conn.execute(sql.SQL("; ").join(stmt for stmt, _, _ in checks))
         for _stmt, expected, table in checks:
-            if cur.rowcount != expected:
+            if expected is not None and cur.rowcount != expected:
                 raise CellVersionConflict(
                     f"{table.name}: {expected} rows were decided against cell versions that "
                     f"{cur.rowcount} of them still have in Postgres: the shard's state is not "
@@ -125,24 +126,13 @@ class CellWriter:
             """INSERT INTO cdc.cell_range_deletes (table_name, bounds, ts_us)
                VALUES (%s, %s, %s) ON CONFLICT (table_name, bounds)
                DO UPDATE SET ts_us = greatest(cdc.cell_range_deletes.ts_us, excluded.ts_us)""",
-            [(str(d.table), pickle.dumps((*d.table, *d.bounds), protocol=4), d.ts_us)
-             for d in deletes])
+            [(str(d.table), d.to_json(), d.ts_us) for d in deletes])
 
-
-def known_deletes(conn: psycopg.Connection, tables: list[TableName]) -> Deletions:
-    """The partition and range deletions kept of `tables`."""
-    found = Deletions()
-    for bounds, ts_us in conn.execute(
-            "SELECT bounds, ts_us FROM cdc.cell_range_deletes WHERE table_name = ANY(%s)",
-            ([str(t) for t in tables],)):
-        schema, name, partition, start, end = pickle.loads(bounds)
-        found.add(RangeDelete(TableName(schema, name), partition, start, end, ts_us))
-    return found
 
 
 def _statements(table: TargetTable, columns: tuple[str, ...], stage: sql.Identifier,
-                rows: list[CellWrite]) -> list[tuple[sql.Composable, int]]:
-    """The statements of one staged group, each with the rows it must touch."""
+                rows: list[CellWrite]) -> list[tuple[sql.Composable, int | None]]:
+    """The statements of one staged group, each with the rows it must touch (None: any)."""
     n = {(place, alive): 0 for place in Place for alive in (True, False)}
     for w in rows:
         n[(w.place, w.alive)] += 1
@@ -160,33 +150,45 @@ def _statements(table: TargetTable, columns: tuple[str, ...], stage: sql.Identif
         # alive, was in the table: update on the expected versions
         (sql.SQL("UPDATE {target} t SET {sets}, {updated} = now() FROM {stage} s "
                  "WHERE {match} AND s._cdc_alive AND s._cdc_place = 'L' "
-                 "AND t.{cells} = s._cdc_expected").format(
+                 "AND t.{cells} IS NOT DISTINCT FROM s._cdc_expected").format(
             target=target, sets=sets, updated=sql.Identifier(UPDATED_AT_COLUMN), stage=stage,
             match=match, cells=cells), n[(Place.TABLE, True)]),
         # dead, was in the table: leave it
         (sql.SQL("DELETE FROM {target} t USING {stage} s WHERE {match} AND NOT s._cdc_alive "
-                 "AND s._cdc_place = 'L' AND t.{cells} = s._cdc_expected").format(
+                 "AND s._cdc_place = 'L' "
+                 "AND t.{cells} IS NOT DISTINCT FROM s._cdc_expected").format(
             target=target, stage=stage, match=match, cells=cells), n[(Place.TABLE, False)]),
         # alive, was a tombstone: the tombstone goes
         (sql.SQL("DELETE FROM cdc.cell_tombstones t USING {stage} s WHERE t.table_name = {name} "
                  "AND t.key = s._cdc_key AND s._cdc_alive AND s._cdc_place = 'T' "
-                 "AND t.cells = s._cdc_expected").format(stage=stage, name=name),
+                 "AND t.cells IS NOT DISTINCT FROM s._cdc_expected").format(stage=stage, name=name),
          n[(Place.TOMBSTONES, True)]),
         # dead, was a tombstone: its versions change
         (sql.SQL("UPDATE cdc.cell_tombstones t SET cells = s.{cells}, updated_at = now() "
                  "FROM {stage} s WHERE t.table_name = {name} AND t.key = s._cdc_key "
                  "AND NOT s._cdc_alive AND s._cdc_place = 'T' "
-                 "AND t.cells = s._cdc_expected").format(stage=stage, name=name, cells=cells),
+                 "AND t.cells IS NOT DISTINCT FROM s._cdc_expected").format(
+            stage=stage, name=name, cells=cells),
          n[(Place.TOMBSTONES, False)]),
-        # alive, not in the table: a new row (a row already there is a conflict: it fails)
+        # alive, not in the table: a new row, or the row the table held before the flow wrote
+        # it (no versions); one with versions is a conflict: not counted
         (sql.SQL("INSERT INTO {target} ({cols}) SELECT {s_cols} FROM {stage} s "
-                 "WHERE s._cdc_alive AND s._cdc_place <> 'L'").format(
-            target=target, cols=cols, s_cols=s_cols, stage=stage),
+                 "WHERE s._cdc_alive AND s._cdc_place <> 'L' ON CONFLICT ({key}) "
+                 "DO UPDATE SET {excluded} WHERE {target}.{cells} IS NULL").format(
+            target=target, cols=cols, s_cols=s_cols, stage=stage, cells=cells,
+            key=sql.SQL(", ").join(map(sql.Identifier, table.key)),
+            excluded=sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c))
+                                        for c in (*columns, *meta))),
          n[(Place.NONE, True)] + n[(Place.TOMBSTONES, True)]),
+        # dead, never written by the flow: the row the table may have held before goes
+        (sql.SQL("DELETE FROM {target} t USING {stage} s WHERE {match} AND NOT s._cdc_alive "
+                 "AND s._cdc_place = 'N' AND t.{cells} IS NULL").format(
+            target=target, stage=stage, match=match, cells=cells),
+         None if n[(Place.NONE, False)] else 0),
         # dead, not a tombstone yet: a new tombstone
         (sql.SQL("INSERT INTO cdc.cell_tombstones (table_name, key, cells) "
                  "SELECT {name}, s._cdc_key, s.{cells} FROM {stage} s "
-                 "WHERE NOT s._cdc_alive AND s._cdc_place <> 'T'").format(
+                 "WHERE NOT s._cdc_alive AND s._cdc_place <> 'T' ON CONFLICT DO NOTHING").format(
             name=name, cells=cells, stage=stage),
          n[(Place.NONE, False)] + n[(Place.TABLE, False)]),
     ]

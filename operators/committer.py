@@ -48,7 +48,8 @@ from operators.pg_session import PgSession, flow_key, thread_session
 from operators.pg_writer import ShardBatch
 from operators.retry import is_transient, retrying
 from operators.settings import Settings
-from operators.shard import Decided, Position, Shard, Unit, refused_to_dlq
+from operators.shard import Decided, Position, Shard, Unit
+from operators.shard_dlq import refused_to_dlq
 from operators.source_watch import WATCH
 
 MARKER_ONLY_FLUSH_S = 5.0

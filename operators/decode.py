@@ -12,7 +12,8 @@ outage inside `TableCatalog`.
 
 DLQ error types: malformed_json, malformed_envelope, missing_op, unknown_op, missing_source,
 bad_version, missing_after, malformed_key, missing_key, unsupported_key, bad_schema, bad_value,
-no_schema, unknown_table, unknown_column; for Avro also malformed_avro, unknown_schema_id,
+no_schema, unknown_table, unknown_column; for ScyllaDB and Cassandra also unsupported_range; for
+Avro also malformed_avro, unknown_schema_id,
 no_schema_registry; decode_failed for an unexpected error (a defect) met by one message.
 """
 

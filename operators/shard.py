@@ -14,20 +14,19 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import orjson
 import psycopg
 
 from formats.cells import CellChange
-from operators.cell_sweep import CellSweep
+from operators.cell_shard import CellShard
 from operators.events import ChangeEvent, DlqRecord, ProgressMarker, ShardItem, TruncateEvent
-from operators.keys import key_json, shard_of_position
+from operators.keys import shard_of_position
 from operators.lww import decide_batch
 from operators.native_decode import Run, RunEvents, run_events
 from operators.native_shard import decide_runs, expand
 from operators.offsets import shard_commit, shard_offsets
 from operators.pg_writer import ShardBatch
 from operators.rebuild import committed_floors, committed_states
-from operators.retry import first_line
+from operators.shard_dlq import dlq_for
 from operators.state_store import ShardStateStore, encode_state
 from operators.target_tables import TableProblem, TargetTable, TargetTables
 
@@ -99,7 +98,7 @@ class Shard:
         self._committed: dict[Position, int] = {}
         self._taken: dict[Position, int] = {}  # marker offsets taken for a commit in flight
         self._floors: dict[str, bytes] = {}
-        self._cells = CellSweep(number, shards)
+        self._cells = CellShard(number, shards)
 
     def take(self) -> tuple[list[Unit], dict[Position, int]]:
         """What this shard holds, for a commit: its markers then count as handled."""
@@ -198,9 +197,11 @@ class Shard:
     def _decide_native(self, units: list[Unit], markers: dict[Position, int],
                        tables: TargetTables) -> Decided | None:
         """`units` decided in Rust: when they are runs (and DLQ records) only; anything else
-        (a Python event, a truncate, a cell change) sends the whole commit the Python way."""
+        (a Python event, a truncate, a cell change) sends the whole commit the Python way, as
+        does an expiry sweep that is due (`operators/cell_shard.py`)."""
         runs = [u for u in units if type(u) is Run]
-        if not runs or any(type(u) is not Run and type(u) is not DlqRecord for u in units):
+        if (not runs or any(type(u) is not Run and type(u) is not DlqRecord for u in units)
+                or self._cells.sweep_due()):
             return None
         native = decide_runs(runs, self._store, tables, self._floors)
         if native is None:
@@ -298,17 +299,3 @@ def _resolve_run_tables(units: list[Unit], tables: TargetTables) -> None:
             except TableProblem:
                 continue
 
-
-def dlq_for(event: ChangeEvent, error_type: str, error: str) -> DlqRecord:
-    """A DLQ record for an event that decoded but cannot be written. Raw bytes are not kept past
-    decoding, so the record carries the decoded key and values as JSON instead."""
-    detail = orjson.dumps({"table": str(event.table), "values": event.values}, default=str)
-    return DlqRecord(event.topic, event.partition, event.offset, key_json(event.key), detail,
-                     error_type, error)
-
-
-def refused_to_dlq(unit: Unit, exc: psycopg.Error) -> DlqRecord | None:
-    """The DLQ record replacing a change event Postgres refused; None if there is none."""
-    if type(unit) is not ChangeEvent:
-        return None
-    return dlq_for(unit, "write_refused", f"Postgres refused the row: {first_line(exc)}")

@@ -60,6 +60,18 @@ def metadata_columns(delete_mode: DeleteMode, cells: bool = False) -> list[tuple
     return columns
 
 
+def _check_kind(table: TargetTable, event: ChangeEvent) -> None:
+    """A table takes either row changes (one version per row) or Cassandra-model cell changes
+    (cell versions), never both: each kind's guard would misread the other's versions."""
+    cells = event.schema is not None and event.schema.cells
+    if cells and VERSION_COLUMN in table.columns and CELLS_COLUMN not in table.columns:
+        raise TableProblem("table_kind_mismatch", f"table {event.table} holds row changes (it "
+                           "has no cell versions): a ScyllaDB/Cassandra source cannot share it")
+    if not cells and CELLS_COLUMN in table.columns:
+        raise TableProblem("table_kind_mismatch", f"table {event.table} holds ScyllaDB/"
+                           "Cassandra cells: a row source cannot share it")
+
+
 def _check_key(table: TargetTable, event: ChangeEvent) -> None:
     if set(table.key) != set(event.key_columns):
         raise TableProblem(
@@ -130,6 +142,7 @@ class TargetTables:
                 f"table {event.table} does not exist and the message carries no schema to create "
                 "it from (enable the JSON converter's schemas, or create the table)",
             )
+        _check_kind(table, event)
         _check_key(table, event)
         missing_meta = [c for c, _ in metadata_columns(self._delete_mode) if c not in table.columns]
         if missing_meta:
@@ -143,6 +156,7 @@ class TargetTables:
         table = self.lookup(event.table)
         if table is None:
             return self._ddl(event, create=True)
+        _check_kind(table, event)
         _check_key(table, event)
         new_columns = [c for c in schema.columns if c.name not in table.columns]
         missing_meta = [c for c, _ in metadata_columns(self._delete_mode, schema.cells)
@@ -171,6 +185,8 @@ class TargetTables:
                     " NOT NULL", "")
                 self._conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
                     ident, sql.Identifier(column), sql.SQL(spec)))
+            if EXPIRES_AT_COLUMN in add_meta:
+                self._expiry_index(name)
             table = _read_table(self._conn, name)
             assert table is not None
             if not table.key:
@@ -210,12 +226,15 @@ class TargetTables:
             sql.Identifier(name.schema)))
         self._conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
             sql.Identifier(name.schema, name.name), sql.SQL(", ").join(columns)))
-        if schema.cells:  # the expiry sweep's probe
-            self._conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({}) "
-                                       "WHERE {} IS NOT NULL").format(
-                sql.Identifier(f"{name.name}_cdc_expires_at"),
-                sql.Identifier(name.schema, name.name), sql.Identifier(EXPIRES_AT_COLUMN),
-                sql.Identifier(EXPIRES_AT_COLUMN)))
+        if schema.cells:
+            self._expiry_index(name)
+
+    def _expiry_index(self, name: TableName) -> None:
+        """The expiry sweep's probe (`operators/cell_shard.py`)."""
+        self._conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({}) "
+                                   "WHERE {} IS NOT NULL").format(
+            sql.Identifier(f"{name.name}_cdc_expires_at"), sql.Identifier(name.schema, name.name),
+            sql.Identifier(EXPIRES_AT_COLUMN), sql.Identifier(EXPIRES_AT_COLUMN)))
 
     def _history(self, event: ChangeEvent, change: str, column: str, new_type: str) -> None:
         self._conn.execute(

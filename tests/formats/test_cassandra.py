@@ -181,6 +181,14 @@ RANGE_START = f"{AFTER}._range_start"
     ("range_delete", _set(f"{RANGE_START}.values.0.name", "note"), "malformed_envelope"),
     ("range_delete", _set(f"{RANGE_START}.values.0.value", "one"), "bad_value"),
     ("range_delete", _set(f"{RANGE_START}.values.0.type", "ListType"), "bad_value"),
+    ("update_with_ttl", _set(f"{AFTER}.note.deletion_ts", 1 << 63), "bad_value"),
+    ("update_with_ttl", _set(f"{AFTER}.note.deletion_ts", -5), "bad_value"),
+    # a descending clustering column, Cassandra's UUID order: values do not say the range
+    ("range_delete", _set(f"{RANGE_START}.values.0.type",
+                          "org.apache.cassandra.db.marshal.ReversedType("
+                          "org.apache.cassandra.db.marshal.Int32Type)"), "unsupported_range"),
+    ("range_delete", _set(f"{RANGE_START}.values.0.type",
+                          "org.apache.cassandra.db.marshal.TimeUUIDType"), "unsupported_range"),
 ])
 def test_a_bad_message_goes_to_the_dlq_with_a_specific_reason(name: str, edit: Any,
                                                               error_type: str) -> None:
@@ -189,6 +197,22 @@ def test_a_bad_message_goes_to_the_dlq_with_a_specific_reason(name: str, edit: A
     record = decode_cassandra(message(doc), ORDERS, CQL_TYPES)
     assert isinstance(record, DlqRecord), record
     assert (record.error_type, record.offset) == (error_type, 11)
+
+
+def test_an_insert_whose_cells_all_expire_at_one_time_has_a_marker_expiring_then() -> None:
+    """INSERT ... USING TTL (or a table's default TTL) gives the marker the cells' TTL; the
+    message shows it on the cells only."""
+    doc = load("insert")
+    after = doc["value"]["payload"]["after"]
+    for name, cell in after.items():
+        if name not in ("customer_id", "order_id") and cell is not None:
+            cell["deletion_ts"] = 1_900_000_000_000_000 if cell["value"] is not None else None
+    change = decode_cassandra(message(doc), ORDERS, CQL_TYPES)
+    assert isinstance(change, CellChange) and change.marker_expires_us == 1_900_000_000_000_000
+    after["note"]["deletion_ts"] = None  # one value without a TTL: not an INSERT's TTL
+    change = decode_cassandra(message(doc), ORDERS, CQL_TYPES)
+    assert isinstance(change, CellChange) and change.marker_expires_us is None
+    assert decode("update_with_ttl").marker_expires_us is None  # an UPDATE has no marker
 
 
 def test_the_docs_examples_op_c_is_not_the_connectors() -> None:

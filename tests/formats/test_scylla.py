@@ -203,3 +203,15 @@ def test_a_declared_type_that_does_not_fit_the_schema_is_bad_schema() -> None:
     record = decode_scylla(message(load("legacy_insert")), ORDERS, {"note": "int"})
     assert isinstance(record, DlqRecord)
     assert (record.error_type, "'note'" in record.error) == ("bad_schema", True)
+
+
+def test_a_key_no_state_key_can_be_made_of_goes_to_the_dlq_as_unsupported_key() -> None:
+    """A key value of a type the state keys cannot hold (here a duration) rejects the message."""
+    doc = load("legacy_insert")
+    doc["key"]["payload"]["customer_id"] = "1h"
+    after = next(f for f in doc["value"]["schema"]["fields"] if f["field"] == "after")
+    next(f for f in after["fields"] if f["field"] == "customer_id")["type"] = "string"
+    doc["value"]["payload"]["after"]["customer_id"] = "1h"
+    record = decode_scylla(message(doc), ORDERS, {**CQL_TYPES, "customer_id": "duration"})
+    assert isinstance(record, DlqRecord), record
+    assert record.error_type == "unsupported_key", record.error

@@ -16,14 +16,16 @@ from hypothesis import strategies as st
 from benchmarks import cell_oracle
 from benchmarks.replicator_run import drop_flows
 from formats.cells import CellChange, CellKind, RangeBound, schema_of
+from operators import cell_shard
 from operators.cell_writer import CellVersionConflict
 from operators.decode import Decoder
-from operators.events import ProgressMarker, TableName
+from operators.events import ProgressMarker, TableName, TableSchema
 from operators.settings import Settings
 from operators.shard_sink import ShardPartition
 from schemas.cql_types import column_type
 from tests.integration.shard_batches import write_in_batches
 from tests.integration.test_native_shard import TOPICS, message
+from tests.integration.test_shard_sink import Things
 
 pytestmark = pytest.mark.integration
 TOPIC = "scylla.ks.items"
@@ -54,7 +56,8 @@ class Items:
         return CellChange(
             self.table, KEY, key, None if whole else 1, CellKind(event.kind), event.ts_us,
             event.marker, dict(event.cells), TOPIC, 0, self.offset,
-            expires_us=dict(event.expiries), schema=self.schema,
+            expires_us=dict(event.expiries), marker_expires_us=event.marker_expiry_us,
+            schema=self.schema,
             range_start=_bound(event.range_start), range_end=_bound(event.range_end))
 
 
@@ -95,8 +98,11 @@ def events(draw) -> cell_oracle.Event:
     with_ttl = [c for c in sorted(cells) if cells[c] is not None]
     expiries = {c: NOW_US + draw(st.sampled_from([-5_000_000, 3_600_000_000]))
                 for c in (draw(st.sets(st.sampled_from(with_ttl))) if with_ttl else ())}
-    return cell_oracle.Event("items", key, 1, kind, ts, marker=draw(st.booleans()),
-                             cells=cells, expiries=expiries)
+    marker = draw(st.booleans())
+    marker_expiry = (NOW_US + draw(st.sampled_from([-5_000_000, 3_600_000_000]))
+                     if marker and draw(st.booleans()) else None)
+    return cell_oracle.Event("items", key, 1, kind, ts, marker=marker, cells=cells,
+                             expiries=expiries, marker_expiry_us=marker_expiry)
 
 
 @pytest.fixture
@@ -195,3 +201,98 @@ def test_cell_changes_beside_native_runs_in_one_commit_are_applied(settings):
     with psycopg.connect(settings.pg_dsn) as conn:
         native = conn.execute(f'SELECT id FROM "{settings.target_schema}".things').fetchall()
     assert native == [(7,)]
+
+
+def test_a_cell_value_postgres_refuses_goes_to_the_dlq_and_the_rest_lands(settings):
+    items = Items(settings.target_schema)
+    good = items.change(cell_oracle.Event("items", (1, 1), 1, "write", 10, cells={"a": "x"}))
+    bad = items.change(cell_oracle.Event("items", (1, 2), 1, "write", 10, cells={"a": "\x00"}))
+    shard = ShardPartition(settings, 0)
+    shard.write_batch([[good, bad, ProgressMarker(TOPIC, 0, items.offset + 1)]])
+    shard.snapshot()
+    assert rows(settings.pg_dsn, items.table) == {(1, 1): {"a": "x"}}
+    with psycopg.connect(settings.pg_dsn) as conn:
+        dlq = conn.execute('SELECT "offset", error_type FROM cdc.dlq WHERE flow_id = %s',
+                           (settings.flow_id,)).fetchall()
+    assert dlq == [(bad.offset, "write_refused")]
+
+
+def test_a_table_of_row_changes_refuses_cell_changes_and_back(settings):
+    """One table, two kinds of versions: each kind's changes to the other's table go to the DLQ
+    (`table_kind_mismatch`) instead of being judged by the wrong guard."""
+    items = Items(settings.target_schema)
+    things = Things(settings.target_schema)
+    cells_into_rows = items.change(cell_oracle.Event("items", (1, 1), 1, "write", 10,
+                                                     cells={"a": "x"}))
+    cells_into_rows.table = things.table
+    cells_into_rows.schema = schema_of(things.table, _types(), KEY)
+    shard = ShardPartition(settings, 0)
+    shard.write_batch([[things.event(1, 10), ProgressMarker(TOPIC, 0, 2)]])
+    shard.write_batch([[items.change(cell_oracle.Event("items", (1, 1), 1, "write", 10,
+                                                       cells={"a": "x"}))]])
+    rows_into_cells = things.event(2, 11)
+    rows_into_cells.table = items.table
+    rows_into_cells.schema = TableSchema(items.table, things.schema.columns, ("id",))
+    shard.write_batch([[cells_into_rows, rows_into_cells,
+                        ProgressMarker(TOPIC, 0, items.offset + things.offset + 10)]])
+    shard.snapshot()
+    with psycopg.connect(settings.pg_dsn) as conn:
+        dlq = conn.execute('SELECT error_type FROM cdc.dlq WHERE flow_id = %s',
+                           (settings.flow_id,)).fetchall()
+    assert dlq == [("table_kind_mismatch",), ("table_kind_mismatch",)]
+
+
+def test_rows_the_table_held_before_the_flow_take_cell_changes(settings):
+    """A table created by hand with rows: a write to one of them updates it (it has no cell
+    versions to guard), a delete of another removes it."""
+    schema = settings.target_schema
+    with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'CREATE TABLE "{schema}".items (id bigint, ck bigint, a text, b bigint, '
+                     "PRIMARY KEY (id, ck))")
+        conn.execute(f"INSERT INTO \"{schema}\".items VALUES (1, 1, 'old', 5), (2, 2, 'old', 6)")
+    items = Items(schema)
+    shard = ShardPartition(settings, 0)
+    shard.write_batch([[items.change(cell_oracle.Event("items", (1, 1), 1, "write", 10,
+                                                       cells={"a": "new"})),
+                        items.change(cell_oracle.Event("items", (2, 2), 1, "row_delete", 10)),
+                        ProgressMarker(TOPIC, 0, 3)]])
+    shard.snapshot()
+    assert rows(settings.pg_dsn, items.table) == {(1, 1): {"a": "new", "b": 5}}
+
+
+def test_a_row_kept_alive_by_an_expired_marker_only_is_gone(settings):
+    """INSERT ... USING TTL: past the marker's expiry a row with no live cell is gone; before it
+    the row exists even with every cell null."""
+    items = Items(settings.target_schema)
+    now = time.time_ns() // 1000
+    shard = ShardPartition(settings, 0)
+    shard.write_batch([[items.change(cell_oracle.Event(
+        "items", (1, k), 1, "write", 10, marker=True, cells={"a": None},
+        marker_expiry_us=now + offset)) for k, offset in ((1, -5_000_000), (2, 3_600_000_000))]
+        + [ProgressMarker(TOPIC, 0, 3)]])
+    shard.snapshot()
+    assert rows(settings.pg_dsn, items.table) == {(1, 2): {}}
+
+
+def test_expired_rows_are_swept_while_only_native_runs_arrive(settings, monkeypatch):
+    """The cell sources went quiet and the row sources' commits all go native: a due sweep still
+    runs (the commit goes the Python way)."""
+    monkeypatch.setattr(cell_shard, "SWEEP_EVERY_S", 0.0)
+    items = Items(settings.target_schema)
+    expiry = time.time_ns() // 1000 + 1_500_000
+    shard = ShardPartition(settings, 0)
+    shard.write_batch([[items.change(cell_oracle.Event(
+        "items", (1, 1), 1, "write", 10, cells={"a": "x"}, expiries={"a": expiry})),
+        ProgressMarker(TOPIC, 0, 2)]])
+    shard.snapshot()
+    assert rows(settings.pg_dsn, items.table) == {(1, 1): {"a": "x"}}
+    decoder = Decoder(settings.target_schema, {}, None, native=True)
+    decoder.decode(message(TOPICS[0], 0, "c", 0, 1))  # teaches the native path the schema
+    time.sleep(max(0.0, expiry / 1e6 - time.time()) + 0.1)
+    for offset in (1, 2):
+        _, runs = decoder.decode_runs([message(TOPICS[0], offset, "c", offset, 20 + offset)], 1)
+        assert runs[0]
+        shard.write_batch([[*runs[0]]])
+        shard.snapshot()
+    assert rows(settings.pg_dsn, items.table) == {}

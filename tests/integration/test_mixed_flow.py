@@ -41,7 +41,7 @@ from benchmarks.replicator_run import Run, assert_matches_oracle
 from benchmarks.workload import Workload, WorkloadSpec, create_workload_topics, produce
 from benchmarks.workload import generate as generate_debezium
 from benchmarks.workload_scylla import KEYS, REGULAR, ScyllaSpec, ScyllaWorkload, generate
-from operators.cell_sweep import SWEEP_EVERY_S
+from operators.cell_shard import SWEEP_EVERY_S
 from operators.events import TableName
 from tests.integration.kills import BackgroundProducer, kill_repeatedly
 from tests.integration.test_poison_under_kill import POISON as DEBEZIUM_POISON

@@ -12,7 +12,7 @@ from flows.admin_dlq_replay import _written_form
 from flows.admin_replay import parse_timestamp
 from flows.cli import main, parser
 from operators.events import ChangeEvent, Op, TableName
-from operators.shard import dlq_for
+from operators.shard_dlq import dlq_for
 
 
 @pytest.fixture

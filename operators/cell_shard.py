@@ -1,12 +1,14 @@
-"""One shard's part in Cassandra-model tables: what it decides beyond each change's own row.
+"""One shard's Cassandra-model tables: its cell changes decided into its commit
+(`operators/cell_rows.py`), and the rows it decides without a change of their own.
 
 - Partition and range deletions reach every shard (they cover rows of all of them). Each shard
-  revisits the rows of the deletion it owns that are in the target table, and keeps every
+  revisits its rows of the deleted partition that are in the target table, and keeps every
   deletion (`cdc.cell_range_deletes`, loaded when the shard comes in step) to fence the rows
   written later.
 - Expiry: at most every `SWEEP_EVERY_S`, with a commit, the shard revisits its rows whose next
   expiry has passed (`_cdc_expires_at`), so that expired cells read as null and a row with
-  nothing live left leaves the table, in the commit's transaction.
+  nothing live left leaves the table, in the commit's transaction. A commit that would go native
+  goes the Python way when a sweep is due (`sweep_due`).
 """
 
 from __future__ import annotations
@@ -20,33 +22,39 @@ from psycopg import sql
 
 from formats.cells import CellChange
 from operators.cell_rows import Deletions, RangeDelete, decide_cells
-from operators.cell_writer import known_deletes
-from operators.events import DlqRecord, TableName
-from operators.keys import key_json, shard_of, state_key
+from operators.events import TableName
+from operators.keys import shard_of, shard_of_position, state_key
 from operators.pg_writer import ShardBatch
+from operators.shard_dlq import dlq_for
 from operators.target_tables import EXPIRES_AT_COLUMN, TableProblem, TargetTable, TargetTables
 
 SWEEP_EVERY_S = 5.0
-SWEEP_ROWS = 10_000
 Revisit = tuple[TableName, tuple[str, ...], tuple[Any, ...], bytes]
 
 
-class CellSweep:
+class CellShard:
     def __init__(self, shard: int, shards: int) -> None:
         self._shard = shard
         self._shards = shards
         self._deletes = Deletions()
         self._tables: list[TableName] = []
+        self._key_columns: dict[TableName, tuple[str, ...]] = {}
         self._swept_at = 0.0
 
     def load(self, conn: psycopg.Connection, flow_id: str) -> None:
         """The deletions and cell tables Postgres holds (the shard comes in step)."""
-        self._tables = [TableName(s, t) for s, t in conn.execute(
-            """SELECT t.table_schema, t.table_name FROM cdc.tables t
+        rows = conn.execute(
+            """SELECT t.table_schema, t.table_name, t.key_columns FROM cdc.tables t
                JOIN information_schema.columns c ON c.table_schema = t.table_schema
                 AND c.table_name = t.table_name AND c.column_name = %s
-               WHERE t.flow_id = %s""", (EXPIRES_AT_COLUMN, flow_id)).fetchall()]
+               WHERE t.flow_id = %s""", (EXPIRES_AT_COLUMN, flow_id)).fetchall()
+        self._tables = [TableName(s, t) for s, t, _ in rows]
+        self._key_columns = {TableName(s, t): tuple(k) for s, t, k in rows}
         self._deletes = known_deletes(conn, self._tables)
+
+    def sweep_due(self) -> bool:
+        """Whether the next commit sweeps expired rows (only with cell tables)."""
+        return bool(self._tables) and time.monotonic() - self._swept_at >= SWEEP_EVERY_S
 
     def confirm(self, deletes: list[RangeDelete]) -> None:
         for delete in deletes:
@@ -62,19 +70,22 @@ class CellSweep:
             try:
                 target[change.table] = tables.for_event(change)  # type: ignore[arg-type]
             except TableProblem as problem:
-                batch.dlq.append(_dlq(change, problem))
+                batch.dlq.append(dlq_for(change, problem.error_type, str(problem)))
                 continue
             kept.append(change)
-        for table in target:
-            if table not in self._tables:
-                self._tables.append(table)
+        for change in kept:
+            if change.table not in self._tables:
+                self._tables.append(change.table)
+                self._key_columns[change.table] = change.key_columns
         revisit = [row for c in kept if not c.row_id
                    for row in self._covered(conn, target[c.table], RangeDelete.of(c),
                                             c.key_columns)]
         revisit += self._expired(conn, tables, target)
         if not kept and not revisit:
             return [], []
-        decision = decide_cells(kept, revisit, stored, self._deletes, time.time_ns() // 1000)
+        decision = decide_cells(kept, revisit, stored, self._deletes, time.time_ns() // 1000,
+                                lambda c: shard_of_position(c.topic, c.partition, c.offset,
+                                                            self._shards) == self._shard)
         for write in decision.writes:
             table = target.get(write.table) or tables.lookup(write.table)
             assert table is not None
@@ -89,40 +100,36 @@ class CellSweep:
 
     def _covered(self, conn: psycopg.Connection, table: TargetTable, delete: RangeDelete,
                  key_columns: tuple[str, ...]) -> list[Revisit]:
-        """This shard's rows in the target table that `delete` covers."""
+        """This shard's rows in the target table of the partition `delete` deletes in. Which of
+        them a range covers is `RangeDelete.covers`' to say (one rule, in Python's order, not the
+        database collation's)."""
         size = len(delete.partition)
-        conditions = [sql.SQL("{} = {}").format(sql.Identifier(c), sql.Literal(v))
+        conditions = [sql.SQL("{} = {}::{}").format(sql.Identifier(c), sql.Literal(v),
+                                                    sql.SQL(table.columns[c]))
                       for c, v in zip(key_columns[:size], delete.partition, strict=True)]
-        for bound, op in ((delete.start, ">"), (delete.end, "<")):
-            if bound is None or not bound.values:
-                continue
-            names = key_columns[size : size + len(bound.values)]
-            conditions.append(sql.SQL("({}) {} ({})").format(
-                sql.SQL(", ").join(map(sql.Identifier, names)),
-                sql.SQL(op + ("=" if bound.inclusive else "")),
-                sql.SQL(", ").join(map(sql.Literal, bound.values))))
         return self._rows(conn, table, key_columns, sql.SQL(" AND ").join(conditions))
 
     def _expired(self, conn: psycopg.Connection, tables: TargetTables,
                  target: dict[TableName, TargetTable]) -> list[Revisit]:
-        now = time.monotonic()
-        if now - self._swept_at < SWEEP_EVERY_S:
+        if not self.sweep_due():
             return []
-        self._swept_at = now
+        self._swept_at = time.monotonic()
         found: list[Revisit] = []
         for name in self._tables:
             table = target.get(name) or tables.lookup(name)
             if table is None:
                 continue
-            found += self._rows(conn, table, table.key, sql.SQL("{} <= now()").format(
+            key_columns = self._key_columns.get(name, table.key)
+            found += self._rows(conn, table, key_columns, sql.SQL("{} <= now()").format(
                 sql.Identifier(EXPIRES_AT_COLUMN)))
         return found
 
     def _rows(self, conn: psycopg.Connection, table: TargetTable, key_columns: tuple[str, ...],
               where: sql.Composable) -> list[Revisit]:
-        query = sql.SQL("SELECT {} FROM {} WHERE {} LIMIT {}").format(
-            sql.SQL(", ").join(map(sql.Identifier, key_columns)), table.ident, where,
-            sql.Literal(SWEEP_ROWS))
+        """The keys (in the order state keys are made of) of the rows matching `where` that
+        are this shard's: every such row, since another shard's rows may be most of them."""
+        query = sql.SQL("SELECT {} FROM {} WHERE {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, key_columns)), table.ident, where)
         found: list[Revisit] = []
         for row in conn.execute(query):
             row_id = state_key(table.name, tuple(row))
@@ -131,7 +138,11 @@ class CellSweep:
         return found
 
 
-def _dlq(change: CellChange, problem: TableProblem) -> DlqRecord:
-    """A DLQ record for a change that decoded but has no table to go to."""
-    return DlqRecord(change.topic, change.partition, change.offset, key_json(change.key), None,
-                     problem.error_type, str(problem))
+def known_deletes(conn: psycopg.Connection, tables: list[TableName]) -> Deletions:
+    """The partition and range deletions kept of `tables`."""
+    found = Deletions()
+    for bounds, ts_us in conn.execute(
+            "SELECT bounds, ts_us FROM cdc.cell_range_deletes WHERE table_name = ANY(%s)",
+            ([str(t) for t in tables],)):
+        found.add(RangeDelete.from_json(bounds, ts_us))
+    return found
