@@ -30,7 +30,8 @@ from tests.integration.kills import (
 
 pytestmark = pytest.mark.integration
 SPEC = dict(events=24_000, keys=4_000, partitions=3, tables=("customers", "orders"))
-RATE = 1_200  # messages/s: ~20 s of input, still arriving through the kills and the stops
+RATE = 800  # messages/s: ~30 s of input, still arriving through the kills and the stops (a
+# restarted cluster takes seconds to commit again, more on a loaded machine)
 START_TIMEOUT_S = 60
 
 
