@@ -6,8 +6,8 @@ the table held before the flow wrote it has none: NULL matches NULL), a new row 
 only where none is, and the writer checks that every staged row was written. A shard whose state
 is not what Postgres holds (copied from elsewhere, edited by hand, or a second owner) therefore
 cannot overwrite newer cells: the commit rolls back with `CellVersionConflict` and the flow stops
-(docs/operations.md: rebuild the state). Rows are staged by `COPY` per (table, written columns),
-like the row sources' writes.
+(docs/operations.md: rebuild the state). A table's rows of a commit go through one `COPY` into
+one stage, whatever columns each sets, and one statement per kind of move.
 """
 
 from __future__ import annotations
@@ -34,8 +34,15 @@ from operators.target_tables import (
 from operators.versions import writetime_version
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_CONTROL = ("_cdc_key", "_cdc_expected", "_cdc_place", "_cdc_alive", CELLS_COLUMN,
+_CONTROL = ("_cdc_set", "_cdc_key", "_cdc_expected", "_cdc_place", "_cdc_alive", CELLS_COLUMN,
             VERSION_COLUMN, EXPIRES_AT_COLUMN)
+_REPLICATOR_COLUMNS = {CELLS_COLUMN, VERSION_COLUMN, EXPIRES_AT_COLUMN, UPDATED_AT_COLUMN}
+
+
+def data_columns(table: TargetTable) -> tuple[str, ...]:
+    """The table's columns a cell write may set: all but the key and the replicator's."""
+    return tuple(sorted(c for c in table.columns
+                        if c not in table.key and c not in _REPLICATOR_COLUMNS))
 
 
 class CellVersionConflict(RuntimeError):
@@ -55,7 +62,8 @@ def expiry_time(expires_us: int | None) -> datetime | None:
 
 
 class CellWriter:
-    """Writes the cell rows of a transaction on one connection (its stages are temp tables)."""
+    """Writes the cell rows of a transaction on one connection: one stage (a temp table) per
+    target table, holding every data column and, per row, the columns it sets (`_cdc_set`)."""
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self._conn = conn
@@ -64,26 +72,30 @@ class CellWriter:
     def write(self, writes: list[tuple[TargetTable, CellWrite]]) -> None:
         """Stage and apply `writes`; `CellVersionConflict` when a row's versions were not the
         expected ones."""
-        groups: dict[tuple[TargetTable, tuple[str, ...]], list[CellWrite]] = defaultdict(list)
+        by_table: dict[TargetTable, list[CellWrite]] = defaultdict(list)
         for table, write in writes:
-            groups[(table, tuple(sorted(write.values)))].append(write)
-        checks: list[tuple[sql.Composable, int | None, TargetTable]] = []
-        for (table, columns), rows in groups.items():
+            by_table[table].append(write)
+        checks: list[tuple[list[sql.Composable], int | None, TargetTable]] = []
+        for table, rows in by_table.items():
+            columns = data_columns(table)
             stage = self._stage(table, columns)
             self._copy(stage, table, columns, rows)
-            checks += [(stmt, expected, table)
-                       for stmt, expected in _statements(table, columns, stage, rows)
+            checks += [(group, expected, table)
+                       for group, expected in _statements(table, columns, stage, rows)
                        if expected != 0]
         if not checks:
             return
-        cur = self._conn.execute(sql.SQL("; ").join(stmt for stmt, _, _ in checks))
-        for _stmt, expected, table in checks:
-            if expected is not None and cur.rowcount != expected:
+        cur = self._conn.execute(sql.SQL("; ").join(s for group, _, _ in checks for s in group))
+        for group, expected, table in checks:
+            written = 0
+            for _ in group:
+                written += max(cur.rowcount, 0)
+                cur.nextset()
+            if expected is not None and written != expected:
                 raise CellVersionConflict(
                     f"{table.name}: {expected} rows were decided against cell versions that "
-                    f"{cur.rowcount} of them still have in Postgres: the shard's state is not "
-                    "Postgres' (rebuilding it)")
-            cur.nextset()
+                    f"{written} of them still have in Postgres: the shard's state is not "
+                    "Postgres' (stop the flow and rebuild it: replicate state rebuild)")
 
     def _stage(self, table: TargetTable, columns: tuple[str, ...]) -> sql.Identifier:
         cache_key = (str(table.name), columns)
@@ -92,8 +104,9 @@ class CellWriter:
             stage = sql.Identifier(f"_cdc_cell_stage_{len(self._stages)}")
             defs = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(table.columns[c]))
                     for c in (*table.key, *columns)]
-            defs += [sql.SQL("_cdc_key jsonb, _cdc_expected jsonb, _cdc_place text, "
-                             "_cdc_alive boolean, {} jsonb, {} bytea, {} timestamptz").format(
+            defs += [sql.SQL("_cdc_set text[], _cdc_key jsonb, _cdc_expected jsonb, "
+                             "_cdc_place text, _cdc_alive boolean, {} jsonb, {} bytea, "
+                             "{} timestamptz").format(
                 sql.Identifier(CELLS_COLUMN), sql.Identifier(VERSION_COLUMN),
                 sql.Identifier(EXPIRES_AT_COLUMN))]
             self._conn.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DELETE ROWS").format(
@@ -110,12 +123,13 @@ class CellWriter:
         with self._conn.cursor().copy(copy_sql) as copy:
             for w in rows:
                 key = dict(zip(w.key_columns, w.key, strict=True))
-                values = [_jsonb(w.values[c]) if c in json_at and w.values[c] is not None
-                          else w.values[c] for c in columns]
+                given = w.values
+                values = [None if (v := given.get(c)) is None
+                          else _jsonb(v) if c in json_at else v for c in columns]
                 expected = None if w.expected is None else _jsonb(w.expected)
                 copy.write_row((
-                    *(key[c] for c in table.key), *values, key_json(w.key).decode(), expected,
-                    w.place.value, w.alive, _jsonb(w.meta),
+                    *(key[c] for c in table.key), *values, list(given),
+                    key_json(w.key).decode(), expected, w.place.value, w.alive, _jsonb(w.meta),
                     writetime_version(newest_write(w.meta)), expiry_time(w.expires_us)))
 
     def record_deletes(self, deletes: list[RangeDelete]) -> None:
@@ -131,8 +145,9 @@ class CellWriter:
 
 
 def _statements(table: TargetTable, columns: tuple[str, ...], stage: sql.Identifier,
-                rows: list[CellWrite]) -> list[tuple[sql.Composable, int | None]]:
-    """The statements of one staged group, each with the rows it must touch (None: any)."""
+                rows: list[CellWrite]) -> list[tuple[list[sql.Composable], int | None]]:
+    """The statements of one table's stage, in groups that must touch so many rows together
+    (None: any number)."""
     n = {(place, alive): 0 for place in Place for alive in (True, False)}
     for w in rows:
         n[(w.place, w.alive)] += 1
@@ -140,56 +155,56 @@ def _statements(table: TargetTable, columns: tuple[str, ...], stage: sql.Identif
     match = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(c))
                                   for c in table.key)
     meta = [CELLS_COLUMN, VERSION_COLUMN, EXPIRES_AT_COLUMN]
-    sets = sql.SQL(", ").join(sql.SQL("{0} = s.{0}").format(sql.Identifier(c))
-                              for c in (*columns, *meta))
+    # a column the row sets takes the stage's value, any other keeps the table's
+    sets = sql.SQL(", ").join(
+        [sql.SQL("{0} = CASE WHEN {1} = ANY(s._cdc_set) THEN s.{0} ELSE t.{0} END").format(
+            sql.Identifier(c), sql.Literal(c)) for c in columns]
+        + [sql.SQL("{0} = s.{0}").format(sql.Identifier(c)) for c in meta]
+        + [sql.SQL("{} = now()").format(sql.Identifier(UPDATED_AT_COLUMN))])
     cols = sql.SQL(", ").join(map(sql.Identifier, (*table.key, *columns, *meta)))
     s_cols = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c))
                                 for c in (*table.key, *columns, *meta))
     cells = sql.Identifier(CELLS_COLUMN)
-    statements = [
+    fmt = {"target": target, "stage": stage, "match": match, "cells": cells, "name": name,
+           "sets": sets, "cols": cols, "s_cols": s_cols}
+
+    def q(text: str) -> sql.Composed:
+        return sql.SQL(text).format(**{k: v for k, v in fmt.items() if "{" + k + "}" in text})
+
+    return [
         # alive, was in the table: update on the expected versions
-        (sql.SQL("UPDATE {target} t SET {sets}, {updated} = now() FROM {stage} s "
-                 "WHERE {match} AND s._cdc_alive AND s._cdc_place = 'L' "
-                 "AND t.{cells} IS NOT DISTINCT FROM s._cdc_expected").format(
-            target=target, sets=sets, updated=sql.Identifier(UPDATED_AT_COLUMN), stage=stage,
-            match=match, cells=cells), n[(Place.TABLE, True)]),
+        ([q("UPDATE {target} t SET {sets} FROM {stage} s WHERE {match} AND s._cdc_alive "
+            "AND s._cdc_place = 'L' AND t.{cells} IS NOT DISTINCT FROM s._cdc_expected")],
+         n[(Place.TABLE, True)]),
         # dead, was in the table: leave it
-        (sql.SQL("DELETE FROM {target} t USING {stage} s WHERE {match} AND NOT s._cdc_alive "
-                 "AND s._cdc_place = 'L' "
-                 "AND t.{cells} IS NOT DISTINCT FROM s._cdc_expected").format(
-            target=target, stage=stage, match=match, cells=cells), n[(Place.TABLE, False)]),
+        ([q("DELETE FROM {target} t USING {stage} s WHERE {match} AND NOT s._cdc_alive "
+            "AND s._cdc_place = 'L' AND t.{cells} IS NOT DISTINCT FROM s._cdc_expected")],
+         n[(Place.TABLE, False)]),
         # alive, was a tombstone: the tombstone goes
-        (sql.SQL("DELETE FROM cdc.cell_tombstones t USING {stage} s WHERE t.table_name = {name} "
-                 "AND t.key = s._cdc_key AND s._cdc_alive AND s._cdc_place = 'T' "
-                 "AND t.cells IS NOT DISTINCT FROM s._cdc_expected").format(stage=stage, name=name),
+        ([q("DELETE FROM cdc.cell_tombstones t USING {stage} s WHERE t.table_name = {name} "
+            "AND t.key = s._cdc_key AND s._cdc_alive AND s._cdc_place = 'T' "
+            "AND t.cells IS NOT DISTINCT FROM s._cdc_expected")],
          n[(Place.TOMBSTONES, True)]),
         # dead, was a tombstone: its versions change
-        (sql.SQL("UPDATE cdc.cell_tombstones t SET cells = s.{cells}, updated_at = now() "
-                 "FROM {stage} s WHERE t.table_name = {name} AND t.key = s._cdc_key "
-                 "AND NOT s._cdc_alive AND s._cdc_place = 'T' "
-                 "AND t.cells IS NOT DISTINCT FROM s._cdc_expected").format(
-            stage=stage, name=name, cells=cells),
+        ([q("UPDATE cdc.cell_tombstones t SET cells = s.{cells}, updated_at = now() "
+            "FROM {stage} s WHERE t.table_name = {name} AND t.key = s._cdc_key "
+            "AND NOT s._cdc_alive AND s._cdc_place = 'T' "
+            "AND t.cells IS NOT DISTINCT FROM s._cdc_expected")],
          n[(Place.TOMBSTONES, False)]),
-        # alive, not in the table: a new row, or the row the table held before the flow wrote
-        # it (no versions); one with versions is a conflict: not counted
-        (sql.SQL("INSERT INTO {target} ({cols}) SELECT {s_cols} FROM {stage} s "
-                 "WHERE s._cdc_alive AND s._cdc_place <> 'L' ON CONFLICT ({key}) "
-                 "DO UPDATE SET {excluded} WHERE {target}.{cells} IS NULL").format(
-            target=target, cols=cols, s_cols=s_cols, stage=stage, cells=cells,
-            key=sql.SQL(", ").join(map(sql.Identifier, table.key)),
-            excluded=sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c))
-                                        for c in (*columns, *meta))),
+        # alive, not in the table: the row the table held before the flow wrote it (no
+        # versions) is updated, else a new row; a row with versions is a conflict: not counted
+        ([q("UPDATE {target} t SET {sets} FROM {stage} s WHERE {match} AND s._cdc_alive "
+            "AND s._cdc_place = 'N' AND t.{cells} IS NULL"),
+          q("INSERT INTO {target} ({cols}) SELECT {s_cols} FROM {stage} s "
+            "WHERE s._cdc_alive AND s._cdc_place <> 'L' ON CONFLICT DO NOTHING")],
          n[(Place.NONE, True)] + n[(Place.TOMBSTONES, True)]),
         # dead, never written by the flow: the row the table may have held before goes
-        (sql.SQL("DELETE FROM {target} t USING {stage} s WHERE {match} AND NOT s._cdc_alive "
-                 "AND s._cdc_place = 'N' AND t.{cells} IS NULL").format(
-            target=target, stage=stage, match=match, cells=cells),
+        ([q("DELETE FROM {target} t USING {stage} s WHERE {match} AND NOT s._cdc_alive "
+            "AND s._cdc_place = 'N' AND t.{cells} IS NULL")],
          None if n[(Place.NONE, False)] else 0),
         # dead, not a tombstone yet: a new tombstone
-        (sql.SQL("INSERT INTO cdc.cell_tombstones (table_name, key, cells) "
-                 "SELECT {name}, s._cdc_key, s.{cells} FROM {stage} s "
-                 "WHERE NOT s._cdc_alive AND s._cdc_place <> 'T' ON CONFLICT DO NOTHING").format(
-            name=name, cells=cells, stage=stage),
+        ([q("INSERT INTO cdc.cell_tombstones (table_name, key, cells) "
+            "SELECT {name}, s._cdc_key, s.{cells} FROM {stage} s "
+            "WHERE NOT s._cdc_alive AND s._cdc_place <> 'T' ON CONFLICT DO NOTHING")],
          n[(Place.NONE, False)] + n[(Place.TABLE, False)]),
     ]
-    return statements
