@@ -5,9 +5,10 @@ stored `_cdc_cells` (or `cdc.cell_tombstones.cells`) to the write's `expected` v
 the table held before the flow wrote it has none: NULL matches NULL), a new row or tombstone
 only where none is, and the writer checks that every staged row was written. A shard whose state
 is not what Postgres holds (copied from elsewhere, edited by hand, or a second owner) therefore
-cannot overwrite newer cells: the commit rolls back with `CellVersionConflict` and the flow stops
-(docs/operations.md: rebuild the state). A table's rows of a commit go through one `COPY` into
-one stage, whatever columns each sets, and one statement per kind of move.
+cannot overwrite newer cells: the commit rolls back with `CellVersionConflict`, and the
+committer has the shards rebuild their state from Postgres and decide again
+(`Committer._heal`). A table's rows of a commit go through one `COPY` into one stage, whatever
+columns each sets, and one statement per kind of move.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class CellWriter:
                 raise CellVersionConflict(
                     f"{table.name}: {expected} rows were decided against cell versions that "
                     f"{written} of them still have in Postgres: the shard's state is not "
-                    "Postgres' (stop the flow and rebuild it: replicate state rebuild)")
+                    "Postgres'")
 
     def _stage(self, table: TargetTable, columns: tuple[str, ...]) -> sql.Identifier:
         cache_key = (str(table.name), columns)

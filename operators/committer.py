@@ -31,6 +31,7 @@ side, batches grow and each transaction carries more rows.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ import psycopg
 from opentelemetry.trace import Span
 
 from operators import metrics, tracing
+from operators.cell_writer import CellVersionConflict
 from operators.events import ProgressMarker, TruncateEvent
 from operators.log_format import log_context
 from operators.native_shard import expand
@@ -51,6 +53,8 @@ from operators.settings import Settings
 from operators.shard import Decided, Position, Shard, Unit
 from operators.shard_dlq import refused_to_dlq
 from operators.source_watch import WATCH
+
+log = logging.getLogger(__name__)
 
 MARKER_ONLY_FLUSH_S = 5.0
 BACKLOG_BATCHES = 4  # pending units, in batches, past which a due commit waits for Postgres
@@ -71,6 +75,7 @@ class Committer:
         self._in_flight: tuple[list[Work], list[ShardBatch], Future[None], float] | None = None
         self._caught_up: dict[Position, bool] = {}  # by each partition's last marker
         self._marked: set[int] = set()  # shards that had markers since all last had them
+        self._healing = False  # redoing work after a CellVersionConflict
 
     def register(self, shard: Shard) -> None:
         self.settle()  # the connection is free only between transactions
@@ -206,6 +211,9 @@ class Committer:
         try:
             future.result()
         except Exception as exc:
+            if isinstance(exc, CellVersionConflict):
+                self._heal(work, exc)
+                return False
             if not (is_transient(exc) or isinstance(exc, REFUSED)):
                 raise
             if is_transient(exc):  # redone below: a retry `retrying` does not see
@@ -244,6 +252,8 @@ class Committer:
         try:
             retrying("commit", lambda: self._commit_once(work), on_retry=self._after_failure,
                      cap_s=self._settings.retry_max_s)
+        except CellVersionConflict as exc:
+            self._heal(work, exc)
         except REFUSED as exc:
             self._after_failure()
             if len(work) > 1:
@@ -294,6 +304,23 @@ class Committer:
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.count_commit(batches)
         WATCH.committed(batches)
+
+    def _heal(self, work: list[Work], conflict: CellVersionConflict) -> None:
+        """A shard's cell versions were not Postgres' (`operators/cell_writer.py`): nothing of
+        the commit landed. Its shards drop their state, rebuild it from Postgres and decide the
+        work again; a second conflict right after (two owners of a shard) stops the flow."""
+        if self._healing:
+            raise conflict
+        log.warning("%s; rebuilding the state of shards %s from Postgres", conflict,
+                    sorted(shard.number for shard, _, _ in work))
+        self._after_failure()
+        for shard, _, _ in work:
+            shard.forget_state()
+        self._healing = True
+        try:
+            self._commit(work)
+        finally:
+            self._healing = False
 
     def _after_failure(self) -> None:
         """Every shard re-checks its state against Postgres before its next commit."""

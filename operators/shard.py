@@ -219,6 +219,11 @@ class Shard:
         self.in_step = False
         self._written_seq = seq
 
+    def forget_state(self) -> None:
+        """Drop the store's contents: the next commit rebuilds them from Postgres."""
+        self._store.clear()
+        self.distrust()
+
     def distrust(self) -> None:
         """A commit failed: check the store against Postgres before the next one."""
         self.in_step = False

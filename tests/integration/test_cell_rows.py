@@ -17,7 +17,6 @@ from benchmarks import cell_oracle
 from benchmarks.replicator_run import drop_flows
 from formats.cells import CellChange, CellKind, RangeBound, schema_of
 from operators import cell_shard
-from operators.cell_writer import CellVersionConflict
 from operators.decode import Decoder
 from operators.events import ProgressMarker, TableName, TableSchema
 from operators.settings import Settings
@@ -162,9 +161,11 @@ def test_a_late_write_older_than_a_row_delete_stays_deleted_and_is_audited(setti
     assert stale == [(3, "older than the row's cell versions or a deletion covering it")]
 
 
-def test_a_write_decided_on_versions_postgres_does_not_hold_is_refused(settings):
+def test_a_write_decided_on_versions_postgres_does_not_hold_is_refused_then_redone(settings,
+                                                                                  caplog):
     """The SQL guard: a row whose `_cdc_cells` changed behind the shard's back is not written
-    over; the commit fails and nothing of it lands."""
+    over; the commit rolls back, the shard rebuilds its state from Postgres and decides again,
+    against the versions Postgres holds: the late write is stale there."""
     items = Items(settings.target_schema)
     shard = ShardPartition(settings, 0)
     shard.write_batch([[items.change(cell_oracle.Event("items", (1, 1), 1, "write", 10,
@@ -176,10 +177,16 @@ def test_a_write_decided_on_versions_postgres_does_not_hold_is_refused(settings)
         conn.execute(f"""UPDATE {table} SET a = 'newer',
                          _cdc_cells = '{{"c": {{"a": [50, 0, 0, "6e6577"]}}}}'""")
     late = items.change(cell_oracle.Event("items", (1, 1), 1, "write", 20, cells={"a": "y"}))
-    with pytest.raises(CellVersionConflict):
-        shard.write_batch([[late, ProgressMarker(TOPIC, 0, 3)]])
-        shard.snapshot()
+    shard.write_batch([[late, ProgressMarker(TOPIC, 0, 3)]])
+    shard.snapshot()
     assert rows(settings.pg_dsn, items.table) == {(1, 1): {"a": "newer"}}
+    assert any("rebuilding the state of shards [0]" in r.getMessage() for r in caplog.records)
+    with psycopg.connect(settings.pg_dsn) as conn:
+        stale = conn.execute('SELECT "offset" FROM cdc.stale_events WHERE flow_id = %s',
+                             (settings.flow_id,)).fetchall()
+        offset = conn.execute("SELECT next_offset FROM cdc.offsets WHERE flow_id = %s",
+                              (settings.flow_id,)).fetchone()
+    assert (stale, offset) == ([(late.offset,)], (3,))
 
 
 def test_cell_changes_beside_native_runs_in_one_commit_are_applied(settings):
