@@ -262,16 +262,7 @@ def run_ceiling(wl: Workload, prefix: str, dsn: str, total_bytes: int,
                     row = tuple(vals.get(c, keyd.get(c)) for c in cols) + (ev.version, False)
                 per.setdefault(ev.table.name, []).append(row)
             batches.append(per)
-        t0 = time.monotonic()
-        for per in batches:
-            with conn.transaction():
-                for table, rows in per.items():
-                    copy_stmt, upsert = stmts[table]
-                    with conn.cursor().copy(copy_stmt) as cp:
-                        for row in rows:
-                            cp.write_row(row)
-                    conn.execute(upsert)
-        res.seconds = time.monotonic() - t0
+        res.seconds = _timed_staged_merge(conn, batches, stmts)
     diff = compare_tables(dsn, wl, schema, lambda t: t + "_live")
     res.rows_differ = diff.total
     res.exactly_matches_oracle = diff.total == 0
@@ -283,6 +274,22 @@ def run_ceiling(wl: Workload, prefix: str, dsn: str, total_bytes: int,
 
 
 # --------------------------------------------------------------------------- naive
+
+
+def _timed_staged_merge(conn: psycopg.Connection, batches: list[dict[str, list[tuple]]],
+                        stmts: dict[str, tuple[sql.Composable, sql.Composable]]) -> float:
+    """Seconds to write `batches` (per table: the rows to stage), one transaction each: per
+    table one `COPY` into its stage and its merge statement (`stmts[table]`)."""
+    t0 = time.monotonic()
+    for per in batches:
+        with conn.transaction():
+            for table, rows in per.items():
+                copy_stmt, upsert = stmts[table]
+                with conn.cursor().copy(copy_stmt) as cp:
+                    for row in rows:
+                        cp.write_row(row)
+                conn.execute(upsert)
+    return time.monotonic() - t0
 
 
 def create_plain_tables(dsn: str, wl: Workload, schema: str, database_schema_events) -> None:
@@ -722,16 +729,7 @@ def run_cell_ceiling(wl: Any, prefix: str, dsn: str, total_bytes: int,
                     k=sql.SQL(", ").join(map(sql.Identifier, KEYS[table])),
                     sets=sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(
                         sql.Identifier(c)) for c in columns if c not in KEYS[table])))
-        t0 = time.monotonic()
-        for per in batches:
-            with conn.transaction():
-                for table, rows in per.items():
-                    copy_stmt, upsert = stmts[table]
-                    with conn.cursor().copy(copy_stmt) as cp:
-                        for row in rows:
-                            cp.write_row(row)
-                    conn.execute(upsert)
-        res.seconds = time.monotonic() - t0
+        res.seconds = _timed_staged_merge(conn, batches, stmts)
     diff = compare_cell_tables(dsn, wl, schema, lambda t: t + "_live")
     res.rows_differ = diff.total
     res.exactly_matches_oracle = diff.total == 0

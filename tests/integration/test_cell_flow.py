@@ -6,10 +6,7 @@ disorder, partial updates, write-time ties, row and partition deletes."""
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import orjson
 import psycopg
@@ -18,8 +15,9 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from benchmarks.replicator_run import Run, delete_topics
+from benchmarks.systems import compare_cell_tables, cql_types_setting
 from benchmarks.workload import create_workload_topics, produce
-from benchmarks.workload_scylla import KEYS, REGULAR, ScyllaSpec, ScyllaWorkload, generate
+from benchmarks.workload_scylla import ScyllaSpec, generate
 from tests.integration.kills import BackgroundProducer, kill_repeatedly
 
 pytestmark = pytest.mark.integration
@@ -34,33 +32,11 @@ def run(kafka_bootstrap, pg_dsn, tmp_path):
     run.cleanup()
 
 
-def _cql_types(workload: ScyllaWorkload) -> str:
-    """The declared CQL types of the workload's tables (decimal arrives as a string)."""
-    return orjson.dumps({workload.spec.topic(t): {"amount": "decimal"} for t in KEYS}).decode()
-
-
-def _normal(value: Any) -> Any:
-    """A value as the oracle gives it: naive UTC timestamps, Decimals compared by value."""
-    if isinstance(value, datetime) and value.tzinfo is not None:
-        return value.astimezone(UTC).replace(tzinfo=None)
-    if isinstance(value, Decimal):
-        return value.normalize()
-    return value
-
-
-def _rows(conn: psycopg.Connection, schema: str, table: str) -> dict[tuple, dict[str, Any]]:
-    columns = [*KEYS[table], *REGULAR]
-    names = ", ".join(f'"{c}"' for c in columns)
-    found = conn.execute(f'SELECT {names} FROM "{schema}"."{table}"').fetchall()
-    return {tuple(r[: len(KEYS[table])]): {c: _normal(v) for c, v in zip(columns, r, strict=True)}
-            for r in found}
-
-
 def test_scylla_streams_converge_to_the_cell_oracle_through_kill_9s(run):
     workload = generate(ScyllaSpec(events=15_000, keys=1_500, partitions=2, seed=7,
                                    topic_prefix=run.prefix))
     run.topics += workload.topics
-    run.extra_env["REPLICATE_CQL_TYPES"] = _cql_types(workload)
+    run.extra_env["REPLICATE_CQL_TYPES"] = cql_types_setting(workload)
     create_workload_topics(workload, run.bootstrap)
     producer = BackgroundProducer(lambda: produce(workload, run.bootstrap, create_topics=False,
                                                   rate=RATE))
@@ -70,17 +46,9 @@ def test_scylla_streams_converge_to_the_cell_oracle_through_kill_9s(run):
     producer.join(timeout_s=120)
     run.wait_caught_up(workload)  # type: ignore[arg-type]
     assert run.stop() == [0]
+    diff = compare_cell_tables(run.dsn, workload, run.schema, lambda table: table)
+    assert diff.total == 0, diff.describe()
     with psycopg.connect(run.dsn, autocommit=True) as conn:
-        for table in KEYS:
-            got = _rows(conn, run.schema, table)
-            want = {k: {c: _normal(v) for c, v in row.items()}
-                    for k, row in workload.rows[table].items()}
-            missing, extra = want.keys() - got.keys(), got.keys() - want.keys()
-            wrong = [k for k in want.keys() & got.keys() if got[k] != want[k]]
-            assert not (missing or extra or wrong), (
-                f"{table}: {len(missing)} missing, {len(extra)} extra, {len(wrong)} wrong; "
-                f"e.g. {[(got[k], want[k]) for k in wrong[:2]]} missing {list(missing)[:3]} "
-                f"extra {list(extra)[:3]}")
         dlq = conn.execute("SELECT count(*) FROM cdc.dlq WHERE flow_id = %s",
                            (run.flow_id,)).fetchone()[0]
     assert dlq == 0
