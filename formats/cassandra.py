@@ -33,10 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
-
-import orjson
 
 from formats.cells import (
     CellChange,
@@ -44,6 +41,7 @@ from formats.cells import (
     CellMessage,
     CellReject,
     RangeBound,
+    Shapes,
     WriteTimeDialect,
     column_type,
     convert,
@@ -63,7 +61,6 @@ RANGE_START = "_range_start"
 RANGE_END = "_range_end"
 _BOUND_KINDS = {RANGE_START: ("INCL_START_BOUND", "EXCL_START_BOUND"),
                 RANGE_END: ("INCL_END_BOUND", "EXCL_END_BOUND")}
-_MAX_CACHED_SHAPES = 1024
 # clustering orders a range delete cannot be applied in by comparing values: descending columns
 # and Cassandra's own UUID and inet comparators
 _UNORDERED = re.compile(r"ReversedType|TimeUUIDType|UUIDType|InetAddressType")
@@ -95,7 +92,7 @@ def _decode(msg: RawMessage, parts: CellMessage, table: TableName,
     if not isinstance(after, dict):
         raise CellReject("missing_after", f"op {op!r} has no 'after' object")
     keys = key_values(parts)
-    types = _shape(orjson.dumps(value_schema), tuple(sorted(cql_types.items())))
+    types = _SHAPES(parts, value_schema, cql_types)
     missing = [name for name in keys if name not in types]
     if missing:
         raise CellReject("bad_schema", f"key column(s) {missing} are not in the row schema")
@@ -120,11 +117,9 @@ def _decode(msg: RawMessage, parts: CellMessage, table: TableName,
     return change
 
 
-@lru_cache(maxsize=_MAX_CACHED_SHAPES)
-def _shape(value_schema: bytes, cql_types: tuple[tuple[str, str], ...]) -> dict[str, CqlType]:
+def _shape(value_schema: Mapping[str, Any], declared: Mapping[str, str]) -> dict[str, CqlType]:
     """Column → handler, from the cell structs of one value schema."""
-    fields = row_fields(orjson.loads(value_schema), "after")
-    declared = dict(cql_types)
+    fields = row_fields(value_schema, "after")
     types = {}
     for name, cell in fields.items():
         if name in (RANGE_START, RANGE_END):
@@ -135,6 +130,9 @@ def _shape(value_schema: bytes, cql_types: tuple[tuple[str, str], ...]) -> dict[
                                            "{value, deletion_ts, set}")
         types[name] = column_type(name, inner[0], declared.get(name))
     return types
+
+
+_SHAPES = Shapes(_shape)
 
 
 def _named_prefix(key: tuple[Any, ...]) -> int:

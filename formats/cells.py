@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import orjson
 
@@ -31,6 +31,7 @@ from schemas.cql_types import column_type as cql_column_type
 
 _CONVERSION_ERRORS = (ValueError, TypeError, OverflowError, ArithmeticError)
 _MAX_CACHED_SCHEMAS = 1024
+Shape = TypeVar("Shape")
 
 
 class WriteTimeDialect(SourceDialect):
@@ -52,12 +53,34 @@ class WriteTimeDialect(SourceDialect):
         already read from its framing (Avro or Connect JSON), else it is read as Connect JSON."""
 
 class CellMessage(NamedTuple):
-    """A message read from its framing: the value's Connect schema and payload, and the Kafka
-    key's payload (None for a null key)."""
+    """A message read from its framing: the value's Connect schema and payload, the Kafka key's
+    payload (None for a null key), and the bytes that identify the value's schema (its JSON
+    envelope's prefix or its Avro frame header; empty where not known)."""
 
     schema: Mapping[str, Any] | None
     payload: Any
     key: Any
+    schema_id: bytes = b""
+
+
+class Shapes(Generic[Shape]):
+    """What a dialect derives from one value schema and the declared CQL types, built once:
+    found by the bytes the decoder identified the schema by, so that a message costs a lookup
+    rather than a serialization of its schema."""
+
+    def __init__(self, build: Callable[[Mapping[str, Any], Mapping[str, str]], Shape]) -> None:
+        self._build = build
+        self._built: dict[tuple[bytes, tuple[tuple[str, str], ...]], Shape] = {}
+
+    def __call__(self, parts: CellMessage, schema: Mapping[str, Any],
+                 cql_types: Mapping[str, str]) -> Shape:
+        key = (parts.schema_id or orjson.dumps(schema), tuple(sorted(cql_types.items())))
+        shape = self._built.get(key)
+        if shape is None:
+            if len(self._built) >= _MAX_CACHED_SCHEMAS:
+                self._built.clear()
+            shape = self._built[key] = self._build(schema, cql_types)
+        return shape
 
 
 class CellKind(Enum):

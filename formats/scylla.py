@@ -50,16 +50,14 @@ map them as their CQL types rather than as text and bigint.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
-
-import orjson
 
 from formats.cells import (
     CellChange,
     CellKind,
     CellMessage,
     CellReject,
+    Shapes,
     WriteTimeDialect,
     column_type,
     convert,
@@ -75,7 +73,6 @@ from operators.events import DlqRecord, RawMessage, TableName
 from schemas.cql_types import CqlType
 
 OPS = ("c", "u", "d")
-_MAX_CACHED_SHAPES = 1024
 
 
 class ScyllaDialect(WriteTimeDialect):
@@ -108,7 +105,7 @@ def _decode(msg: RawMessage, parts: CellMessage, table: TableName,
     value_schema, payload = value_parts(parts)
     op, source, ts_us = envelope(payload, OPS)
     keys = key_values(parts)
-    legacy, types = _shape(orjson.dumps(value_schema), tuple(sorted(cql_types.items())))
+    legacy, types = _SHAPES(parts, value_schema, cql_types)
     missing = [name for name in keys if name not in types]
     if missing:
         raise CellReject("bad_schema", f"key column(s) {missing} are not in the row schema")
@@ -133,16 +130,17 @@ def _decode(msg: RawMessage, parts: CellMessage, table: TableName,
     )
 
 
-@lru_cache(maxsize=_MAX_CACHED_SHAPES)
-def _shape(value_schema: bytes, cql_types: tuple[tuple[str, str], ...],
+def _shape(value_schema: Mapping[str, Any], declared: Mapping[str, str],
            ) -> tuple[bool, dict[str, CqlType]]:
     """(legacy format?, column → handler) of one value schema."""
-    fields = row_fields(orjson.loads(value_schema), "after")
+    fields = row_fields(value_schema, "after")
     legacy = any(_is_cell(f) for f in fields.values())
-    declared = dict(cql_types)
     types = {name: column_type(name, f["fields"][0] if _is_cell(f) else f, declared.get(name))
              for name, f in fields.items()}
     return legacy, types
+
+
+_SHAPES = Shapes(_shape)
 
 
 def _is_cell(field: Mapping[str, Any]) -> bool:

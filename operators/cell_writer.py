@@ -170,7 +170,7 @@ def _statements(table: TargetTable, columns: tuple[str, ...], stage: sql.Identif
            "sets": sets, "cols": cols, "s_cols": s_cols}
 
     def q(text: str) -> sql.Composed:
-        return sql.SQL(text).format(**{k: v for k, v in fmt.items() if "{" + k + "}" in text})
+        return sql.SQL(text).format(**fmt)
 
     return [
         # alive, was in the table: update on the expected versions

@@ -205,7 +205,7 @@ class Decoder:
             key = None if msg.key is None else self._keys.split(msg.topic, msg.key)[2]
             return dialect.decode(msg, self._topic_table(msg.topic),
                                   self._cql_types.get(msg.topic),
-                                  CellMessage(value_schema, payload, key))
+                                  CellMessage(value_schema, payload, key, schema_id))
         op = payload.get("op")
         if op is None:
             raise _Reject("missing_op", "value has no 'op' field")

@@ -7,18 +7,17 @@ Needs no services: the schemas come from the fixtures."""
 
 from __future__ import annotations
 
-import base64
-import json
 from pathlib import Path
 
 import pytest
 
 from formats.cells import CellChange
-from operators.avro import SchemaFetcher, UnknownSchema
+from operators.avro import SchemaFetcher
 from operators.decode import Decoder
 from operators.events import RawMessage
 from tests.formats.test_cell_dispatch import _message as json_message
 from tests.formats.test_scylla import CQL_TYPES
+from tests.unit.test_debezium_avro_fixtures import avro_capture
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 AVRO = FIXTURES / "cell_avro"
@@ -28,15 +27,7 @@ FILES = sorted(p.relative_to(AVRO).as_posix() for p in AVRO.glob("*/*.json"))
 def avro_fixture(name: str) -> tuple[RawMessage, SchemaFetcher, Path]:
     """The message as the converter framed it, a registry that knows only its schemas, and its
     JSON twin."""
-    doc = json.loads((AVRO / name).read_text())
-    key, value = (None if doc[p] is None else base64.b64decode(doc[p]) for p in ("key", "value"))
-    schemas = {int(ident): text for ident, text in doc["schemas"].items()}
-
-    def fetch(ident: int | str) -> str:
-        if ident not in schemas:
-            raise UnknownSchema(f"no schema {ident} in {name}")
-        return schemas[ident]
-
+    doc, key, value, fetch = avro_capture(AVRO / name)
     return RawMessage(doc["topic"], 0, 5, key, value), fetch, FIXTURES / doc["json"]
 
 
