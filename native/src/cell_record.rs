@@ -341,10 +341,16 @@ impl CellRun {
         Ok(Some(Py::new(py, kept)?))
     }
 
-    /// The run's `CellChange`s, in order: what the Python path decides.
-    fn changes(&self, py: Python<'_>) -> Vec<PyObject> {
+    /// `(position, change)` of each record, in order: the `CellChange`s the Python path
+    /// decides.
+    fn changes(&self, py: Python<'_>) -> Vec<(u32, PyObject)> {
         match &self.origin {
-            Origin::Changes(changes) => changes.iter().map(|c| c.clone_ref(py)).collect(),
+            Origin::Changes(changes) => self
+                .records
+                .iter()
+                .zip(changes)
+                .map(|(r, c)| (r.position, c.clone_ref(py)))
+                .collect(),
         }
     }
 
