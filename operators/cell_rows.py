@@ -148,6 +148,10 @@ class Deletions:
         sizes = self._by_table.setdefault(str(delete.table), {})
         sizes.setdefault(len(delete.partition), {}).setdefault(delete.partition, []).append(delete)
 
+    def holds(self, table: TableName) -> bool:
+        """Whether a deletion of `table` is kept."""
+        return bool(self._by_table.get(str(table)))
+
     def _of_partition(self, table: str, key: tuple[Any, ...]) -> Iterator[RangeDelete]:
         for size, partitions in self._by_table.get(table, {}).items():
             yield from partitions.get(key[:size], ())

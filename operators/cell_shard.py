@@ -20,10 +20,17 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from formats.cells import CellChange
 from operators.cell_rows import Deletions, RangeDelete, decide_cells
 from operators.events import TableName
 from operators.keys import shard_of, shard_of_position, state_key
+from operators.native_cells import (
+    CellBatch,
+    NativeCellDecision,
+    cell_changes,
+    cell_runs,
+    decide_cell_runs,
+    is_cell_run,
+)
 from operators.pg_writer import ShardBatch
 from operators.shard_dlq import dlq_for
 from operators.target_tables import EXPIRES_AT_COLUMN, TableProblem, TargetTable, TargetTables
@@ -33,9 +40,10 @@ Revisit = tuple[TableName, tuple[str, ...], tuple[Any, ...], bytes]
 
 
 class CellShard:
-    def __init__(self, shard: int, shards: int) -> None:
+    def __init__(self, shard: int, shards: int, native: bool = True) -> None:
         self._shard = shard
         self._shards = shards
+        self._native = native and CellBatch is not None
         self._deletes = Deletions()
         self._tables: list[TableName] = []
         self._key_columns: dict[TableName, tuple[str, ...]] = {}
@@ -60,30 +68,43 @@ class CellShard:
         for delete in deletes:
             self._deletes.add(delete)
 
-    def decide(self, changes: list[CellChange], batch: ShardBatch, conn: psycopg.Connection,
+    def decide(self, units: list[Any], batch: ShardBatch, conn: psycopg.Connection,
                tables: TargetTables, stored: Callable[[list[bytes]], list[bytes | None]],
                ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes | None]]]:
-        """Decide `changes` into `batch`; returns the states to store and those they replace."""
+        """Decide `units` (`CellChange`s and native `CellRun`s, in arrival order) into `batch`;
+        returns the states to store and those they replace."""
         target: dict[TableName, TargetTable] = {}
-        kept: list[CellChange] = []
-        for change in changes:
+        kept: list[Any] = []
+        for unit in units:
             try:
-                target[change.table] = tables.for_event(change)  # type: ignore[arg-type]
+                table = _target(unit, tables)
             except TableProblem as problem:
-                batch.dlq.append(dlq_for(change, problem.error_type, str(problem)))
+                batch.dlq += [dlq_for(change, problem.error_type, str(problem))
+                              for change in cell_changes([unit])]
                 continue
-            kept.append(change)
-        for change in kept:
-            if change.table not in self._tables:
-                self._tables.append(change.table)
-                self._key_columns[change.table] = change.key_columns
-        revisit = [row for c in kept if not c.row_id
+            name = table_of(unit)
+            target[name] = table
+            kept.append(unit)
+            if name not in self._key_columns:
+                self._tables.append(name)
+                self._key_columns[name] = key_columns_of(unit)
+        revisit = [row for c in kept if not is_cell_run(c) and not c.row_id
                    for row in self._covered(conn, target[c.table], RangeDelete.of(c),
                                             c.key_columns)]
         revisit += self._expired(conn, tables, target)
         if not kept and not revisit:
             return [], []
-        decision = decide_cells(kept, revisit, stored, self._deletes, time.time_ns() // 1000,
+        now_us = time.time_ns() // 1000
+        if self._native and not revisit and not any(self._deletes.holds(t) for t in target):
+            native = self._decide_native(kept, target, stored, now_us)
+            if native is not None:
+                batch.cell_staged = native.staged
+                batch.stale += native.stale
+                batch.applied += native.applied
+                batch.duplicates += native.duplicates
+                _add_counts(batch, native.counts)
+                return native.states, native.replaced
+        decision = decide_cells(cell_changes(kept), revisit, stored, self._deletes, now_us,
                                 lambda c: shard_of_position(c.topic, c.partition, c.offset,
                                                             self._shards) == self._shard)
         for write in decision.writes:
@@ -94,9 +115,17 @@ class CellShard:
         batch.stale += decision.stale
         batch.applied += decision.applied
         batch.duplicates += decision.duplicates
-        for key, n in decision.counts.items():
-            batch.counts[key] = batch.counts.get(key, 0) + n
+        _add_counts(batch, decision.counts)
         return decision.states, decision.replaced
+
+    @staticmethod
+    def _decide_native(units: list[Any], target: dict[TableName, TargetTable],
+                       stored: Callable[[list[bytes]], list[bytes | None]], now_us: int,
+                       ) -> NativeCellDecision | None:
+        runs = cell_runs(units)
+        if runs is None:
+            return None
+        return decide_cell_runs(runs, [target[r.schema.table] for r in runs], stored, now_us)
 
     def _covered(self, conn: psycopg.Connection, table: TargetTable, delete: RangeDelete,
                  key_columns: tuple[str, ...]) -> list[Revisit]:
@@ -136,6 +165,26 @@ class CellShard:
             if shard_of(row_id, self._shards) == self._shard:
                 found.append((table.name, key_columns, tuple(row), row_id))
         return found
+
+
+def _target(unit: Any, tables: TargetTables) -> TargetTable:
+    """The target table of a change or a run (a run's table is resolved once, by its schema)."""
+    if is_cell_run(unit):
+        return tables.known(unit.schema) or tables.for_event(unit.changes()[0][1])
+    return tables.for_event(unit)
+
+
+def table_of(unit: Any) -> TableName:
+    return unit.schema.table if is_cell_run(unit) else unit.table
+
+
+def key_columns_of(unit: Any) -> tuple[str, ...]:
+    return unit.schema.key if is_cell_run(unit) else unit.key_columns
+
+
+def _add_counts(batch: ShardBatch, counts: dict[tuple[str, str, str], int]) -> None:
+    for key, n in counts.items():
+        batch.counts[key] = batch.counts.get(key, 0) + n
 
 
 def known_deletes(conn: psycopg.Connection, tables: list[TableName]) -> Deletions:

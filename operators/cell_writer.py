@@ -13,7 +13,9 @@ columns each sets, and one statement per kind of move.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -62,6 +64,27 @@ def expiry_time(expires_us: int | None) -> datetime | None:
     return None if expires_us is None else _EPOCH + timedelta(microseconds=expires_us)
 
 
+Moves = Counter[tuple[Place, bool]]
+"""Rows per kind of move: (where the row's versions were, whether it is alive now)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StagedCells:
+    """A table's cell rows of one shard's commit as `COPY` text for its stage, made by the
+    native cell step (`operators/native_cells.py`), and how many rows make each move."""
+
+    table: TargetTable
+    text: bytes
+    moves: Moves
+
+
+@dataclass(slots=True)
+class _TableRows:
+    writes: list[CellWrite]
+    texts: list[bytes]
+    moves: Moves
+
+
 class CellWriter:
     """Writes the cell rows of a transaction on one connection: one stage (a temp table) per
     target table, holding every data column and, per row, the columns it sets (`_cdc_set`)."""
@@ -70,19 +93,27 @@ class CellWriter:
         self._conn = conn
         self._stages: dict[tuple[str, tuple[str, ...]], sql.Identifier] = {}
 
-    def write(self, writes: list[tuple[TargetTable, CellWrite]]) -> None:
-        """Stage and apply `writes`; `CellVersionConflict` when a row's versions were not the
-        expected ones."""
-        by_table: dict[TargetTable, list[CellWrite]] = defaultdict(list)
+    def write(self, writes: list[tuple[TargetTable, CellWrite]],
+              staged: Sequence[StagedCells] = ()) -> None:
+        """Stage and apply `writes` and the natively `staged` rows; `CellVersionConflict` when
+        a row's versions were not the expected ones."""
+        by_table: dict[TargetTable, _TableRows] = defaultdict(
+            lambda: _TableRows([], [], Counter()))
         for table, write in writes:
-            by_table[table].append(write)
+            rows = by_table[table]
+            rows.writes.append(write)
+            rows.moves[(write.place, write.alive)] += 1
+        for cells in staged:
+            rows = by_table[cells.table]
+            rows.texts.append(cells.text)
+            rows.moves.update(cells.moves)
         checks: list[tuple[list[sql.Composable], int | None, TargetTable]] = []
         for table, rows in by_table.items():
             columns = data_columns(table)
             stage = self._stage(table, columns)
             self._copy(stage, table, columns, rows)
             checks += [(group, expected, table)
-                       for group, expected in _statements(table, columns, stage, rows)
+                       for group, expected in _statements(table, columns, stage, rows.moves)
                        if expected != 0]
         if not checks:
             return
@@ -116,13 +147,15 @@ class CellWriter:
         return stage
 
     def _copy(self, stage: sql.Identifier, table: TargetTable, columns: tuple[str, ...],
-              rows: list[CellWrite]) -> None:
+              rows: _TableRows) -> None:
         json_at = {c for c in columns if table.columns.get(c) in ("json", "jsonb")}
         names = [*table.key, *columns, *_CONTROL]
         copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
             stage, sql.SQL(", ").join(map(sql.Identifier, names)))
         with self._conn.cursor().copy(copy_sql) as copy:
-            for w in rows:
+            for text in rows.texts:
+                copy.write(text)
+            for w in rows.writes:
                 key = dict(zip(w.key_columns, w.key, strict=True))
                 given = w.values
                 values = [None if (v := given.get(c)) is None
@@ -146,12 +179,9 @@ class CellWriter:
 
 
 def _statements(table: TargetTable, columns: tuple[str, ...], stage: sql.Identifier,
-                rows: list[CellWrite]) -> list[tuple[list[sql.Composable], int | None]]:
+                n: Moves) -> list[tuple[list[sql.Composable], int | None]]:
     """The statements of one table's stage, in groups that must touch so many rows together
-    (None: any number)."""
-    n = {(place, alive): 0 for place in Place for alive in (True, False)}
-    for w in rows:
-        n[(w.place, w.alive)] += 1
+    (None: any number), `n` rows making each move."""
     target, name = table.ident, sql.Literal(str(table.name))
     match = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(c))
                                   for c in table.key)

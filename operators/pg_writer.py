@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from operators.cell_rows import CellWrite, RangeDelete
-from operators.cell_writer import CellWriter
+from operators.cell_writer import CellWriter, StagedCells
 from operators.events import DlqRecord, Op, TableSchema, TruncateEvent
 from operators.keys import key_json_of
 from operators.lww import RowWrite, StaleEvent
@@ -80,6 +80,7 @@ class ShardBatch:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     floors: dict[str, bytes] = field(default_factory=dict)
     cell_writes: list[tuple[TargetTable, CellWrite]] = field(default_factory=list)
+    cell_staged: list[StagedCells] = field(default_factory=list)
     range_deletes: list[RangeDelete] = field(default_factory=list)
     applied: int = 0
     duplicates: int = 0
@@ -171,7 +172,8 @@ class PgShardWriter:
                 plan = self._plan(*group)
                 self._copy(plan, groups.get(group, []), staged.get(group, []))
                 statements += plan.statements
-            self._cells.write([w for batch in batches for w in batch.cell_writes])
+            self._cells.write([w for batch in batches for w in batch.cell_writes],
+                              [s for batch in batches for s in batch.cell_staged])
             self._cells.record_deletes([d for batch in batches for d in batch.range_deletes])
             self._stale([s for batch in batches for s in batch.stale])
             self._dlq([r for batch in batches for r in batch.dlq])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
@@ -21,6 +22,7 @@ from operators.cell_shard import CellShard
 from operators.events import ChangeEvent, DlqRecord, ProgressMarker, ShardItem, TruncateEvent
 from operators.keys import shard_of_position
 from operators.lww import decide_batch
+from operators.native_cells import is_cell_run
 from operators.native_decode import Run, RunEvents, run_events
 from operators.native_shard import decide_runs, expand
 from operators.offsets import shard_commit, shard_offsets
@@ -62,7 +64,7 @@ def offsets_of(units: list[Unit], markers: dict[Position, int]) -> dict[Position
     """The next offset per partition once `units` and `markers` are committed."""
     offsets = dict(markers)
     for unit in units:
-        if type(unit) is Run:
+        if type(unit) is Run or is_cell_run(unit):
             for pos, offset in unit.next_offsets().items():
                 if offset > offsets.get(pos, -1):
                     offsets[pos] = offset
@@ -77,7 +79,7 @@ def uncommitted(units: list[Unit], committed: dict[Position, int]) -> list[Unit]
     """`units` but what is below the committed offset of its partition."""
     kept: list[Unit] = []
     for unit in units:
-        if type(unit) is Run:
+        if type(unit) is Run or is_cell_run(unit):
             run = unit.since(committed)
             if run is not None:
                 kept.append(run)
@@ -87,7 +89,8 @@ def uncommitted(units: list[Unit], committed: dict[Position, int]) -> list[Unit]
 
 
 class Shard:
-    def __init__(self, number: int, store: ShardStateStore, flow_id: str, shards: int) -> None:
+    def __init__(self, number: int, store: ShardStateStore, flow_id: str, shards: int,
+                 native: bool = True) -> None:
         self.number = number
         self.pending = Pending()
         self.in_step = False
@@ -98,7 +101,7 @@ class Shard:
         self._committed: dict[Position, int] = {}
         self._taken: dict[Position, int] = {}  # marker offsets taken for a commit in flight
         self._floors: dict[str, bytes] = {}
-        self._cells = CellShard(number, shards)
+        self._cells = CellShard(number, shards, native)
 
     def take(self) -> tuple[list[Unit], dict[Position, int]]:
         """What this shard holds, for a commit: its markers then count as handled."""
@@ -132,7 +135,7 @@ class Shard:
             pending.units += units
             if pending.since is None:
                 pending.since = time.monotonic()
-        return sum(len(u) if type(u) is Run else 1 for u in units)
+        return sum(len(u) if type(u) is Run or is_cell_run(u) else 1 for u in units)
 
     def prepare(self, units: list[Unit], markers: dict[Position, int], conn: psycopg.Connection,
                 tables: TargetTables) -> ShardBatch:
@@ -147,11 +150,11 @@ class Shard:
         batch = ShardBatch(shard=self.number, seq=self._store.seq + 1,
                            offsets=offsets_of(units, markers))
         floors: dict[str, bytes] = {}
-        cell_changes: list[CellChange] = []
+        cell_units: list[Any] = []
         for unit in units:
             kind = type(unit)
-            if kind is CellChange:
-                cell_changes.append(unit)
+            if kind is CellChange or is_cell_run(unit):
+                cell_units.append(unit)
             elif kind is DlqRecord:
                 batch.dlq.append(unit)
             elif kind is TruncateEvent:
@@ -166,7 +169,7 @@ class Shard:
         self._awaiting(batch.seq)
         states, replaced = self._decide_events(
             [u for u in expand(units) if type(u) is ChangeEvent], batch, tables, floors)
-        cell_states, cell_replaced = self._cells.decide(cell_changes, batch, conn, tables,
+        cell_states, cell_replaced = self._cells.decide(cell_units, batch, conn, tables,
                                                         self._store.get_encoded)
         self._store.commit_encoded(batch.seq, batch.commit_id, states + cell_states,
                                    replaced + cell_replaced, floors)

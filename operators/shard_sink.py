@@ -32,7 +32,8 @@ class ShardPartition(StatefulSinkPartition[list[ShardItem], None]):
         memory = StoreMemory(settings.state_cache_mb, settings.state_write_buffer_mb)
         store = ShardStateStore(
             settings.state_dir / settings.flow_id / shard_part_name(number), memory)
-        self.shard = Shard(number, store, settings.flow_id, settings.shards)
+        self.shard = Shard(number, store, settings.flow_id, settings.shards,
+                           settings.native_decode)
         self._committer: Committer = thread_committer(settings)
         self._committer.register(self.shard)
 

@@ -78,9 +78,11 @@ _value = {"a": st.sampled_from(["x", "y", "yy"]) | st.none(), "b": st.integers(-
 
 
 @st.composite
-def events(draw) -> cell_oracle.Event:
-    kind = draw(st.sampled_from(["write", "write", "write", "row_delete", "partition_delete",
-                                 "range_delete"]))
+def events(draw, deletions: bool = True) -> cell_oracle.Event:
+    """A write or row delete, or with `deletions` also a partition or range deletion."""
+    kinds = ["write", "write", "write", "row_delete"]
+    kind = draw(st.sampled_from([*kinds, "partition_delete", "range_delete"] if deletions
+                                else kinds))
     ts = NOW_US - 10_000_000 + draw(_ts)
     key = draw(_key)
     if kind == "row_delete":
@@ -112,21 +114,26 @@ def settings(pg_dsn, tmp_path):
     drop_flows(pg_dsn, name)
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
 @hypothesis_settings(max_examples=60, deadline=None,
                      phases=[Phase.explicit, Phase.reuse, Phase.generate],
                      suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(history=st.lists(events(), min_size=1, max_size=25), data=st.data(),
+@given(history=st.booleans().flatmap(  # without deletions, the native step decides every batch
+           lambda deletions: st.lists(events(deletions), min_size=1, max_size=25)),
+       data=st.data(),
        restarts=st.lists(st.sampled_from(["keep", "reopen", "lose state"]), min_size=3,
                          max_size=3))
-def test_property_postgres_equals_the_cell_oracle(pg_dsn, tmp_path, history, data, restarts):
+def test_property_postgres_equals_the_cell_oracle(pg_dsn, tmp_path, native, history, data,
+                                                  restarts):
     """Every event arrives once or twice, in any order, in batches: the table holds the rows
-    Cassandra would show, cell by cell."""
+    Cassandra would show, cell by cell, whether the shard decides natively
+    (`operators/native_cells.py`) or in Python."""
     arrivals = data.draw(st.permutations(history + data.draw(
         st.lists(st.sampled_from(history), max_size=5))))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(arrivals)), max_size=3)))
     name = f"cellprop{uuid.uuid4().hex[:10]}"
     config = Settings(topics=TOPIC, pg_dsn=pg_dsn, state_dir=tmp_path / name, flow_id=name,
-                      target_schema=name, shards=1)
+                      target_schema=name, shards=1, native_decode=native)
     items = Items(name)
     try:
         bounds = [0, *cuts, len(arrivals)]
@@ -141,7 +148,17 @@ def test_property_postgres_equals_the_cell_oracle(pg_dsn, tmp_path, history, dat
         drop_flows(pg_dsn, name)
 
 
-def test_a_late_write_older_than_a_row_delete_stays_deleted_and_is_audited(settings):
+def _python_decision_not_expected(*args, **kwargs):
+    raise AssertionError("the native cell step should have decided this commit")
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_a_late_write_older_than_a_row_delete_stays_deleted_and_is_audited(settings, native,
+                                                                           monkeypatch):
+    """Writes and row deletes only: with the native step on, Python decides none of them."""
+    settings = settings.model_copy(update={"native_decode": native})
+    if native:
+        monkeypatch.setattr(cell_shard, "decide_cells", _python_decision_not_expected)
     items = Items(settings.target_schema)
     shard = ShardPartition(settings, 0)
     write = cell_oracle.Event("items", (1, 1), 1, "write", 10, marker=True, cells={"a": "x"})
