@@ -73,14 +73,15 @@ def native_decode(decoder: Decoder, msg: RawMessage) -> tuple | None:
     return record[1:]
 
 
-def taught(cql_types: dict[str, str] = CQL) -> Decoder:
-    """A decoder that has planned the test schema of `TOPIC`."""
-    decoder = Decoder("public", {}, None, cql_types={TOPIC: cql_types})
-    assert type(decoder.decode(compose())) is CellChange
+def taught(**teacher: Any) -> Decoder:
+    """A decoder that has planned a test schema of `TOPIC`: `compose(**teacher)`'s."""
+    decoder = Decoder("public", {}, None, cql_types={TOPIC: CQL})
+    assert type(decoder.decode(compose(**teacher))) is CellChange
     return decoder
 
 
 def assert_equal_or_declined(decoder: Decoder, msg: RawMessage) -> tuple | None:
+    """The native record of `msg`, which Python decodes to the same, or None (declined)."""
     expected = decode_scylla(msg, TABLE, CQL)
     got = native_decode(decoder, msg)
     if expected is None or type(expected) is DlqRecord:
@@ -101,16 +102,29 @@ def members(pairs: list[tuple[str, str | None]]) -> str:
 
 def compose(op: str | None = '"c"', cells: dict[str, str | None] | None = None,
             key: str | None = None, source: str | None = None, before: str | None = "null",
-            extra: list[tuple[str, str | None]] = (), offset: int = 0) -> RawMessage:
-    """A legacy message of `TOPIC`: `cells` maps a column to its cell's JSON (None: absent)."""
+            extra: list[tuple[str, str | None]] = (), offset: int = 0,
+            prefixes: tuple[bytes, bytes] = (KEY_PREFIX, VALUE_PREFIX)) -> RawMessage:
+    """A legacy message of `TOPIC`: `cells` maps a column to its cell's JSON (None: absent);
+    `prefixes`: the key's and the value's envelope up to the payload."""
     cells = {c: f'{{"value":{v}}}' for c, v in VALID_CELLS.items()} if cells is None else cells
     after = members([("customer_id", "1"), ("order_id", "2"), *cells.items()])
     payload = members([("source", orjson.dumps(SOURCE).decode() if source is None else source),
                        ("before", before), ("after", after), ("op", op), ("ts_ms", "1"),
                        ("transaction", "null"), *extra])
     key = '{"customer_id":1,"order_id":2}' if key is None else key
-    return RawMessage(TOPIC, 1, offset, KEY_PREFIX + key.encode() + b"}",
-                      VALUE_PREFIX + payload.encode() + b"}")
+    return RawMessage(TOPIC, 1, offset, prefixes[0] + key.encode() + b"}",
+                      prefixes[1] + payload.encode() + b"}")
+
+
+def text_keyed(schema: Any) -> bytes:
+    """The envelope prefix of `schema` with `customer_id` a text column."""
+    text = orjson.dumps(schema).replace(b'{"type":"int32","optional":true,"field":"customer_id"}',
+                                        b'{"type":"string","optional":true,"field":"customer_id"}')
+    assert b'"string","optional":true,"field":"customer_id"' in text
+    return b'{"schema":' + text + b',"payload":'
+
+
+TEXT_KEYED = (text_keyed(KEY_SCHEMA), text_keyed(VALUE_SCHEMA))
 
 
 # --- fixtures, the workload, valid messages --------------------------------------------------
@@ -337,6 +351,26 @@ def test_malformed_json_is_declined(data: st.DataObject) -> None:
 def test_json_orjson_refuses_and_repeated_names_are_declined(extra: tuple[str, str]) -> None:
     msg = compose(extra=[extra])
     assert type(decode_scylla(msg, TABLE, CQL)) is DlqRecord or extra[0] in ("after", "op")
+    assert native_decode(taught(), msg) is None
+
+
+_TEXT_KEY_DECODER = taught(key='{"customer_id":"c","order_id":2}', prefixes=TEXT_KEYED)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_text_keys_make_the_state_key_python_makes(customer: str) -> None:
+    msg = compose(key=f'{{"customer_id":{json_text(customer)},"order_id":2}}',
+                  prefixes=TEXT_KEYED)
+    got = assert_equal_or_declined(_TEXT_KEY_DECODER, msg)
+    assert (got is not None) is ("\x00" not in customer)  # a NUL has no COPY text
+
+
+@pytest.mark.parametrize("flag", ['"true"', '"last"', "true", '"incremental"'])
+def test_snapshot_changes_are_left_to_python(flag: str) -> None:
+    """A record does not carry `CellChange.snapshot`: Python decodes those changes."""
+    msg = compose(source=orjson.dumps({**SOURCE, "snapshot": orjson.Fragment(flag)}).decode())
+    assert decode_scylla(msg, TABLE, CQL).snapshot
     assert native_decode(taught(), msg) is None
 
 
