@@ -378,3 +378,15 @@ def test_tombstones_and_null_keys_are_left_to_python() -> None:
     decoder = taught()
     for msg in (compose()._replace(value=None), compose()._replace(key=None)):
         assert native_decode(decoder, msg) is None
+
+
+def test_a_run_since_a_committed_offset_keeps_the_later_records_and_their_changes() -> None:
+    decoder = taught()
+    msgs = [compose('"u"', offset=offset) for offset in range(10, 16)]
+    batch = Fetched(TOPIC, 1, [(m.offset, m.key, m.value) for m in msgs])
+    _, runs = decoder.decode_runs([batch], 1)
+    [[run]] = runs
+    assert run.since({}) is run and run.since({(TOPIC, 1): 16}) is None
+    kept = run.since({(TOPIC, 1): 13})
+    assert [r[:3] for r in kept.records()] == [(p, 1, 10 + p) for p in (3, 4, 5)]
+    assert kept.changes() == [(p, decode_scylla(msgs[p], TABLE, CQL)) for p in (3, 4, 5)]
