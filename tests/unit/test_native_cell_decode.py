@@ -382,7 +382,8 @@ def test_tombstones_and_null_keys_are_left_to_python() -> None:
 
 def test_a_run_since_a_committed_offset_keeps_the_later_records_and_their_changes() -> None:
     decoder = taught()
-    msgs = [compose('"u"', offset=offset) for offset in range(10, 16)]
+    msgs = [compose('"u"', {"note": f'{{"value":"n{offset}"}}'}, offset=offset)
+            for offset in range(10, 16)]
     batch = Fetched(TOPIC, 1, [(m.offset, m.key, m.value) for m in msgs])
     _, runs = decoder.decode_runs([batch], 1)
     [[run]] = runs
