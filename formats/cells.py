@@ -52,6 +52,13 @@ class WriteTimeDialect(SourceDialect):
         tombstone. `cql_types`: column → declared CQL type, where known; `parts`: the message
         already read from its framing (Avro or Connect JSON), else it is read as Connect JSON."""
 
+    def native_columns(self, parts: CellMessage, cql_types: Mapping[str, str] | None,
+                       ) -> Mapping[str, CqlType] | None:
+        """Column → handler of a message `decode` decoded, in the schema's order, where the
+        native decoder (`cdc_native.CellPlan`) reads messages of its schema; None where it
+        does not (the default)."""
+        return None
+
 class CellMessage(NamedTuple):
     """A message read from its framing: the value's Connect schema and payload, the Kafka key's
     payload (None for a null key), and the bytes that identify the value's schema (its JSON

@@ -83,6 +83,14 @@ class ScyllaDialect(WriteTimeDialect):
                parts: CellMessage | None = None) -> CellChange | DlqRecord | None:
         return decode_scylla(msg, table, cql_types, parts)
 
+    def native_columns(self, parts: CellMessage, cql_types: Mapping[str, str] | None,
+                       ) -> Mapping[str, CqlType] | None:
+        """The legacy format's columns (`native/src/cell_decode.rs` reads that format only)."""
+        if not isinstance(parts.schema, dict):
+            return None
+        legacy, types = _SHAPES(parts, parts.schema, cql_types or {})
+        return types if legacy else None
+
 
 class NoRowImage(Exception):
     """The connector sends no row images (`cdc.include.before` and `cdc.include.after` are

@@ -40,7 +40,7 @@ from operators.events import (
     raw_messages,
 )
 from operators.keys import UnsupportedKey
-from operators.native_decode import FastPath, NativeShape, Run, native_kind
+from operators.native_decode import CellRun, FastPath, NativeShape, Run, native_kind
 from operators.snapshot_points import SnapshotPoints
 from schemas.catalog import TableCatalog, coerce_for_column
 from schemas.debezium_types import Converter, FieldType, field_type
@@ -155,7 +155,7 @@ class Decoder:
         return self._decode_reference(msg)
 
     def decode_runs(self, messages: list[Any], shards: int,
-                    ) -> tuple[list[tuple[int, Decoded | None]], list[list[Run]]]:
+                    ) -> tuple[list[tuple[int, Decoded | None]], list[list[Run | CellRun]]]:
         """`(position, decode's answer)` of each message, in order, but for the plain change
         events the native fast path keeps as runs, per shard (`FastPath.decode_runs`).
         `messages`: `RawMessage`s and `cdc_native.Fetched` batches (each message of a batch
@@ -202,10 +202,7 @@ class Decoder:
         source = payload.get("source")
         dialect = _cell_dialect(source)
         if dialect is not None:  # its own ops and cells: the whole message is the dialect's
-            key = None if msg.key is None else self._keys.split(msg.topic, msg.key)[2]
-            return dialect.decode(msg, self._topic_table(msg.topic),
-                                  self._cql_types.get(msg.topic),
-                                  CellMessage(value_schema, payload, key, schema_id))
+            return self._decode_cells(msg, dialect, value_schema, schema_id, payload)
         op = payload.get("op")
         if op is None:
             raise _Reject("missing_op", "value has no 'op' field")
@@ -262,6 +259,27 @@ class Decoder:
         if shape is not None and self._fast is not None:  # only a shape that makes events
             self._learn(msg, schema_id, key_id, shape.native)
         return event
+
+    def _decode_cells(self, msg: RawMessage, dialect: WriteTimeDialect, value_schema: Any,
+                      schema_id: bytes, payload: Any) -> Decoded | None:
+        """A Cassandra-model message, by its dialect; a change from a JSON envelope whose
+        schemas were recognised by their bytes teaches the fast path a cell plan."""
+        key_id, key = b"", None
+        if msg.key is not None:
+            _, key_id, key = self._keys.split(msg.topic, msg.key)
+        table, cql_types = self._topic_table(msg.topic), self._cql_types.get(msg.topic)
+        parts = CellMessage(value_schema, payload, key, schema_id)
+        change = dialect.decode(msg, table, cql_types, parts)
+        if self._fast is not None and type(change) is CellChange:
+            try:
+                columns = dialect.native_columns(parts, cql_types)
+                if columns is not None:
+                    self._fast.learn_cells(msg, schema_id, key_id, change, columns,
+                                           lambda m: dialect.decode(m, table, cql_types))
+            except _DEFECTS:
+                log.exception("%s: no native cell plan for this schema; Python decodes it",
+                              msg.topic)
+        return change
 
     def _learn(self, msg: RawMessage, schema_id: bytes, key_id: bytes, native: NativeShape,
                ) -> None:

@@ -16,27 +16,40 @@ upsert with every column, its stage row for the writer (`copy_row`).
 upsert whose every column has a native `COPY` text) stays a native record, and a batch's records
 of one topic and shard travel as one `Run` to the shard, which decides and stages them natively
 (`operators/native_shard.py`). `run_events` makes a run's change events when Python needs them.
+
+ScyllaDB's legacy format has plans of its own (`CellPlan`, `native/src/cell_decode.rs`), learned
+the same way from the `CellChange`s the Python decoder makes (`learn_cells`): a topic's cell plans
+are among its plans, and their records travel as `CellRun`s in the same per-shard lists, whose
+`CellChange`s `run_events` gives back. The source's consumer is taught Debezium plans only.
 """
 
 from __future__ import annotations
 
 import copyreg
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from operators.events import ChangeEvent, Op, RawMessage, TableSchema, raw_message
 from operators.keys import state_key_prefix
 from operators.pg_writer import stage_columns
 from operators.settings import ConfigError
+from schemas.cql_types import CqlType
+from schemas.cql_types import native_kind as cql_native_kind
 from schemas.debezium_types import FieldType
 
+if TYPE_CHECKING:  # formats.cells imports operators
+    from formats.cells import CellChange
+
 try:
-    from cdc_native import FastPlan, Fetched, NativeBatch, Run
+    from cdc_native import CellPlan, CellRun, FastPlan, Fetched, NativeBatch, Run
 except ImportError:  # not built: FastPath() says how to build it or turn it off
-    FastPlan = Fetched = NativeBatch = Run = None
+    CellPlan = CellRun = FastPlan = Fetched = NativeBatch = Run = None
 
 _ENVELOPE_HEAD = b'{"schema":'
 _MAX_PLANS_PER_TOPIC = 4  # topics whose messages alternate schema versions keep each plan
+_NATIVE_CELL_CHANGES = ("write", "row_delete")  # the `CellKind`s a `CellRun` holds
+_NATIVE_KEY_KINDS = ("int", "str")  # key values a state key is made of natively
+_MAX_UNPLANNED = 1024
 
 
 def native_kind(ft: FieldType) -> Any:
@@ -54,7 +67,7 @@ class NativeShape(NamedTuple):
 
 
 class _TopicPlan(NamedTuple):
-    plan: FastPlan
+    plan: FastPlan | CellPlan
     value_prefix: bytes
     key_prefix: bytes
     schema: TableSchema
@@ -69,6 +82,7 @@ class FastPath:
                 "REPLICATE_NATIVE_DECODE: the native decoder is not installed: build it with "
                 "`pip install ./native` (needs Rust's cargo), or set REPLICATE_NATIVE_DECODE=false")
         self._plans: dict[str, list[_TopicPlan]] = {}
+        self._unplanned: set[tuple[str, bytes, bytes]] = set()  # cell schemas without a plan
 
     def decode(self, msg: RawMessage) -> ChangeEvent | None:
         """The change event, or None: the Python decoder decides."""
@@ -78,8 +92,8 @@ class FastPath:
         return _decode_by(plans, msg)
 
     def decode_runs(self, messages: list[Any], shards: int,
-                    reference: Callable[[RawMessage], Any]) -> tuple[list[tuple[int, Any]],
-                                                                     list[list[Run]]]:
+                    reference: Callable[[RawMessage], Any],
+                    ) -> tuple[list[tuple[int, Any]], list[list[Run | CellRun]]]:
         """The runs of each shard, and `(position, decoded)` of every other message in order.
 
         `messages` are `Fetched` batches and `RawMessage`s (which become batches here). The
@@ -92,7 +106,7 @@ class FastPath:
         runs native.
         """
         others: list[tuple[int, Any]] = []
-        runs: list[list[Run]] = [[] for _ in range(shards)]
+        runs: list[list[Run | CellRun]] = [[] for _ in range(shards)]
         base = 0
         for batch in _fetched_batches(messages):
             others += self._decode_batch(batch, base, shards, reference, runs)
@@ -101,8 +115,8 @@ class FastPath:
         return others, runs
 
     def _decode_batch(self, batch: Fetched, base: int, shards: int,
-                      reference: Callable[[RawMessage], Any], runs: list[list[Run]],
-                      ) -> list[tuple[int, Any]]:
+                      reference: Callable[[RawMessage], Any],
+                      runs: list[list[Run | CellRun]]) -> list[tuple[int, Any]]:
         """`decode_runs` of one batch: adds its runs to `runs`, returns its other messages."""
         topic = batch.topic
         others: list[tuple[int, Any]] = []
@@ -116,7 +130,7 @@ class FastPath:
             indexes = list(range(index + 1, len(batch)))
             if not indexes:
                 return others
-        made: list[list[Run]] = [[] for _ in range(shards)]  # this batch's runs, per shard
+        made: list[list[Run | CellRun]] = [[] for _ in range(shards)]  # this batch's, per shard
         for plan in self._plans[topic]:
             batch_runs, rest = plan.plan.decode_runs(batch, base, shards, indexes)
             for shard_runs, run in zip(made, batch_runs, strict=True):
@@ -141,33 +155,83 @@ class FastPath:
         return others
 
     def newest(self) -> dict[str, FastPlan]:
-        """Each topic's most recently learned plan."""
-        return {topic: plans[0].plan for topic, plans in self._plans.items()}
+        """Each topic's most recently learned Debezium plan (what the consumer is taught)."""
+        newest: dict[str, FastPlan] = {}
+        for topic, plans in self._plans.items():
+            plan = next((p.plan for p in plans if type(p.plan) is FastPlan), None)
+            if plan is not None:
+                newest[topic] = plan
+        return newest
 
     def learn(self, msg: RawMessage, value_prefix: bytes, key_prefix: bytes,
               shape: NativeShape) -> None:
         """`msg` was decoded by Python with `shape`; `value_prefix` and `key_prefix` are the
         envelope bytes before its payloads, when the schemas were recognised by their bytes."""
-        if not (value_prefix.startswith(_ENVELOPE_HEAD) and key_prefix.startswith(_ENVELOPE_HEAD)
-                and msg.value is not None and msg.value.startswith(value_prefix)
-                and msg.key is not None and msg.key.startswith(key_prefix)):
-            return
-        plans = self._plans.setdefault(msg.topic, [])
-        if any(p.value_prefix == value_prefix and p.key_prefix == key_prefix
-               and p.schema is shape.schema for p in plans):
+        if not _enveloped(msg, value_prefix, key_prefix) or self._known(
+                msg.topic, value_prefix, key_prefix, shape.schema):
             return
         schema = shape.schema
         plan = FastPlan(value_prefix, key_prefix, state_key_prefix(schema.table),
                         list(shape.key), list(shape.columns),
                         list(stage_columns(schema.key, tuple(c.name for c in schema.columns))),
                         schema)
-        plans.insert(0, _TopicPlan(plan, value_prefix, key_prefix, shape.schema))
+        self._add(msg.topic, _TopicPlan(plan, value_prefix, key_prefix, schema))
+
+    def learn_cells(self, msg: RawMessage, value_prefix: bytes, key_prefix: bytes,
+                    change: CellChange, columns: Mapping[str, CqlType],
+                    decode: Callable[[RawMessage], Any]) -> None:
+        """`msg` was decoded by Python into `change`, a write or row delete of a legacy
+        ScyllaDB message whose columns (key columns too, in the schema's order) `columns`
+        handles; `decode` is that decoder, which gives a `CellRun`'s changes back. No plan
+        where a column has no native twin."""
+        topic = msg.topic
+        if (change.kind.value not in _NATIVE_CELL_CHANGES or change.schema is None
+                or not _enveloped(msg, value_prefix, key_prefix)
+                or (topic, value_prefix, key_prefix) in self._unplanned
+                or self._known(topic, value_prefix, key_prefix, change.schema)):
+            return
+        kinds = {name: cql_native_kind(ctype) for name, ctype in columns.items()}
+        key = [(name, kinds.get(name)) for name in change.key_columns]
+        if None in kinds.values() or any(k is None or k[0] not in _NATIVE_KEY_KINDS
+                                         for _, k in key):
+            if len(self._unplanned) >= _MAX_UNPLANNED:
+                self._unplanned.clear()
+            self._unplanned.add((topic, value_prefix, key_prefix))
+            return
+        regular = [(name, kinds[name], ctype.pg_type == "timestamptz")
+                   for name, ctype in columns.items() if name not in change.key_columns]
+
+        def reread(topic: str, partition: int, offset: int, key: bytes, value: bytes) -> Any:
+            return decode(RawMessage(topic, partition, offset, key, value))
+
+        plan = CellPlan(value_prefix, key_prefix, state_key_prefix(change.table), key, regular,
+                        change.schema, reread)
+        self._add(topic, _TopicPlan(plan, value_prefix, key_prefix, change.schema))
+
+    def _known(self, topic: str, value_prefix: bytes, key_prefix: bytes,
+               schema: TableSchema) -> bool:
+        """The topic has a plan of these schemas already."""
+        return any(p.value_prefix == value_prefix and p.key_prefix == key_prefix
+                   and p.schema is schema for p in self._plans.get(topic, ()))
+
+    def _add(self, topic: str, plan: _TopicPlan) -> None:
+        plans = self._plans.setdefault(topic, [])
+        plans.insert(0, plan)
         del plans[_MAX_PLANS_PER_TOPIC:]
 
 
+def _enveloped(msg: RawMessage, value_prefix: bytes, key_prefix: bytes) -> bool:
+    """`msg`'s key and value are JSON envelopes that start with these schema bytes."""
+    return (value_prefix.startswith(_ENVELOPE_HEAD) and key_prefix.startswith(_ENVELOPE_HEAD)
+            and msg.value is not None and msg.value.startswith(value_prefix)
+            and msg.key is not None and msg.key.startswith(key_prefix))
+
+
 def _decode_by(plans: list[_TopicPlan], msg: RawMessage) -> ChangeEvent | None:
-    """The event of the first plan that decodes `msg`, or None."""
+    """The event of the first plan that decodes `msg`, or None (cell plans only make runs)."""
     for plan in plans:
+        if type(plan.plan) is not FastPlan:
+            continue
         parts = plan.plan.decode(msg.value, msg.key)
         if parts is not None:
             return _event(plan.schema, msg, parts)
@@ -179,12 +243,13 @@ class RunEvents(list):
     (it pickles what it sends, and a run refers to its process's plan)."""
 
 
-def _pickled_run(run: Run) -> tuple[type[RunEvents], tuple[list[ChangeEvent]]]:
+def _pickled_run(run: Run | CellRun) -> tuple[type[RunEvents], tuple[list[Any]]]:
     return RunEvents, ([event for _, event in run_events(run)],)
 
 
 if Run is not None:
     copyreg.pickle(Run, _pickled_run)
+    copyreg.pickle(CellRun, _pickled_run)
 
 
 def _position(pair: tuple[int, Any]) -> int:
@@ -212,8 +277,11 @@ def _fetched(messages: list[RawMessage]) -> Fetched:
     return Fetched(first.topic, first.partition, [(m.offset, m.key, m.value) for m in messages])
 
 
-def run_events(run: Run) -> list[tuple[int, ChangeEvent]]:
-    """`(position in its decode batch, change event)` of each record of `run`."""
+def run_events(run: Run | CellRun) -> list[tuple[int, ChangeEvent | CellChange]]:
+    """`(position in its decode batch, change event)` of each record of `run`; a `CellRun`'s
+    events are its `CellChange`s."""
+    if type(run) is CellRun:
+        return run.changes()
     schema, topic = run.schema, run.topic
     return [(position, _change_event(schema, topic, partition, offset, parts))
             for position, partition, offset, parts in run.events()]

@@ -280,6 +280,23 @@ SCALARS: tuple[Scalar, ...] = (
 )
 HANDLERS: dict[str, Scalar] = {name: s for s in SCALARS for name in s.names}
 
+# The converters with a native twin in `cdc_native.CellPlan` (`native/src/cell_decode.rs`,
+# `CellType`), found by identity: (kind name, parameter) as the plan takes it.
+_NATIVE: dict[Converter, tuple[str, int]] = {
+    to_str: ("str", 0), to_bool: ("bool", 0), to_float: ("float", 0),
+    decode_base64: ("bytes", 0), days_to_date: ("date", 0),
+    _decimal_text: ("decimal_text", 0), _millis_to_timestamptz: ("timestamp_ms", 0),
+    **{HANDLERS[name].wire[(wire, None)]({}): ("int", bits) for name, wire, bits in (
+        ("tinyint", "int8", 8), ("smallint", "int16", 16), ("int", "int32", 32),
+        ("bigint", "int64", 64), ("counter", "int64", 64))},
+}
+
+
+def native_kind(ctype: CqlType) -> tuple[str, int] | None:
+    """The native twin of a column's converter (`_NATIVE`), None where it has none."""
+    return _NATIVE.get(ctype.convert)
+
+
 # The CQL type a Connect schema is taken for when the column's CQL type is not known.
 _GUESS: dict[Wire, str] = {
     _STRING: "text",

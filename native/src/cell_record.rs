@@ -15,6 +15,7 @@ use pyo3::types::{
 };
 
 use crate::calendar::{Clock, Date};
+use crate::cell_decode::{CellPlan, Kept};
 use crate::copy_text::write_field;
 use crate::values::Val;
 
@@ -179,6 +180,11 @@ fn micros_of(clock: Clock) -> i128 {
 pub(crate) enum Origin {
     /// The Python changes the run was made of, one per record.
     Changes(Vec<PyObject>),
+    /// What a `CellPlan` kept of each record's message, which Python decodes again.
+    Read {
+        plan: Py<CellPlan>,
+        messages: Vec<Kept>,
+    },
 }
 
 /// A run of cell records: changes of one table, of one schema, for one shard, in arrival order.
@@ -329,6 +335,15 @@ impl CellRun {
                     .map(|(c, _)| c.clone_ref(py))
                     .collect(),
             ),
+            Origin::Read { plan, messages } => Origin::Read {
+                plan: plan.clone_ref(py),
+                messages: messages
+                    .iter()
+                    .zip(&kept)
+                    .filter(|(_, k)| **k)
+                    .map(|(m, _)| m.clone())
+                    .collect(),
+            },
         };
         let kept = CellRun {
             topic: run.topic.clone_ref(py),
@@ -343,13 +358,19 @@ impl CellRun {
 
     /// `(position, change)` of each record, in order: the `CellChange`s the Python path
     /// decides.
-    fn changes(&self, py: Python<'_>) -> Vec<(u32, PyObject)> {
+    fn changes(&self, py: Python<'_>) -> PyResult<Vec<(u32, PyObject)>> {
         match &self.origin {
-            Origin::Changes(changes) => self
+            Origin::Changes(changes) => Ok(self
                 .records
                 .iter()
                 .zip(changes)
                 .map(|(r, c)| (r.position, c.clone_ref(py)))
+                .collect()),
+            Origin::Read { plan, messages } => self
+                .records
+                .iter()
+                .zip(messages)
+                .map(|(r, m)| Ok((r.position, plan.get().change(py, &self.topic, r, m)?)))
                 .collect(),
         }
     }

@@ -11,6 +11,7 @@
 //! give exactly what Python gives (`tests/unit/test_native_decode.py` compares the two).
 
 mod calendar;
+mod cell_decode;
 mod cell_record;
 mod copy_text;
 mod fetch;
@@ -202,7 +203,7 @@ impl FastPlan {
         let partition = batch.partition();
         // a plain message becomes its record on the reader threads too
         let read = py.allow_threads(|| {
-            plan.read_all(&messages, |i, value, key| match plan.parse(value, key) {
+            FastPlan::read_all(&messages, |i, value, key| match plan.parse(value, key) {
                 Some(p) if p.is_plain() => {
                     let index = readable[i];
                     let offset = batch.offset_of(index as usize);
@@ -395,8 +396,7 @@ impl FastPlan {
 
     /// `read` of each message (with its index), on up to `MAX_READERS` threads for a large
     /// batch; the results keep the messages' order.
-    fn read_all<'a, T: Send>(
-        &self,
+    pub(crate) fn read_all<'a, T: Send>(
         messages: &[(&'a [u8], &'a [u8])],
         read: impl Fn(usize, &'a [u8], &'a [u8]) -> T + Sync,
     ) -> Vec<T> {
@@ -666,5 +666,6 @@ fn cdc_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Fetched>()?;
     module.add_class::<Fetcher>()?;
     module.add_class::<cell_record::CellRun>()?;
+    module.add_class::<cell_decode::CellPlan>()?;
     Ok(())
 }
