@@ -11,6 +11,7 @@
 //! give exactly what Python gives (`tests/unit/test_native_decode.py` compares the two).
 
 mod calendar;
+mod cell_decide;
 mod cell_record;
 mod copy_text;
 mod fetch;
@@ -666,5 +667,6 @@ fn cdc_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Fetched>()?;
     module.add_class::<Fetcher>()?;
     module.add_class::<cell_record::CellRun>()?;
+    module.add_class::<cell_decide::CellBatch>()?;
     Ok(())
 }
