@@ -49,7 +49,9 @@ NOW_US = 1_718_107_200_000_000  # 2024-06-11 12:00 UTC
 TS0 = NOW_US - 10_000_000
 KEY = ("id", "ck")
 TYPES = {"i": "bigint", "f": "double precision", "b": "boolean", "s": "text", "x": "bytea",
-         "n": "numeric", "ts": "timestamp", "tz": "timestamptz", "d": "date", "t": "time"}
+         "n": "numeric", "ts": "timestamp", "tz": "timestamptz", "d": "date", "t": "time",
+         # names an array element must quote (`_cdc_set`)
+         "NULL": "text", "a b,{c}": "text", "x\u3000": "text"}
 TABLES = (TableName("ks", "items"), TableName("ks", "other"))
 SCHEMAS = {t: table_schema(t, (("id", "bigint"), ("ck", "text"), *TYPES.items()), KEY)
            for t in TABLES}
@@ -82,6 +84,9 @@ VALUES = {
                        timezones=st.just(UTC)),
     "d": st.dates(),
     "t": st.times(),
+    "NULL": _text,
+    "a b,{c}": _text,
+    "x\u3000": _text,
 }
 _ts = st.integers(0, 6).map(lambda d: TS0 + d)
 # expiries around now: long past, just past, now (already expired), just ahead, far ahead
@@ -339,3 +344,20 @@ def test_ties_on_write_time_go_to_the_greater_rank():
     assert native is not None
     assert decode_cell_state(native[3][0][1])[1]["c"]["i"][3] == tie_break(3)
     assert_same(runs, stored)
+
+
+def test_a_column_name_json_and_arrays_escape_is_staged_as_python_does():
+    table = TableName("ks", "odd")
+    name = 'q"u\\ote\t'
+    schema = table_schema(table, (("id", "bigint"), ("ck", "text"), (name, "text")), KEY)
+    change = CellChange(table, KEY, (1, "a"), None, CellKind.WRITE, TS0, True, {name: "v"},
+                        "top", 0, 0, schema=schema)
+    odd = target(table, {name: "text"})
+    native = decide_native([[change]], {change.row_id: None}, [odd])
+    assert native is not None
+    python = decide_python([[change]], {change.row_id: None})
+    assert [decode_cell_state(v) for _, v in native[3]] == [
+        decode_cell_state(v) for _, v in python.states]
+    [(_, text, _)] = native[5]
+    [line] = python_lines(odd, python.writes)
+    assert_same_line(bytes(text).rstrip(b"\n"), line, odd)
