@@ -10,10 +10,12 @@ use std::fmt::Write;
 use crate::values::Val;
 
 /// Appends one field; false if the value has no native text form: one for a Python converter,
-/// or text with a NUL, which psycopg refuses itself (so the writer's error stays the same).
+/// text with a NUL, which psycopg refuses itself (so the writer's error stays the same), or a
+/// float that is not finite (Python writes `nan`, `inf`; a cell value can be one).
 pub fn write_field(out: &mut String, value: &Val) -> bool {
     match value {
         Val::Str(v) if v.contains('\0') => return false,
+        Val::Float(v) if !v.is_finite() => return false,
         Val::Null => out.push_str("\\N"),
         Val::Int(v) => write!(out, "{v}").unwrap(),
         Val::Bool(v) => out.push(if *v { 't' } else { 'f' }),
@@ -87,7 +89,7 @@ pub fn key_json(key: &[Val]) -> Option<String> {
     Some(out)
 }
 
-fn json_string(out: &mut String, text: &str) {
+pub fn json_string(out: &mut String, text: &str) {
     out.push('"');
     for c in text.chars() {
         match c {

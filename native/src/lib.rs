@@ -11,6 +11,7 @@
 //! give exactly what Python gives (`tests/unit/test_native_decode.py` compares the two).
 
 mod calendar;
+mod cell_decide;
 mod cell_decode;
 mod cell_record;
 mod copy_text;
@@ -667,5 +668,6 @@ fn cdc_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Fetcher>()?;
     module.add_class::<cell_record::CellRun>()?;
     module.add_class::<cell_decode::CellPlan>()?;
+    module.add_class::<cell_decide::CellBatch>()?;
     Ok(())
 }
