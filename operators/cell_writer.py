@@ -111,7 +111,7 @@ class CellWriter:
         for table, rows in by_table.items():
             columns = data_columns(table)
             stage = self._stage(table, columns)
-            self._copy(stage, table, columns, rows)
+            self._copy(stage, table, columns, rows.writes, rows.texts)
             checks += [(group, expected, table)
                        for group, expected in _statements(table, columns, stage, rows.moves)
                        if expected != 0]
@@ -147,15 +147,16 @@ class CellWriter:
         return stage
 
     def _copy(self, stage: sql.Identifier, table: TargetTable, columns: tuple[str, ...],
-              rows: _TableRows) -> None:
+              writes: list[CellWrite], texts: Sequence[bytes] = ()) -> None:
+        """One `COPY` of the rows of `writes` and the stage rows already in `texts`."""
         json_at = {c for c in columns if table.columns.get(c) in ("json", "jsonb")}
         names = [*table.key, *columns, *_CONTROL]
         copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
             stage, sql.SQL(", ").join(map(sql.Identifier, names)))
         with self._conn.cursor().copy(copy_sql) as copy:
-            for text in rows.texts:
+            for text in texts:
                 copy.write(text)
-            for w in rows.writes:
+            for w in writes:
                 key = dict(zip(w.key_columns, w.key, strict=True))
                 given = w.values
                 values = [None if (v := given.get(c)) is None
