@@ -3,10 +3,12 @@
 //! and no row to revisit), and the stage rows `operators/cell_writer.CellWriter._copy` writes
 //! for the decided rows, as `COPY` text. `operators/cell_meta.py` is the reference for the
 //! versions (merge, contains, row_alive, cell_live, next_expiry, newest_write);
-//! `tests/unit/test_native_cells.py` compares the two. Anything this module does not take —
-//! a stored state that is not a cell state it can read, a written column the target's stage
-//! has not, a negative write time, an expiry past Python's `datetime` range — is *declined*:
-//! `decide` returns None and Python decides the whole batch.
+//! `tests/unit/test_native_cells.py` compares the two. Anything this module does not take is
+//! *declined*: `decide` returns None and Python decides the whole batch. That is a stored state
+//! that is not a cell state read here (another first byte or place, a meta with other members,
+//! non-integers, a repeated column, a column name or tie with JSON escapes), a written column
+//! the target's stage has not, a row whose runs have different targets, a negative write time
+//! (Python's merge fails on one) and an expiry past Python's `datetime` range.
 
 use std::fmt::Write;
 use std::marker::PhantomData;

@@ -361,3 +361,8 @@ def test_a_column_name_json_and_arrays_escape_is_staged_as_python_does():
     [(_, text, _)] = native[5]
     [line] = python_lines(odd, python.writes)
     assert_same_line(bytes(text).rstrip(b"\n"), line, odd)
+
+
+def test_a_float_that_is_not_finite_leaves_the_run_to_python():
+    for value in (float("nan"), float("inf"), float("-inf")):
+        assert CellRun.from_changes([write(TS0, {"f": value})]) is None
