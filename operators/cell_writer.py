@@ -197,8 +197,17 @@ def _statements(table: TargetTable, columns: tuple[str, ...], stage: sql.Identif
     s_cols = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c))
                                 for c in (*table.key, *columns, *meta))
     cells = sql.Identifier(CELLS_COLUMN)
+    # the staged rows whose versions are in cdc.cell_tombstones, each with its tombstone found
+    # through the primary key: the subquery cannot be flattened (OFFSET 0), so the plan cannot
+    # compare every tombstone of the table with every staged row, as one made on the lagging
+    # statistics of a table that just took a burst of tombstones would
+    found = sql.SQL(
+        "{stage} s CROSS JOIN LATERAL (SELECT t.ctid AS tid FROM cdc.cell_tombstones t "
+        "WHERE t.table_name = {name} AND t.key = s._cdc_key "
+        "AND t.cells IS NOT DISTINCT FROM s._cdc_expected OFFSET 0) m "
+        "WHERE s._cdc_place = 'T'").format(stage=stage, name=name)
     fmt = {"target": target, "stage": stage, "match": match, "cells": cells, "name": name,
-           "sets": sets, "cols": cols, "s_cols": s_cols}
+           "sets": sets, "cols": cols, "s_cols": s_cols, "found": found}
 
     def q(text: str) -> sql.Composed:
         return sql.SQL(text).format(**fmt)
@@ -213,15 +222,13 @@ def _statements(table: TargetTable, columns: tuple[str, ...], stage: sql.Identif
             "AND s._cdc_place = 'L' AND t.{cells} IS NOT DISTINCT FROM s._cdc_expected")],
          n[(Place.TABLE, False)]),
         # alive, was a tombstone: the tombstone goes
-        ([q("DELETE FROM cdc.cell_tombstones t USING {stage} s WHERE t.table_name = {name} "
-            "AND t.key = s._cdc_key AND s._cdc_alive AND s._cdc_place = 'T' "
-            "AND t.cells IS NOT DISTINCT FROM s._cdc_expected")],
+        ([q("DELETE FROM cdc.cell_tombstones WHERE ctid = ANY(ARRAY(SELECT m.tid FROM {found} "
+            "AND s._cdc_alive))")],
          n[(Place.TOMBSTONES, True)]),
         # dead, was a tombstone: its versions change
-        ([q("UPDATE cdc.cell_tombstones t SET cells = s.{cells}, updated_at = now() "
-            "FROM {stage} s WHERE t.table_name = {name} AND t.key = s._cdc_key "
-            "AND NOT s._cdc_alive AND s._cdc_place = 'T' "
-            "AND t.cells IS NOT DISTINCT FROM s._cdc_expected")],
+        ([q("UPDATE cdc.cell_tombstones t SET cells = m.cells, updated_at = now() "
+            "FROM (SELECT m.tid, s.{cells} AS cells FROM {found} AND NOT s._cdc_alive) m "
+            "WHERE t.ctid = m.tid")],
          n[(Place.TOMBSTONES, False)]),
         # alive, not in the table: the row the table held before the flow wrote it (no
         # versions) is updated, else a new row; a row with versions is a conflict: not counted
