@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -25,7 +24,7 @@ from operators.events import TableName
 from operators.keys import shard_of, shard_of_position, state_key
 from operators.native_cells import (
     CellBatch,
-    NativeCellDecision,
+    Stored,
     cell_changes,
     cell_runs,
     decide_cell_runs,
@@ -37,6 +36,8 @@ from operators.target_tables import EXPIRES_AT_COLUMN, TableProblem, TargetTable
 
 SWEEP_EVERY_S = 5.0
 Revisit = tuple[TableName, tuple[str, ...], tuple[Any, ...], bytes]
+StateChanges = tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes | None]]]
+"""The states a decision stores, and the states they replace (for the undo record)."""
 
 
 class CellShard:
@@ -69,8 +70,8 @@ class CellShard:
             self._deletes.add(delete)
 
     def decide(self, units: list[Any], batch: ShardBatch, conn: psycopg.Connection,
-               tables: TargetTables, stored: Callable[[list[bytes]], list[bytes | None]],
-               ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes | None]]]:
+               tables: TargetTables, stored: Stored,
+               ) -> StateChanges:
         """Decide `units` (`CellChange`s and native `CellRun`s, in arrival order) into `batch`;
         returns the states to store and those they replace."""
         target: dict[TableName, TargetTable] = {}
@@ -94,17 +95,12 @@ class CellShard:
         revisit += self._expired(conn, tables, target)
         if not kept and not revisit:
             return [], []
-        now_us = time.time_ns() // 1000
-        if self._native and not revisit and not any(self._deletes.holds(t) for t in target):
-            native = self._decide_native(kept, target, stored, now_us)
-            if native is not None:
-                batch.cell_staged = native.staged
-                batch.stale += native.stale
-                batch.applied += native.applied
-                batch.duplicates += native.duplicates
-                _add_counts(batch, native.counts)
-                return native.states, native.replaced
-        decision = decide_cells(cell_changes(kept), revisit, stored, self._deletes, now_us,
+        if not revisit:
+            decided = self._decide_native(kept, target, batch, stored)
+            if decided is not None:
+                return decided
+        decision = decide_cells(cell_changes(kept), revisit, stored, self._deletes,
+                                time.time_ns() // 1000,
                                 lambda c: shard_of_position(c.topic, c.partition, c.offset,
                                                             self._shards) == self._shard)
         for write in decision.writes:
@@ -118,14 +114,43 @@ class CellShard:
         _add_counts(batch, decision.counts)
         return decision.states, decision.replaced
 
-    @staticmethod
-    def _decide_native(units: list[Any], target: dict[TableName, TargetTable],
-                       stored: Callable[[list[bytes]], list[bytes | None]], now_us: int,
-                       ) -> NativeCellDecision | None:
+    def decide_ahead(self, units: list[Any], batch: ShardBatch, tables: TargetTables,
+                     stored: Stored,
+                     ) -> StateChanges | None:
+        """`decide` without a connection, natively, or None: when every change is a write or a
+        row delete of a table already resolved, and no expiry sweep is due (the caller checks)."""
+        target: dict[TableName, TargetTable] = {}
+        for unit in units:
+            table = tables.known(unit.schema)
+            if table is None:
+                return None
+            target[table_of(unit)] = table
+        return self._decide_native(units, target, batch, stored)
+
+    def _decide_native(self, units: list[Any], target: dict[TableName, TargetTable],
+                       batch: ShardBatch, stored: Stored,
+                       ) -> StateChanges | None:
+        """`units` decided by the native cell step into `batch`, or None (Python decides)."""
+        if not self._native or any(self._deletes.holds(t) for t in target):
+            return None
         runs = cell_runs(units)
         if runs is None:
             return None
-        return decide_cell_runs(runs, [target[r.schema.table] for r in runs], stored, now_us)
+        native = decide_cell_runs(runs, [target[r.schema.table] for r in runs], stored,
+                                  time.time_ns() // 1000)
+        if native is None:
+            return None
+        for unit in units:
+            name = table_of(unit)
+            if name not in self._key_columns:
+                self._tables.append(name)
+                self._key_columns[name] = key_columns_of(unit)
+        batch.cell_staged = native.staged
+        batch.stale += native.stale
+        batch.applied += native.applied
+        batch.duplicates += native.duplicates
+        _add_counts(batch, native.counts)
+        return native.states, native.replaced
 
     def _covered(self, conn: psycopg.Connection, table: TargetTable, delete: RangeDelete,
                  key_columns: tuple[str, ...]) -> list[Revisit]:

@@ -181,7 +181,7 @@ class Shard:
         """The decision `prepare` will make for `units`, made while this worker's previous
         commit is still in Postgres, or None. RocksDB already holds that commit's states, so
         the decision is the same once Postgres confirms it; `write_decided` then writes it.
-        Only the native path qualifies: it needs no connection (no table to create or change)."""
+        Only the native paths qualify: they need no connection (no table to create or change)."""
         if not (self.in_step or self._written_seq == self._store.seq):
             return None  # after a failure: `prepare` first brings the store in step
         return self._decide_native(uncommitted(units, self._committed), markers, tables)
@@ -199,23 +199,42 @@ class Shard:
 
     def _decide_native(self, units: list[Unit], markers: dict[Position, int],
                        tables: TargetTables) -> Decided | None:
-        """`units` decided in Rust: when they are runs (and DLQ records) only; anything else
-        (a Python event, a truncate, a cell change) sends the whole commit the Python way, as
-        does an expiry sweep that is due (`operators/cell_shard.py`)."""
-        runs = [u for u in units if type(u) is Run]
-        if (not runs or any(type(u) is not Run and type(u) is not DlqRecord for u in units)
-                or self._cells.sweep_due()):
-            return None
-        native = decide_runs(runs, self._store, tables, self._floors)
-        if native is None:
+        """`units` decided in Rust: row runs by `decide_runs`, cell changes and runs by the
+        native cell step (`CellShard.decide_ahead`), DLQ records as they are. Anything else (a
+        Python row event, a truncate, a cell change the native step does not take, a table
+        to create or change first) sends the whole commit the Python way, as does an expiry
+        sweep that is due (`operators/cell_shard.py`)."""
+        runs: list[Run] = []
+        cells: list[Any] = []
+        for unit in units:
+            kind = type(unit)
+            if kind is Run:
+                runs.append(unit)
+            elif kind is CellChange or is_cell_run(unit):
+                cells.append(unit)
+            elif kind is not DlqRecord:
+                return None
+        if not (runs or cells) or self._cells.sweep_due():
             return None
         batch = ShardBatch(shard=self.number, seq=self._store.seq + 1,
                            offsets=offsets_of(units, markers))
         batch.dlq = [u for u in units if type(u) is DlqRecord]
-        batch.staged, batch.stale = native.staged, native.stale
-        batch.applied, batch.duplicates = native.applied, native.duplicates
-        batch.counts = native.counts
-        return Decided(batch, native.states, native.replaced)
+        states: list[tuple[bytes, bytes]] = []
+        replaced: list[tuple[bytes, bytes | None]] = []
+        if runs:
+            native = decide_runs(runs, self._store, tables, self._floors)
+            if native is None:
+                return None
+            batch.staged, batch.stale = native.staged, native.stale
+            batch.applied, batch.duplicates = native.applied, native.duplicates
+            batch.counts = native.counts
+            states, replaced = native.states, native.replaced
+        if cells:
+            decided = self._cells.decide_ahead(cells, batch, tables, self._store.get_encoded)
+            if decided is None:
+                return None
+            states, replaced = states + decided[0], replaced + decided[1]
+        return Decided(batch, states, replaced)
 
     def _awaiting(self, seq: int) -> None:
         """Commit `seq` goes to RocksDB now: out of step until Postgres confirms it."""
