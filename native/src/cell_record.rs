@@ -4,7 +4,6 @@
 //! read. `operators/cell_meta.py` is the reference for the tie-break keys (`tie_break`).
 
 use std::borrow::Cow;
-use std::fmt::Write;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
@@ -119,8 +118,11 @@ fn digest(raw: &[u8]) -> [u8; DIGEST_BYTES] {
 }
 
 fn hex(out: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        write!(out, "{b:02x}").unwrap();
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
 }
 
