@@ -135,6 +135,7 @@ def run_backlog(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> 
                      f"in {wl.message_count:,} messages.")
     wanted = args.systems.split(",") if args.systems else sc.systems
     for name in wanted:
+        systems.checkpoint(args.dsn)
         log(f"running {name}")
         try:
             if name in ("replicator", "replicator-py"):
@@ -224,6 +225,7 @@ def run_scylla(sc: Scenario, res: ScenarioResult, args: argparse.Namespace) -> l
     for name in args.systems.split(",") if args.systems else sc.systems:
         if name not in runners:
             raise SystemExit(f"system {name!r} does not run the {sc.name} scenario")
+        systems.checkpoint(args.dsn)
         log(f"running {name}")
         try:
             r = runners[name]()

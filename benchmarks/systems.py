@@ -45,6 +45,14 @@ def _deadline(wl: Workload, min_rate: float = 500, slack_s: float = 120) -> floa
 # --------------------------------------------------------------------------- replicator
 
 
+def checkpoint(dsn: str) -> None:
+    """Write Postgres' dirty pages out before a system is timed, so that no system pays for a
+    checkpoint of what another wrote (the full-page writes after a checkpoint slow whatever
+    runs then)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+
+
 def default_replicator_env() -> dict[str, str]:
     """`Run` (tests) shortens batch and marker periods; the benchmark restores the defaults."""
     from operators.settings import Settings

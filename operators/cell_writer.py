@@ -136,7 +136,7 @@ class CellWriter:
             stage = sql.Identifier(f"_cdc_cell_stage_{len(self._stages)}")
             defs = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(table.columns[c]))
                     for c in (*table.key, *columns)]
-            defs += [sql.SQL("_cdc_set text[], _cdc_key jsonb, _cdc_expected jsonb, "
+            defs += [sql.SQL("_cdc_set varbit, _cdc_key text, _cdc_expected jsonb, "
                              "_cdc_place text, _cdc_alive boolean, {} jsonb, {} bytea, "
                              "{} timestamptz").format(
                 sql.Identifier(CELLS_COLUMN), sql.Identifier(VERSION_COLUMN),
@@ -163,7 +163,8 @@ class CellWriter:
                           else _jsonb(v) if c in json_at else v for c in columns]
                 expected = None if w.expected is None else _jsonb(w.expected)
                 copy.write_row((
-                    *(key[c] for c in table.key), *values, list(given),
+                    *(key[c] for c in table.key), *values,
+                    "".join("1" if c in given else "0" for c in columns),
                     key_json(w.key).decode(), expected, w.place.value, w.alive, _jsonb(w.meta),
                     writetime_version(newest_write(w.meta)), expiry_time(w.expires_us)))
 
@@ -187,23 +188,25 @@ def _statements(table: TargetTable, columns: tuple[str, ...], stage: sql.Identif
     match = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(c))
                                   for c in table.key)
     meta = [CELLS_COLUMN, VERSION_COLUMN, EXPIRES_AT_COLUMN]
-    # a column the row sets takes the stage's value, any other keeps the table's
+    # a column the row sets (its bit in `_cdc_set`) takes the stage's value, any other keeps
+    # the table's
     sets = sql.SQL(", ").join(
-        [sql.SQL("{0} = CASE WHEN {1} = ANY(s._cdc_set) THEN s.{0} ELSE t.{0} END").format(
-            sql.Identifier(c), sql.Literal(c)) for c in columns]
+        [sql.SQL("{0} = CASE WHEN get_bit(s._cdc_set, {1}) = 1 THEN s.{0} ELSE t.{0} END").format(
+            sql.Identifier(c), sql.Literal(i)) for i, c in enumerate(columns)]
         + [sql.SQL("{0} = s.{0}").format(sql.Identifier(c)) for c in meta]
         + [sql.SQL("{} = now()").format(sql.Identifier(UPDATED_AT_COLUMN))])
     cols = sql.SQL(", ").join(map(sql.Identifier, (*table.key, *columns, *meta)))
     s_cols = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c))
                                 for c in (*table.key, *columns, *meta))
     cells = sql.Identifier(CELLS_COLUMN)
+    # (the stage keeps the key's JSON as text: only the tombstone statements read it)
     # the staged rows whose versions are in cdc.cell_tombstones, each with its tombstone found
     # through the primary key: the subquery cannot be flattened (OFFSET 0), so the plan cannot
     # compare every tombstone of the table with every staged row, as one made on the lagging
     # statistics of a table that just took a burst of tombstones would
     found = sql.SQL(
         "{stage} s CROSS JOIN LATERAL (SELECT t.ctid AS tid FROM cdc.cell_tombstones t "
-        "WHERE t.table_name = {name} AND t.key = s._cdc_key "
+        "WHERE t.table_name = {name} AND t.key = s._cdc_key::jsonb "
         "AND t.cells IS NOT DISTINCT FROM s._cdc_expected OFFSET 0) m "
         "WHERE s._cdc_place = 'T'").format(stage=stage, name=name)
     fmt = {"target": target, "stage": stage, "match": match, "cells": cells, "name": name,
@@ -243,7 +246,7 @@ def _statements(table: TargetTable, columns: tuple[str, ...], stage: sql.Identif
          None if n[(Place.NONE, False)] else 0),
         # dead, not a tombstone yet: a new tombstone
         ([q("INSERT INTO cdc.cell_tombstones (table_name, key, cells) "
-            "SELECT {name}, s._cdc_key, s.{cells} FROM {stage} s "
+            "SELECT {name}, s._cdc_key::jsonb, s.{cells} FROM {stage} s "
             "WHERE NOT s._cdc_alive AND s._cdc_place <> 'T' ON CONFLICT DO NOTHING")],
          n[(Place.NONE, False)] + n[(Place.TABLE, False)]),
     ]

@@ -676,25 +676,23 @@ fn settle(
         text.push_str(&record.key_copy[*k]);
         text.push('\t');
     }
+    // `_cdc_set`: a bit per data column, 1 where the row sets it
+    let mut set_bits = String::with_capacity(data.len());
     for name in data {
-        let value = columns
+        let set = columns
             .ids
             .get(name.as_str())
-            .and_then(|id| values.iter().find(|(c, _)| c == id))
-            .and_then(|(_, v)| *v);
-        match value {
+            .and_then(|id| values.iter().find(|(c, _)| c == id));
+        match set.and_then(|(_, v)| *v) {
             Some(v) => text.push_str(&v.copy),
             None => text.push_str("\\N"),
         }
         text.push('\t');
+        set_bits.push(if set.is_some() { '1' } else { '0' });
     }
-    let mut scratch = String::new();
-    text_array(
-        &mut scratch,
-        values.iter().map(|(c, _)| columns.names[*c as usize]),
-    );
-    escape_copy(text, &scratch);
+    text.push_str(&set_bits);
     text.push('\t');
+    let mut scratch = String::new();
     escape_copy(text, &record.key_json);
     text.push('\t');
     match &row.stored {
@@ -734,51 +732,4 @@ fn expired_in_table(row: &Row<'_>, now_us: i64) -> bool {
             .as_ref()
             .and_then(|stored| stored.next_expiry(0))
             .is_some_and(|expiry| expiry <= now_us)
-}
-
-/// A `text[]` of `items` as psycopg writes a list of str: `{a,"b c"}`, an element quoted where
-/// Postgres (or CockroachDB) would misread it bare (`array._get_needs_quotes_regexp`).
-fn text_array<'s>(out: &mut String, items: impl Iterator<Item = &'s str>) {
-    out.push('{');
-    for (i, item) in items.enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        if needs_quotes(item) {
-            out.push('"');
-            for c in item.chars() {
-                if c == '"' || c == '\\' {
-                    out.push('\\');
-                }
-                out.push(c);
-            }
-            out.push('"');
-        } else {
-            out.push_str(item);
-        }
-    }
-    out.push('}');
-}
-
-fn needs_quotes(item: &str) -> bool {
-    item.is_empty()
-        || item.eq_ignore_ascii_case("null")
-        || item.chars().any(|c| {
-            matches!(
-                c,
-                '"' | '{'
-                    | '}'
-                    | ','
-                    | '\\'
-                    | ' '
-                    | '\t'
-                    | '\n'
-                    | '\r'
-                    | '\u{b}'
-                    | '\u{c}'
-                    | '\u{1680}'
-                    | '\u{2000}'
-                    ..='\u{200a}' | '\u{2028}' | '\u{2029}' | '\u{202f}' | '\u{205f}' | '\u{3000}'
-            )
-        })
 }
