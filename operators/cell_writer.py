@@ -134,11 +134,13 @@ class CellWriter:
         stage = self._stages.get(cache_key)
         if stage is None:
             stage = sql.Identifier(f"_cdc_cell_stage_{len(self._stages)}")
-            defs = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(table.columns[c]))
-                    for c in (*table.key, *columns)]
+            # the move's columns first: each statement filters the whole stage on them, and
+            # Postgres reads a row's columns up to the last one a filter needs
+            defs = [sql.SQL("_cdc_alive boolean, _cdc_place \"char\"")]
+            defs += [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(table.columns[c]))
+                     for c in (*table.key, *columns)]
             defs += [sql.SQL("_cdc_set varbit, _cdc_key text, _cdc_expected jsonb, "
-                             "_cdc_place text, _cdc_alive boolean, {} jsonb, {} bytea, "
-                             "{} timestamptz").format(
+                             "{} jsonb, {} bytea, {} timestamptz").format(
                 sql.Identifier(CELLS_COLUMN), sql.Identifier(VERSION_COLUMN),
                 sql.Identifier(EXPIRES_AT_COLUMN))]
             self._conn.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DELETE ROWS").format(
