@@ -594,7 +594,7 @@ def run_cell_replicator(wl: Any, prefix: str, bootstrap: str, dsn: str, workdir:
     shards = int(env.pop("REPLICATE_SHARDS", default_shards()))
     run = Run(bootstrap, dsn, state_dir=workdir / "state", prefix=prefix, shards=shards,
               extra_env=env)
-    res.note = f"{shards} shards, batch_ms/marker_ms at defaults, Python path (cells)"
+    res.note = f"{shards} shards, batch_ms/marker_ms at defaults"
     if not _timed_replicator(run, wl, dsn, res):
         return res
     diff = compare_cell_tables(dsn, wl, run.schema, lambda t: t)
