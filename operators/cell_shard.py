@@ -185,7 +185,9 @@ class CellShard:
         query = sql.SQL("SELECT {} FROM {} WHERE {}").format(
             sql.SQL(", ").join(map(sql.Identifier, key_columns)), table.ident, where)
         found: list[Revisit] = []
-        for row in conn.execute(query):
+        # planned each time (not prepared): a generic plan made while the table was small scans
+        # it whole ever after, where a plan for now() probes the expiry index
+        for row in conn.execute(query, prepare=False):
             row_id = state_key(table.name, tuple(row))
             if shard_of(row_id, self._shards) == self._shard:
                 found.append((table.name, key_columns, tuple(row), row_id))

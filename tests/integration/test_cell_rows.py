@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from psycopg import sql
 
 from benchmarks import cell_oracle
 from benchmarks.replicator_run import drop_flows
@@ -21,6 +22,7 @@ from operators.decode import Decoder
 from operators.events import ProgressMarker, TableName, TableSchema
 from operators.settings import Settings
 from operators.shard_sink import ShardPartition
+from operators.target_tables import TargetTables
 from schemas.cql_types import column_type
 from tests.integration.shard_batches import write_in_batches
 from tests.integration.test_native_shard import TOPICS, message
@@ -320,3 +322,23 @@ def test_expired_rows_are_swept_while_only_native_runs_arrive(settings, monkeypa
         shard.write_batch([[*runs[0]]])
         shard.snapshot()
     assert rows(settings.pg_dsn, items.table) == {}
+
+
+def test_the_expiry_sweep_is_planned_each_time_not_prepared(settings):
+    """psycopg prepares a statement run five times, and Postgres then keeps a generic plan: one
+    made while the table was empty scanned all of it at every sweep (each shard's, every 5 s)
+    once it had grown. The sweep's query must leave no prepared statement behind."""
+    items = Items(settings.target_schema)
+    shard = ShardPartition(settings, 0)
+    write = cell_oracle.Event("items", (1, 1), 1, "write", 10, marker=True, cells={"a": "x"})
+    shard.write_batch([[items.change(write), ProgressMarker(TOPIC, 0, items.offset + 1)]])
+    shard.snapshot()
+    cells = cell_shard.CellShard(0, 1)
+    with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
+        tables = TargetTables(conn, settings.flow_id, settings.delete_mode)
+        table = tables.lookup(items.table)
+        for _ in range(8):
+            cells._rows(conn, table, KEY, sql.SQL("_cdc_expires_at <= now()"))
+        prepared = conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0]
+    shard.close()
+    assert prepared == 0
