@@ -46,6 +46,9 @@ class CellShard:
         self._shards = shards
         self._native = native and CellBatch is not None
         self._deletes = Deletions()
+        # tables with a deletion in the commit not confirmed yet: a decision made ahead of that
+        # commit's confirmation would not see it (the native step does not take deletions)
+        self._deleting: set[TableName] = set()
         self._tables: list[TableName] = []
         self._key_columns: dict[TableName, tuple[str, ...]] = {}
         self._swept_at = 0.0
@@ -60,6 +63,7 @@ class CellShard:
         self._tables = [TableName(s, t) for s, t, _ in rows]
         self._key_columns = {TableName(s, t): tuple(k) for s, t, k in rows}
         self._deletes = known_deletes(conn, self._tables)
+        self._deleting.clear()
 
     def sweep_due(self) -> bool:
         """Whether the next commit sweeps expired rows (only with cell tables)."""
@@ -68,6 +72,7 @@ class CellShard:
     def confirm(self, deletes: list[RangeDelete]) -> None:
         for delete in deletes:
             self._deletes.add(delete)
+        self._deleting.clear()
 
     def decide(self, units: list[Any], batch: ShardBatch, conn: psycopg.Connection,
                tables: TargetTables, stored: Stored,
@@ -108,6 +113,7 @@ class CellShard:
             assert table is not None
             batch.cell_writes.append((table, write))
         batch.range_deletes = decision.deletes
+        self._deleting = {d.table for d in decision.deletes}
         batch.stale += decision.stale
         batch.applied += decision.applied
         batch.duplicates += decision.duplicates
@@ -131,7 +137,8 @@ class CellShard:
                        batch: ShardBatch, stored: Stored,
                        ) -> StateChanges | None:
         """`units` decided by the native cell step into `batch`, or None (Python decides)."""
-        if not self._native or any(self._deletes.holds(t) for t in target):
+        if not self._native or any(self._deletes.holds(t) or t in self._deleting
+                                   for t in target):
             return None
         runs = cell_runs(units)
         if runs is None:

@@ -7,8 +7,9 @@ ScyllaDB decoder or from the Python decoder's `CellChange`s (`CellRun.from_chang
 the values it has a native form for). Python makes objects only for stale changes' audit rows.
 Python decides instead (`None`) what the native step does not cover: partition and range
 deletions (the batch's, or one kept for a table of the batch), rows revisited by an expiry
-sweep, a value without a native form, a table whose key is not the changes' key, a stored state
-that is not a cell row's, a written column the table lacks
+sweep, a value without a native form, a table whose key is not the changes' key or that has
+`json`/`jsonb` columns (their values go as `Jsonb`), a stored state that is not a cell row's, a
+written column the table lacks
 (`tests/unit/test_native_cells.py` compares the two paths).
 """
 
@@ -23,6 +24,7 @@ from formats.cells import CellChange
 from operators.cell_rows import STALE_CELLS, Place
 from operators.cell_writer import StagedCells, data_columns
 from operators.lww import StaleEvent
+from operators.pg_writer import json_columns
 from operators.target_tables import TargetTable
 
 try:
@@ -95,12 +97,13 @@ def decide_cell_runs(runs: list[Any], targets: list[TargetTable], stored: Stored
     tables: list[TargetTable] = []
     specs: list[tuple[int, list[int], list[str]]] = []
     for run, table in zip(runs, targets, strict=True):
-        if set(table.key) != set(run.schema.key):
-            return None
+        columns = data_columns(table)
+        if set(table.key) != set(run.schema.key) or json_columns(table, columns):
+            return None  # another key, or values to write as Jsonb
         if table not in tables:
             tables.append(table)
         specs.append((tables.index(table), [run.schema.key.index(c) for c in table.key],
-                      list(data_columns(table))))
+                      list(columns)))
     batch = CellBatch(runs)
     decided = batch.decide(stored(batch.keys()), specs, now_us)
     if decided is None:

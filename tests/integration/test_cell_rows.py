@@ -20,6 +20,7 @@ from formats.cells import CellChange, CellKind, RangeBound, schema_of
 from operators import cell_shard
 from operators.decode import Decoder
 from operators.events import ProgressMarker, TableName, TableSchema
+from operators.native_cells import CellRun
 from operators.settings import Settings
 from operators.shard_sink import ShardPartition
 from operators.target_tables import TargetTables
@@ -342,3 +343,47 @@ def test_the_expiry_sweep_is_planned_each_time_not_prepared(settings):
         prepared = conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0]
     shard.close()
     assert prepared == 0
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_a_write_decided_ahead_sees_a_partition_delete_still_in_flight(settings, native):
+    """The commit after one holding a partition delete is decided while that one is still in
+    Postgres: a late write under the deletion must stay deleted there too."""
+    settings = settings.model_copy(update={"native_decode": native})
+    items = Items(settings.target_schema)
+    shard = ShardPartition(settings, 0)
+    committer = shard._committer
+    first = cell_oracle.Event("items", (1, 1), 1, "write", 10, marker=True, cells={"a": "x"})
+    shard.write_batch([[items.change(first), ProgressMarker(TOPIC, 0, items.offset + 1)]])
+    committer.commit_all(wait=True)
+    delete = cell_oracle.Event("items", (2,), 1, "partition_delete", 100)
+    shard.write_batch([[items.change(delete), ProgressMarker(TOPIC, 0, items.offset + 1)]])
+    committer.commit_all()  # in flight while the next one is decided
+    late = cell_oracle.Event("items", (2, 1), 1, "write", 50, marker=True, cells={"a": "late"})
+    shard.write_batch([[items.change(late), ProgressMarker(TOPIC, 0, items.offset + 1)]])
+    committer.commit_all(wait=True)
+    shard.close()
+    assert rows(settings.pg_dsn, items.table) == {(1, 1): {"a": "x"}}
+
+
+def test_a_refused_value_of_a_native_run_goes_to_the_dlq_and_the_rest_lands(settings):
+    """Postgres refuses a commit (a table made before the flow, with a narrower column): the
+    commit is split to find the change, which needs the run's changes one by one."""
+    with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(settings.target_schema)))
+        conn.execute(sql.SQL("CREATE TABLE {} (id bigint, ck bigint, a varchar(2), b bigint, "
+                             "PRIMARY KEY (id, ck))").format(
+            sql.Identifier(settings.target_schema, "items")))
+    items = Items(settings.target_schema)
+    good = items.change(cell_oracle.Event("items", (1, 1), 1, "write", 10, cells={"a": "x"}))
+    bad = items.change(cell_oracle.Event("items", (1, 2), 1, "write", 10, cells={"a": "long"}))
+    run = CellRun.from_changes([good, bad])
+    shard = ShardPartition(settings, 0)
+    shard.write_batch([[run, ProgressMarker(TOPIC, 0, items.offset + 1)]])
+    shard.snapshot()
+    shard.close()
+    assert rows(settings.pg_dsn, items.table) == {(1, 1): {"a": "x"}}
+    with psycopg.connect(settings.pg_dsn) as conn:
+        dlq = conn.execute('SELECT "offset", error_type FROM cdc.dlq WHERE flow_id = %s',
+                           (settings.flow_id,)).fetchall()
+    assert dlq == [(bad.offset, "write_refused")]

@@ -36,6 +36,7 @@ from operators.cell_rows import (
 )
 from operators.cell_writer import CellWriter, data_columns
 from operators.events import TableName
+from operators.native_cells import decide_cell_runs
 from operators.target_tables import (
     CELLS_COLUMN,
     EXPIRES_AT_COLUMN,
@@ -350,3 +351,13 @@ def test_a_column_name_json_escapes_is_staged_as_python_does():
 def test_a_float_that_is_not_finite_leaves_the_run_to_python():
     for value in (float("nan"), float("inf"), float("-inf")):
         assert CellRun.from_changes([write(TS0, {"f": value})]) is None
+
+
+def test_a_table_with_a_json_column_is_left_to_python():
+    """Its values are written as `Jsonb` (JSON text), which the native stage rows do not do."""
+    run = CellRun.from_changes([write(TS0, {"s": "x"})])
+    plain = target(ITEMS, TYPES)
+    with_json = target(ITEMS, {**TYPES, "doc": "jsonb"})
+    stored = lambda keys: [None] * len(keys)  # noqa: E731
+    assert decide_cell_runs([run], [plain], stored, NOW_US) is not None
+    assert decide_cell_runs([run], [with_json], stored, NOW_US) is None
