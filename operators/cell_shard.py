@@ -91,9 +91,7 @@ class CellShard:
             name = table_of(unit)
             target[name] = table
             kept.append(unit)
-            if name not in self._key_columns:
-                self._tables.append(name)
-                self._key_columns[name] = key_columns_of(unit)
+            self._register(unit)
         revisit = [row for c in kept if not is_cell_run(c) and not c.row_id
                    for row in self._covered(conn, target[c.table], RangeDelete.of(c),
                                             c.key_columns)]
@@ -148,16 +146,20 @@ class CellShard:
         if native is None:
             return None
         for unit in units:
-            name = table_of(unit)
-            if name not in self._key_columns:
-                self._tables.append(name)
-                self._key_columns[name] = key_columns_of(unit)
+            self._register(unit)
         batch.cell_staged = native.staged
         batch.stale += native.stale
         batch.applied += native.applied
         batch.duplicates += native.duplicates
         _add_counts(batch, native.counts)
         return native.states, native.replaced
+
+    def _register(self, unit: Any) -> None:
+        """Keep the table of a change or run among this shard's cell tables (it sweeps them)."""
+        name = table_of(unit)
+        if name not in self._key_columns:
+            self._tables.append(name)
+            self._key_columns[name] = key_columns_of(unit)
 
     def _covered(self, conn: psycopg.Connection, table: TargetTable, delete: RangeDelete,
                  key_columns: tuple[str, ...]) -> list[Revisit]:
@@ -209,10 +211,12 @@ def _target(unit: Any, tables: TargetTables) -> TargetTable:
 
 
 def table_of(unit: Any) -> TableName:
+    """The table of a change or a run."""
     return unit.schema.table if is_cell_run(unit) else unit.table
 
 
 def key_columns_of(unit: Any) -> tuple[str, ...]:
+    """The key columns of a change or a run, in the order of its key's values."""
     return unit.schema.key if is_cell_run(unit) else unit.key_columns
 
 

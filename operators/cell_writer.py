@@ -149,7 +149,7 @@ class CellWriter:
         return stage
 
     def _copy(self, stage: sql.Identifier, table: TargetTable, columns: tuple[str, ...],
-              writes: list[CellWrite], texts: Sequence[bytes] = ()) -> None:
+              writes: list[CellWrite], texts: Sequence[bytes]) -> None:
         """One `COPY` of the rows of `writes` and the stage rows already in `texts`."""
         json_at = {c for c in columns if table.columns.get(c) in ("json", "jsonb")}
         names = [*table.key, *columns, *_CONTROL]

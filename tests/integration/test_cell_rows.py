@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from unittest import mock
 
 import psycopg
 import pytest
@@ -138,13 +139,21 @@ def test_property_postgres_equals_the_cell_oracle(pg_dsn, tmp_path, native, hist
     config = Settings(topics=TOPIC, pg_dsn=pg_dsn, state_dir=tmp_path / name, flow_id=name,
                       target_schema=name, shards=1, native_decode=native)
     items = Items(name)
+    decided = []  # the native step's decisions (None: it declined)
+    native_step = cell_shard.decide_cell_runs
     try:
         bounds = [0, *cuts, len(arrivals)]
         batches = []
         for start, end in zip(bounds, bounds[1:], strict=False):
             batches.append([items.change(e) for e in arrivals[start:end]])
             batches[-1].append(ProgressMarker(TOPIC, 0, items.offset + 1))
-        write_in_batches(config, batches, restarts)
+        with mock.patch.object(cell_shard, "decide_cell_runs",
+                               lambda *a: decided.append(native_step(*a)) or decided[-1]):
+            write_in_batches(config, batches, restarts)
+        plain = all(e.kind in ("write", "row_delete") and not e.expiries
+                    and e.marker_expiry_us is None for e in history)
+        if native and plain:  # nothing the native step leaves to Python: it decided
+            assert decided and None not in decided
         expected = cell_oracle.visible_rows(history, time.time_ns() // 1000).get("items", {})
         assert rows(pg_dsn, items.table) == expected
     finally:

@@ -187,7 +187,7 @@ class _Capture:
 def python_lines(table: TargetTable, writes: list[CellWrite]) -> list[bytes]:
     capture = _Capture()
     writer = CellWriter(capture)  # type: ignore[arg-type]
-    writer._copy(sql.Identifier("stage"), table, data_columns(table), writes)
+    writer._copy(sql.Identifier("stage"), table, data_columns(table), writes, [])
     formatter = TextFormatter(Transformer(_ADAPTERS))
     for row in capture.rows:
         formatter.write_row(row)
