@@ -46,7 +46,7 @@ from operators.cell_writer import CellVersionConflict
 from operators.events import ProgressMarker, TruncateEvent
 from operators.log_format import log_context
 from operators.native_shard import expand
-from operators.pg_session import PgSession, flow_key, thread_session
+from operators.pg_session import PgSession, flow_key, release_thread_session, thread_session
 from operators.pg_writer import ShardBatch
 from operators.retry import is_transient, retrying
 from operators.settings import Settings
@@ -88,6 +88,18 @@ class Committer:
     def unregister(self, shard: Shard) -> None:
         self.settle()
         self._shards.remove(shard)
+        if not self._shards:
+            self._close()
+
+    def _close(self) -> None:
+        """The last shard left: its writer thread and Postgres session go with it (the flow's
+        next shard on this thread makes a new committer), rather than staying for the thread's
+        lifetime, one per flow ever opened on it."""
+        self._writer.shutdown()
+        committers = _local.__dict__.get("committers", {})
+        if committers.get(flow_key(self._settings)) is self:
+            del committers[flow_key(self._settings)]
+        release_thread_session(self.session)
 
     def accepted(self, units: int) -> None:
         """A shard buffered `units` more units (or only markers, when 0)."""

@@ -32,26 +32,29 @@ def connect(dsn: str) -> psycopg.Connection:
 
 class PgSession:
     def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+        self.settings = settings
         self.conn: psycopg.Connection = self._open()
 
     def _open(self) -> psycopg.Connection:
-        return retrying("connect to Postgres", self._open_once, cap_s=self._settings.retry_max_s)
+        return retrying("connect to Postgres", self._open_once, cap_s=self.settings.retry_max_s)
 
     def _open_once(self) -> psycopg.Connection:
-        conn = connect(self._settings.pg_dsn)
-        hold_running(conn, self._settings.flow_id)
+        conn = connect(self.settings.pg_dsn)
+        hold_running(conn, self.settings.flow_id)
         ensure_control_schema(conn)
-        self.tables = TargetTables(conn, self._settings.flow_id, self._settings.delete_mode)
-        self.writer = PgShardWriter(conn, self._settings.flow_id, self._settings.delete_mode)
+        self.tables = TargetTables(conn, self.settings.flow_id, self.settings.delete_mode)
+        self.writer = PgShardWriter(conn, self.settings.flow_id, self.settings.delete_mode)
         return conn
 
-    def reset(self) -> None:
-        """Drop the connection and its caches; reconnect (retrying) on next use."""
+    def close(self) -> None:
         try:
             self.conn.close()
         except psycopg.Error:
             pass
+
+    def reset(self) -> None:
+        """Drop the connection and its caches; reconnect (retrying) on next use."""
+        self.close()
         self.conn = self._open()
 
 
@@ -68,3 +71,13 @@ def thread_session(settings: Settings) -> PgSession:
     if session is None:
         session = sessions[key] = PgSession(settings)
     return session
+
+
+def release_thread_session(session: PgSession) -> None:
+    """Close `session` (and its flow's advisory lock), and forget it if it is the calling
+    thread's."""
+    sessions: dict[tuple[str, str, str], PgSession] = _local.__dict__.get("sessions", {})
+    key = flow_key(session.settings)
+    if sessions.get(key) is session:
+        del sessions[key]
+    session.close()

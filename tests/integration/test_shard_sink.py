@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 import uuid
 from unittest import mock
@@ -458,3 +459,24 @@ def test_property_postgres_equals_the_max_version_oracle(pg_dsn, tmp_path, case,
         assert (got, stale) == (expected_rows, expected_stale)
     finally:
         drop_flows(pg_dsn, name)
+
+
+def test_closing_a_flows_last_shard_partition_closes_its_writer_and_session(settings):
+    """A thread that opens shards of many flows in turn (a test run, a restarted worker) keeps
+    no writer thread or Postgres connection for the flows it closed."""
+    def writers() -> int:
+        return sum(t.name.startswith("pg-commit") for t in threading.enumerate())
+
+    before = writers()
+    sessions = []
+    for i in range(3):
+        flow = settings.model_copy(update={"flow_id": f"{settings.flow_id}_{i}",
+                                           "state_dir": settings.state_dir / str(i)})
+        part = ShardPartition(flow, 0)
+        part.write_batch([[ProgressMarker(TOPIC, 0, 1)]])
+        part.snapshot()
+        sessions.append(part._committer.session)
+        part.close()
+        drop_flows(settings.pg_dsn, flow.flow_id)
+    assert writers() == before
+    assert all(session.conn.closed for session in sessions)
