@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 
 use crate::calendar::datetime_from_micros;
 use crate::cell_record::{CellRecord, CellRun, CellText, ChangeKind, Origin, WrittenCell};
-use crate::copy_text::key_json;
+use crate::copy_text::{key_json, write_field};
 use crate::fetch::Fetched;
 use crate::json::{json_float, json_int, json_str, payload_after, Members, Text};
 use crate::FastPlan;
@@ -208,16 +208,34 @@ fn declined<E: Error>() -> E {
 }
 
 /// The member names of one object read so far: orjson keeps the last of a repeated name, which
-/// is declined.
-struct Names<'a>(Vec<Cow<'a, str>>);
+/// is declined. The first names borrowed from the message need no allocation.
+struct Names<'a> {
+    borrowed: [&'a str; 16],
+    count: usize,
+    others: Vec<Cow<'a, str>>,
+}
 
 impl<'a> Names<'a> {
+    fn new() -> Self {
+        Names {
+            borrowed: [""; 16],
+            count: 0,
+            others: Vec::new(),
+        }
+    }
+
     /// `name` was not seen before in its object (and now is).
     fn first(&mut self, name: &Cow<'a, str>) -> bool {
-        if self.0.contains(name) {
+        if self.borrowed[..self.count].contains(&&**name) || self.others.contains(name) {
             return false;
         }
-        self.0.push(name.clone());
+        match name {
+            Cow::Borrowed(text) if self.count < self.borrowed.len() => {
+                self.borrowed[self.count] = text;
+                self.count += 1;
+            }
+            _ => self.others.push(name.clone()),
+        }
         true
     }
 }
@@ -247,7 +265,7 @@ impl<'de: 'a, 'a> Visitor<'de> for PayloadVisitor<'a> {
         f.write_str("a payload")
     }
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Payload<'a>, M::Error> {
-        let mut names = Names(Vec::with_capacity(8));
+        let mut names = Names::new();
         let mut payload = Payload {
             op: None,
             ts_us: None,
@@ -288,7 +306,7 @@ impl<'de> Visitor<'de> for WriteTimeVisitor {
         f.write_str("a source block")
     }
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<WriteTime, M::Error> {
-        let mut names = Names(Vec::with_capacity(16));
+        let mut names = Names::new();
         let (mut scylla, mut ts_us) = (false, None);
         while let Some(Text(name)) = map.next_key()? {
             if !names.first(&name) {
@@ -339,7 +357,7 @@ impl<'de, 'p> Visitor<'de> for AfterSeed<'p> {
     }
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
         let mut slots: Vec<Slot<'de>> = vec![None; self.0.len()];
-        let mut others = Names(Vec::new());
+        let mut others = Names::new();
         while let Some(Text(name)) = map.next_key()? {
             match self.0.iter().position(|c| c.name == name) {
                 Some(column) if slots[column].is_none() => {
@@ -374,7 +392,7 @@ impl<'de: 'a, 'a> Visitor<'de> for CellVisitor<'a> {
     }
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Cell<'a>, M::Error> {
         let mut value = None;
-        let mut others = Names(Vec::new());
+        let mut others = Names::new();
         while let Some(Text(name)) = map.next_key()? {
             if name == "value" && value.is_none() {
                 value = Some(map.next_value()?);
@@ -599,7 +617,11 @@ impl CellPlan {
         let key_json = key_json(&key)?;
         let key_copy = key
             .iter()
-            .map(|v| CellText::of(v, false).map(|text| text.copy))
+            .map(|v| {
+                // `CellText::of(v, false).copy`: a key value (integer or text) always has a tie
+                let mut copy = String::new();
+                write_field(&mut copy, v).then(|| copy.into_boxed_str())
+            })
             .collect::<Option<Box<[Box<str>]>>>()?;
         let mut row_id = Vec::with_capacity(self.state_prefix.len() + key_json.len());
         row_id.extend_from_slice(self.state_prefix.as_bytes());
