@@ -10,19 +10,20 @@
 //! `schemas/cql_types.py` converts it, or one without a native text (`CellText::of`).
 //! `tests/unit/test_native_cell_decode.py` compares the two.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
-use serde::de::{Deserialize, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::calendar::datetime_from_micros;
 use crate::cell_record::{CellRecord, CellRun, CellText, ChangeKind, Origin, WrittenCell};
-use crate::copy_text::key_json;
+use crate::copy_text::{key_json, write_field};
 use crate::fetch::Fetched;
-use crate::json::{json_float, json_int, json_str, payload_after, Members};
+use crate::json::{json_float, json_int, json_str, payload_after, Members, Text};
 use crate::FastPlan;
 use crate::values::{Kind, Val};
 
@@ -177,14 +178,232 @@ impl<'de> Visitor<'de> for StrictVisitor {
         Ok(Strict)
     }
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Strict, M::Error> {
-        while map.next_entry::<std::borrow::Cow<'de, str>, Strict>()?.is_some() {}
+        while map.next_entry::<Strict, Strict>()?.is_some() {}
         Ok(Strict)
     }
 }
 
-/// `raw` is JSON orjson reads (`Strict`).
-fn strict(raw: &RawValue) -> Option<()> {
-    serde_json::from_str::<Strict>(raw.get()).ok().map(|_| ())
+/// A `Strict` object, or null: a row image the change does not use (`_image`).
+struct UnusedImage;
+
+impl<'de> Deserialize<'de> for UnusedImage {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Option::<StrictObject>::deserialize(deserializer).map(|_| UnusedImage)
+    }
+}
+
+struct StrictObject;
+
+impl<'de> Deserialize<'de> for StrictObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_map(StrictVisitor)
+            .map(|_| StrictObject)
+    }
+}
+
+/// The error that declines a message (its text is never read).
+fn declined<E: Error>() -> E {
+    E::custom("declined")
+}
+
+/// The member names of one object read so far: orjson keeps the last of a repeated name, which
+/// is declined. The first names borrowed from the message need no allocation.
+struct Names<'a> {
+    borrowed: [&'a str; 16],
+    count: usize,
+    others: Vec<Cow<'a, str>>,
+}
+
+impl<'a> Names<'a> {
+    fn new() -> Self {
+        Names {
+            borrowed: [""; 16],
+            count: 0,
+            others: Vec::new(),
+        }
+    }
+
+    /// `name` was not seen before in its object (and now is).
+    fn first(&mut self, name: &Cow<'a, str>) -> bool {
+        if self.borrowed[..self.count].contains(&&**name) || self.others.contains(name) {
+            return false;
+        }
+        match name {
+            Cow::Borrowed(text) if self.count < self.borrowed.len() => {
+                self.borrowed[self.count] = text;
+                self.count += 1;
+            }
+            _ => self.others.push(name.clone()),
+        }
+        true
+    }
+}
+
+/// What a change uses of its payload, read in one pass: `source` and `before` are checked
+/// as they are read, every other member is `Strict`; `after` is kept unparsed until `op` (which
+/// follows it) says how to read it.
+struct Payload<'a> {
+    op: Option<Cow<'a, str>>,
+    /// `source.ts_us` of a ScyllaDB `source` block that is not a snapshot's.
+    ts_us: Option<i64>,
+    after: Option<&'a RawValue>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Payload<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(PayloadVisitor(std::marker::PhantomData))
+    }
+}
+
+struct PayloadVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for PayloadVisitor<'a> {
+    type Value = Payload<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a payload")
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Payload<'a>, M::Error> {
+        let mut names = Names::new();
+        let mut payload = Payload {
+            op: None,
+            ts_us: None,
+            after: None,
+        };
+        while let Some(Text(name)) = map.next_key()? {
+            if !names.first(&name) {
+                return Err(declined());
+            }
+            match &*name {
+                "op" => payload.op = Some(map.next_value::<Text>()?.0),
+                "source" => payload.ts_us = Some(map.next_value::<WriteTime>()?.0),
+                "before" => drop(map.next_value::<UnusedImage>()?),
+                "after" => payload.after = Some(map.next_value()?),
+                "ddl" | "tableChanges" => return Err(declined()), // Python skips those
+                _ => drop(map.next_value::<Strict>()?),
+            }
+        }
+        Ok(payload)
+    }
+}
+
+/// `source.ts_us` of a ScyllaDB `source` block that is not a snapshot's.
+struct WriteTime(i64);
+
+impl<'de> Deserialize<'de> for WriteTime {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(WriteTimeVisitor)
+    }
+}
+
+struct WriteTimeVisitor;
+
+impl<'de> Visitor<'de> for WriteTimeVisitor {
+    type Value = WriteTime;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a source block")
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<WriteTime, M::Error> {
+        let mut names = Names::new();
+        let (mut scylla, mut ts_us) = (false, None);
+        while let Some(Text(name)) = map.next_key()? {
+            if !names.first(&name) {
+                return Err(declined());
+            }
+            match &*name {
+                "connector" => scylla = map.next_value::<Text>()?.0 == "scylla",
+                "ts_us" => ts_us = Some(map.next_value::<&RawValue>()?),
+                // `is_snapshot`: anything else makes a snapshot change, which Python decodes
+                "snapshot" => {
+                    let raw: &RawValue = map.next_value()?;
+                    if !matches!(raw.get(), "null" | "false" | "\"false\"") {
+                        return Err(declined());
+                    }
+                }
+                _ => drop(map.next_value::<Strict>()?),
+            }
+        }
+        let ts_us = ts_us.and_then(|raw| i64::try_from(json_int(raw.get())?).ok());
+        match ts_us {
+            Some(ts_us) if scylla => Ok(WriteTime(ts_us)),
+            _ => Err(declined()),
+        }
+    }
+}
+
+/// A write's `after` image (`_legacy_cells`): the value of each regular column's cell, read in
+/// one pass (a cell is `{"value": ...}`, or null when untouched; every other member `Strict`).
+struct AfterSeed<'p>(&'p [Regular]);
+
+/// A regular column's cell in an `after` image: None: no cell, Some(None): null (untouched),
+/// Some(Some(value)): the cell's value, unparsed.
+type Slot<'a> = Option<Option<&'a RawValue>>;
+
+impl<'de, 'p> DeserializeSeed<'de> for AfterSeed<'p> {
+    type Value = Vec<Slot<'de>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de, 'p> Visitor<'de> for AfterSeed<'p> {
+    type Value = Vec<Slot<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a row image")
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+        let mut slots: Vec<Slot<'de>> = vec![None; self.0.len()];
+        let mut others = Names::new();
+        while let Some(Text(name)) = map.next_key()? {
+            match self.0.iter().position(|c| c.name == name) {
+                Some(column) if slots[column].is_none() => {
+                    slots[column] = Some(map.next_value::<Option<Cell>>()?.map(|cell| cell.0));
+                }
+                Some(_) => return Err(declined()),
+                // a key column, or a column of no schema: unused
+                None if others.first(&name) => drop(map.next_value::<Strict>()?),
+                None => return Err(declined()),
+            }
+        }
+        Ok(slots)
+    }
+}
+
+/// A cell's value: the `value` member of an object whose other members are `Strict`.
+struct Cell<'a>(&'a RawValue);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Cell<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(CellVisitor(std::marker::PhantomData))
+    }
+}
+
+struct CellVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for CellVisitor<'a> {
+    type Value = Cell<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a cell")
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Cell<'a>, M::Error> {
+        let mut value = None;
+        let mut others = Names::new();
+        while let Some(Text(name)) = map.next_key()? {
+            if name == "value" && value.is_none() {
+                value = Some(map.next_value()?);
+            } else if name != "value" && others.first(&name) {
+                map.next_value::<Strict>()?;
+            } else {
+                return Err(declined());
+            }
+        }
+        value.map(Cell).ok_or_else(declined)
+    }
 }
 
 /// An object's members, each name once (orjson keeps the last of a repeated name: declined).
@@ -198,13 +417,13 @@ fn members(raw: &str) -> Option<Members<'_>> {
     distinct.then_some(members)
 }
 
-/// A row image the change does not use: it must be null or an object (`_image`).
+/// A row image the change does not use, if any, is null or a `Strict` object (`_image`).
 fn unused_image(raw: Option<&RawValue>) -> Option<()> {
     match raw {
         None => Some(()),
-        Some(raw) if raw.get() == "null" => Some(()),
-        Some(raw) if raw.get().starts_with('{') => strict(raw),
-        Some(_) => None,
+        Some(raw) => serde_json::from_str::<UnusedImage>(raw.get())
+            .ok()
+            .map(|_| ()),
     }
 }
 
@@ -219,8 +438,21 @@ struct Regular {
 /// key's and the value's payloads, without the plan's schema bytes.
 #[derive(Clone)]
 pub(crate) struct Kept {
-    key: Box<[u8]>,
-    value: Box<[u8]>,
+    /// The key's payload, then the value's.
+    payloads: Box<[u8]>,
+    key_len: usize,
+}
+
+impl Kept {
+    fn of(key: &str, value: &str) -> Kept {
+        let mut payloads = Vec::with_capacity(key.len() + value.len());
+        payloads.extend_from_slice(key.as_bytes());
+        payloads.extend_from_slice(value.as_bytes());
+        Kept {
+            payloads: payloads.into_boxed_slice(),
+            key_len: key.len(),
+        }
+    }
 }
 
 /// The plan of one topic's legacy messages of one value and key schema.
@@ -366,39 +598,34 @@ impl CellPlan {
     ) -> Option<(CellRecord, Kept)> {
         let payload_text = payload_after(value, &self.value_prefix)?;
         let key_text = payload_after(key, &self.key_prefix)?;
-        let (mut op, mut source, mut before, mut after) = (None, None, None, None);
-        for (name, raw) in members(payload_text)?.0 {
-            match &*name {
-                "op" => op = Some(raw),
-                "source" => source = Some(raw),
-                "before" => before = Some(raw),
-                "after" => after = Some(raw),
-                "ddl" | "tableChanges" => return None, // Python skips those
-                _ => strict(raw)?,
-            }
-        }
-        let (kind, marker) = match &*json_str(op?)? {
+        let payload: Payload = serde_json::from_str(payload_text).ok()?;
+        let (kind, marker) = match &*payload.op? {
             "c" => (ChangeKind::Write, true),
             "u" => (ChangeKind::Write, false),
             "d" => (ChangeKind::RowDelete, false),
             _ => return None,
         };
-        let ts_us = self.write_time(source?)?;
+        let ts_us = payload.ts_us?;
         let key = self.key(key_text)?;
-        unused_image(before)?;
         let cells = match kind {
             ChangeKind::RowDelete => {
-                unused_image(after)?;
+                unused_image(payload.after)?;
                 Vec::new()
             }
-            ChangeKind::Write => self.cells(after?)?,
+            ChangeKind::Write => self.cells(payload.after?)?,
         };
         let key_json = key_json(&key)?;
         let key_copy = key
             .iter()
-            .map(|v| CellText::of(v, false).map(|text| text.copy))
+            .map(|v| {
+                // `CellText::of(v, false).copy`: a key value (integer or text) always has a tie
+                let mut copy = String::new();
+                write_field(&mut copy, v).then(|| copy.into_boxed_str())
+            })
             .collect::<Option<Box<[Box<str>]>>>()?;
-        let row_id = format!("{}{key_json}", self.state_prefix);
+        let mut row_id = Vec::with_capacity(self.state_prefix.len() + key_json.len());
+        row_id.extend_from_slice(self.state_prefix.as_bytes());
+        row_id.extend_from_slice(key_json.as_bytes());
         let record = CellRecord {
             position,
             partition,
@@ -407,34 +634,12 @@ impl CellPlan {
             ts_us,
             marker,
             marker_expires_us: 0,
-            row_id: row_id.into_bytes().into_boxed_slice(),
+            row_id: row_id.into_boxed_slice(),
             key_json: key_json.into_boxed_str(),
             key_copy,
             cells,
         };
-        let kept = Kept {
-            key: key_text.as_bytes().into(),
-            value: payload_text.as_bytes().into(),
-        };
-        Some((record, kept))
-    }
-
-    /// `source.ts_us` of a ScyllaDB `source` block that is not a snapshot's.
-    fn write_time(&self, source: &RawValue) -> Option<i64> {
-        let (mut connector, mut ts_us) = (None, None);
-        for (name, raw) in members(source.get())?.0 {
-            match &*name {
-                "connector" => connector = Some(raw),
-                "ts_us" => ts_us = Some(raw),
-                // `is_snapshot`: anything else makes a snapshot change, which Python decodes
-                "snapshot" if !matches!(raw.get(), "null" | "false" | "\"false\"") => return None,
-                _ => strict(raw)?,
-            }
-        }
-        if json_str(connector?)? != "scylla" {
-            return None;
-        }
-        i64::try_from(json_int(ts_us?.get())?).ok()
+        Some((record, Kept::of(key_text, payload_text)))
     }
 
     /// The key's values: its members are the plan's key columns, in order, none null.
@@ -461,28 +666,13 @@ impl CellPlan {
         if after.get() == "null" {
             return None; // missing_after
         }
-        let mut found: Vec<Option<&RawValue>> = vec![None; self.columns.len()];
-        for (name, raw) in members(after.get())?.0 {
-            match self.columns.iter().position(|c| c.name == name) {
-                Some(column) => found[column] = Some(raw),
-                None => strict(raw)?, // a key column, or a column of no schema: unused
-            }
-        }
-        let mut cells = Vec::new();
-        for (column, raw) in self.columns.iter().zip(&found).enumerate() {
-            let (regular, Some(raw)) = raw else { continue };
-            if raw.get() == "null" {
-                continue; // untouched
-            }
-            let mut value = None;
-            for (name, member) in members(raw.get())?.0 {
-                if name == "value" {
-                    value = Some(member);
-                } else {
-                    strict(member)?;
-                }
-            }
-            let value = value?;
+        let slots = AfterSeed(&self.columns)
+            .deserialize(&mut serde_json::Deserializer::from_str(after.get()))
+            .ok()?;
+        let mut cells =
+            Vec::with_capacity(slots.iter().filter(|s| matches!(s, Some(Some(_)))).count());
+        for (column, (regular, slot)) in self.columns.iter().zip(slots).enumerate() {
+            let Some(Some(value)) = slot else { continue }; // no cell, or untouched
             let value = match value.get() {
                 "null" => None,
                 _ => Some(CellText::of(&regular.kind.read(value)?, regular.zoned)?),
@@ -520,8 +710,9 @@ impl CellPlan {
         record: &CellRecord,
         kept: &Kept,
     ) -> PyResult<PyObject> {
-        let key = [&self.key_prefix[..], &kept.key, b"}"].concat();
-        let value = [&self.value_prefix[..], &kept.value, b"}"].concat();
+        let (key, value) = kept.payloads.split_at(kept.key_len);
+        let key = [&self.key_prefix[..], key, b"}"].concat();
+        let value = [&self.value_prefix[..], value, b"}"].concat();
         let args = (
             topic.clone_ref(py),
             record.partition,

@@ -96,11 +96,12 @@ impl CellText {
 /// followed by a blake2b digest (8 bytes) of all of it.
 pub(crate) fn tie_break(value: &Val) -> Option<String> {
     let raw = serialized(value)?;
-    let mut out = String::with_capacity(2 * (MAX_TIE_BYTES + DIGEST_BYTES));
     if raw.len() <= MAX_TIE_BYTES {
+        let mut out = String::with_capacity(2 * raw.len()); // exact: boxed without a copy
         hex(&mut out, &raw);
         return Some(out);
     }
+    let mut out = String::with_capacity(2 * (MAX_TIE_BYTES + DIGEST_BYTES));
     hex(&mut out, &raw[..MAX_TIE_BYTES]);
     hex(&mut out, &digest(&raw));
     Some(out)
