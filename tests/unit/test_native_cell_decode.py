@@ -354,6 +354,27 @@ def test_json_orjson_refuses_and_repeated_names_are_declined(extra: tuple[str, s
     assert native_decode(taught(), msg) is None
 
 
+def _repeated(where: str) -> RawMessage:
+    """A message with one member name twice, each time with a valid value."""
+    cells = {c: f'{{"value":{v}}}' for c, v in VALID_CELLS.items()}
+    if where == "payload":
+        return compose(extra=[("ts_ms", "2")])
+    if where == "source":
+        source = orjson.dumps(SOURCE).decode()
+        return compose(source=source[:-1] + ',"ts_us":1718022896789002}')
+    if where == "after":  # the column's second member follows its first in the text
+        return compose(cells={**cells, "big": '{"value":1},"big":{"value":2}'})
+    return compose(cells={**cells, "big": '{"value":1,"value":2}'})
+
+
+@pytest.mark.parametrize("where", ["payload", "source", "after", "cell"])
+def test_a_repeated_member_name_is_declined_though_python_takes_the_last(where: str) -> None:
+    """Decline, never guess: JSON leaves repeated names to the reader (orjson keeps the last)."""
+    msg = _repeated(where)
+    assert type(decode_scylla(msg, TABLE, CQL)) is CellChange
+    assert native_decode(taught(), msg) is None
+
+
 _TEXT_KEY_DECODER = taught(key='{"customer_id":"c","order_id":2}', prefixes=TEXT_KEYED)
 
 
