@@ -61,6 +61,9 @@ class _Inline:
     def submit(self, fn: Callable, *args: Any) -> Future:
         return _Deferred(fn, args)
 
+    def shutdown(self, wait: bool = True) -> None:
+        pass  # no thread of its own
+
 
 class _Deferred(Future):
     """A future whose call runs in the thread that first asks for its outcome."""
