@@ -151,9 +151,12 @@ class Shard:
                            offsets=offsets_of(units, markers))
         floors: dict[str, bytes] = {}
         cell_units: list[Any] = []
+        row_units: list[ChangeEvent | Run] = []
         for unit in units:
             kind = type(unit)
-            if kind is CellChange or is_cell_run(unit):
+            if kind is ChangeEvent or kind is Run:
+                row_units.append(unit)
+            elif kind is CellChange or is_cell_run(unit):
                 cell_units.append(unit)
             elif kind is DlqRecord:
                 batch.dlq.append(unit)
@@ -168,7 +171,7 @@ class Shard:
                     floors[name] = unit.version
         self._awaiting(batch.seq)
         states, replaced = self._decide_events(
-            [u for u in expand(units) if type(u) is ChangeEvent], batch, tables, floors)
+            expand(row_units), batch, tables, floors)
         cell_states, cell_replaced = self._cells.decide(cell_units, batch, conn, tables,
                                                         self._store.get_encoded)
         self._store.commit_encoded(batch.seq, batch.commit_id, states + cell_states,
