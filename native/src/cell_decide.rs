@@ -23,6 +23,7 @@ use serde::Deserialize;
 use crate::calendar::datetime_from_micros;
 use crate::cell_record::{CellRun, CellText, ChangeKind};
 use crate::copy_text::{escape_copy, json_string, write_bytea, write_field};
+use crate::run::first_seen_keys;
 use crate::values::Val;
 
 /// A cell's kinds (`cell_meta.VALUE`, `EXPIRING`, `NULL`).
@@ -348,23 +349,11 @@ pub(crate) struct CellBatch {
 impl CellBatch {
     #[new]
     fn new(py: Python<'_>, runs: Vec<Py<CellRun>>) -> Self {
-        let mut slot_of: FxHashMap<&[u8], usize> = FxHashMap::default();
-        let mut keys = Vec::new();
-        let slots = runs
-            .iter()
-            .map(|run| {
-                run.get()
-                    .records
-                    .iter()
-                    .map(|record| {
-                        *slot_of.entry(&record.row_id).or_insert_with(|| {
-                            keys.push(PyBytes::new(py, &record.row_id).unbind());
-                            keys.len() - 1
-                        })
-                    })
-                    .collect()
-            })
-            .collect();
+        let (keys, slots) = first_seen_keys(
+            py,
+            runs.iter()
+                .map(|run| run.get().records.iter().map(|record| &*record.row_id)),
+        );
         CellBatch { runs, keys, slots }
     }
 

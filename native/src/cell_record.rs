@@ -16,6 +16,7 @@ use pyo3::types::{
 use crate::calendar::{Clock, Date};
 use crate::cell_decode::{CellPlan, Kept};
 use crate::copy_text::write_field;
+use crate::run::{kept_since, next_offsets};
 use crate::values::Val;
 
 /// Ties of longer serializations keep this many bytes and a digest of all of them
@@ -286,11 +287,7 @@ impl CellRun {
 
     /// `{(topic, partition): last offset + 1}` over the records.
     fn next_offsets<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let dict = PyDict::new(py);
-        for (partition, offset) in next_offsets(self.records.iter().map(|r| (r.partition, r.offset))) {
-            dict.set_item((self.topic.bind(py), partition), offset)?;
-        }
-        Ok(dict)
+        next_offsets(self.topic.bind(py), self.records.iter().map(|r| (r.partition, r.offset)))
     }
 
     /// The records at or past `committed[(topic, partition)]` (0 when absent): this run when
@@ -301,21 +298,8 @@ impl CellRun {
     ) -> PyResult<Option<Py<CellRun>>> {
         let py = slf.py();
         let run = slf.get();
-        let mut floors: Vec<(i32, i64)> = Vec::new();
-        for record in &run.records {
-            if !floors.iter().any(|(p, _)| *p == record.partition) {
-                let floor = match committed.get_item((run.topic.bind(py), record.partition))? {
-                    Some(offset) => offset.extract::<i64>()?,
-                    None => 0,
-                };
-                floors.push((record.partition, floor));
-            }
-        }
-        let kept: Vec<bool> = run
-            .records
-            .iter()
-            .map(|r| floors.iter().all(|&(p, f)| p != r.partition || r.offset >= f))
-            .collect();
+        let positions = run.records.iter().map(|r| (r.partition, r.offset));
+        let kept = kept_since(run.topic.bind(py), positions, committed)?;
         if kept.iter().all(|k| *k) {
             return Ok(Some(slf.clone().unbind()));
         }
@@ -409,18 +393,6 @@ impl CellRun {
             })
             .collect()
     }
-}
-
-/// `(partition, last offset + 1)` of each partition among `positions`.
-pub(crate) fn next_offsets(positions: impl Iterator<Item = (i32, i64)>) -> Vec<(i32, i64)> {
-    let mut next: Vec<(i32, i64)> = Vec::new();
-    for (partition, offset) in positions {
-        match next.iter_mut().find(|(p, _)| *p == partition) {
-            Some(entry) => entry.1 = entry.1.max(offset + 1),
-            None => next.push((partition, offset + 1)),
-        }
-    }
-    next
 }
 
 fn column_is_zoned(schema: &Bound<'_, PyAny>, name: &str) -> PyResult<bool> {

@@ -182,16 +182,8 @@ impl Run {
 
     /// `{(topic, partition): last offset + 1}` over the records.
     fn next_offsets<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let mut next: HashMap<i32, i64> = HashMap::new();
-        for record in &self.records {
-            let offset = next.entry(record.partition).or_insert(record.offset + 1);
-            *offset = (*offset).max(record.offset + 1);
-        }
-        let dict = PyDict::new(py);
-        for (partition, offset) in next {
-            dict.set_item((self.topic.bind(py), partition), offset)?;
-        }
-        Ok(dict)
+        let positions = self.records.iter().map(|r| (r.partition, r.offset));
+        next_offsets(self.topic.bind(py), positions)
     }
 
     /// The records at or past `committed[(topic, partition)]` (0 when absent): this run when
@@ -202,26 +194,18 @@ impl Run {
     ) -> PyResult<Option<Py<Run>>> {
         let py = slf.py();
         let run = slf.get();
-        // looked up once per partition (a run has a few), not per record
-        let mut floors: Vec<(i32, i64)> = Vec::new();
-        for record in &run.records {
-            if !floors.iter().any(|(p, _)| *p == record.partition) {
-                let floor = match committed.get_item((run.topic.bind(py), record.partition))? {
-                    Some(offset) => offset.extract::<i64>()?,
-                    None => 0,
-                };
-                floors.push((record.partition, floor));
-            }
-        }
-        let kept_by = |record: &&Record| {
-            floors
-                .iter()
-                .all(|&(p, floor)| p != record.partition || record.offset >= floor)
-        };
-        if run.records.iter().all(|r| kept_by(&r)) {
+        let positions = run.records.iter().map(|r| (r.partition, r.offset));
+        let kept = kept_since(run.topic.bind(py), positions, committed)?;
+        if kept.iter().all(|k| *k) {
             return Ok(Some(slf.clone().unbind()));
         }
-        let kept: Vec<Record> = run.records.iter().filter(kept_by).cloned().collect();
+        let kept: Vec<Record> = run
+            .records
+            .iter()
+            .zip(&kept)
+            .filter(|(_, k)| **k)
+            .map(|(r, _)| r.clone())
+            .collect();
         if kept.is_empty() {
             return Ok(None);
         }
@@ -238,6 +222,70 @@ impl Run {
             .map(|r| Ok((r.position, r.partition, r.offset, plan.reread(py, r)?)))
             .collect()
     }
+}
+
+/// `{(topic, partition): last offset + 1}` of `positions` (partition, offset).
+pub(crate) fn next_offsets<'py>(
+    topic: &Bound<'py, PyString>,
+    positions: impl Iterator<Item = (i32, i64)>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let mut next: Vec<(i32, i64)> = Vec::new(); // a run has a few partitions
+    for (partition, offset) in positions {
+        match next.iter_mut().find(|(p, _)| *p == partition) {
+            Some(entry) => entry.1 = entry.1.max(offset + 1),
+            None => next.push((partition, offset + 1)),
+        }
+    }
+    let dict = PyDict::new(topic.py());
+    for (partition, offset) in next {
+        dict.set_item((topic, partition), offset)?;
+    }
+    Ok(dict)
+}
+
+/// Per position (partition, offset): whether it is at or past `committed[(topic, partition)]`
+/// (0 when absent), looked up once per partition, not per record.
+pub(crate) fn kept_since(
+    topic: &Bound<'_, PyString>,
+    positions: impl Iterator<Item = (i32, i64)> + Clone,
+    committed: &Bound<'_, PyDict>,
+) -> PyResult<Vec<bool>> {
+    let mut floors: Vec<(i32, i64)> = Vec::new();
+    for (partition, _) in positions.clone() {
+        if !floors.iter().any(|(p, _)| *p == partition) {
+            let floor = match committed.get_item((topic, partition))? {
+                Some(offset) => offset.extract::<i64>()?,
+                None => 0,
+            };
+            floors.push((partition, floor));
+        }
+    }
+    Ok(positions
+        .map(|(partition, offset)| floors.iter().all(|&(p, f)| p != partition || offset >= f))
+        .collect())
+}
+
+/// The distinct keys of runs' records in first-seen order, as Python bytes (made once), and
+/// per run, per record, its key's index among them.
+pub(crate) fn first_seen_keys<'a>(
+    py: Python<'_>,
+    runs: impl Iterator<Item = impl Iterator<Item = &'a [u8]>>,
+) -> (Vec<Py<PyBytes>>, Vec<Vec<usize>>) {
+    let mut slot_of: FxHashMap<&[u8], usize> = FxHashMap::default();
+    let mut keys = Vec::new();
+    let slots = runs
+        .map(|records| {
+            records
+                .map(|key| {
+                    *slot_of.entry(key).or_insert_with(|| {
+                        keys.push(PyBytes::new(py, key).unbind());
+                        keys.len() - 1
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    (keys, slots)
 }
 
 /// Why an event is stale: the codes `operators/native_shard.py` maps to `operators/lww.py`'s
@@ -274,23 +322,11 @@ struct Write {
 impl NativeBatch {
     #[new]
     fn new(py: Python<'_>, runs: Vec<Py<Run>>) -> Self {
-        let mut slot_of: FxHashMap<&[u8], usize> = FxHashMap::default();
-        let mut keys = Vec::new();
-        let slots = runs
-            .iter()
-            .map(|run| {
-                run.get()
-                    .records
-                    .iter()
-                    .map(|record| {
-                        *slot_of.entry(record.state_key()).or_insert_with(|| {
-                            keys.push(PyBytes::new(py, record.state_key()).unbind());
-                            keys.len() - 1
-                        })
-                    })
-                    .collect()
-            })
-            .collect();
+        let (keys, slots) = first_seen_keys(
+            py,
+            runs.iter()
+                .map(|run| run.get().records.iter().map(Record::state_key)),
+        );
         NativeBatch { runs, keys, slots }
     }
 
