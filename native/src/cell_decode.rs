@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 use crate::calendar::datetime_from_micros;
 use crate::cell_record::{CellRecord, CellRun, CellText, ChangeKind, Origin, WrittenCell};
 use crate::copy_text::{key_json, write_field};
-use crate::fetch::Fetched;
+use crate::fetch::{Fetched, Readable};
 use crate::json::{json_float, json_int, json_str, payload_after, Members, Text};
 use crate::FastPlan;
 use crate::values::{Kind, Val};
@@ -545,18 +545,12 @@ impl CellPlan {
         if shards == 0 || indexes.iter().any(|&i| i as usize >= batch.count()) {
             return Err(PyValueError::new_err("decode_runs: inconsistent arguments"));
         }
-        let mut declined = Vec::new();
-        let mut readable = Vec::with_capacity(indexes.len());
-        let mut messages = Vec::with_capacity(indexes.len());
-        for index in indexes {
-            match batch.key_value(index as usize) {
-                Some((key, value)) => {
-                    readable.push(index);
-                    messages.push((value, key));
-                }
-                None => declined.push((base + index, None)),
-            }
-        }
+        let Readable {
+            indexes: readable,
+            messages,
+            others,
+        } = batch.readable(indexes, base);
+        let mut declined: Vec<_> = others.into_iter().map(|position| (position, None)).collect();
         let messages: Vec<(&[u8], &[u8])> = messages.iter().map(|(v, k)| (&**v, *k)).collect();
         let partition = batch.partition();
         let read = py.allow_threads(|| {

@@ -50,6 +50,14 @@ struct Entry {
     elided: bool,
 }
 
+/// A batch's messages that have a key and a value (`Fetched::readable`).
+pub(crate) struct Readable<'a> {
+    pub indexes: Vec<u32>,
+    pub messages: Vec<(Cow<'a, [u8]>, &'a [u8])>,
+    /// `base + index` of the others.
+    pub others: Vec<u32>,
+}
+
 /// What the reading thread made of a batch with one plan: its plain messages' records by shard
 /// (a record's position is its message's index in the batch), and the indexes of the messages
 /// it left for the decoder.
@@ -130,6 +138,26 @@ impl Fetched {
     pub(crate) fn key_value(&self, index: usize) -> Option<(&[u8], Cow<'_, [u8]>)> {
         let entry = &self.messages.entries[index];
         Some((self.slice(entry.key?), self.value(entry)?))
+    }
+
+    /// The messages at `indexes` that have a key and a value, as (value, key), with their
+    /// indexes; and the positions (`base + index`) of the others, for the Python decoder.
+    pub(crate) fn readable(&self, indexes: Vec<u32>, base: u32) -> Readable<'_> {
+        let mut readable = Readable {
+            indexes: Vec::with_capacity(indexes.len()),
+            messages: Vec::with_capacity(indexes.len()),
+            others: Vec::new(),
+        };
+        for index in indexes {
+            match self.key_value(index as usize) {
+                Some((key, value)) => {
+                    readable.indexes.push(index);
+                    readable.messages.push((value, key));
+                }
+                None => readable.others.push(base + index),
+            }
+        }
+        readable
     }
 
     fn value(&self, entry: &Entry) -> Option<Cow<'_, [u8]>> {

@@ -33,7 +33,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyTuple};
 use serde_json::value::RawValue;
 
 use crate::copy_text::{key_json, write_field, write_stage_row};
-use crate::fetch::{Fetched, Fetcher};
+use crate::fetch::{Fetched, Fetcher, Readable};
 use crate::json::{json_str, payload_after, Members, Payload};
 use crate::run::{NativeBatch, Record, Run};
 use crate::values::{call_converter, Kind, Val};
@@ -188,18 +188,12 @@ impl FastPlan {
             ),
         };
         let merge = records.iter().any(|r| !r.is_empty());
-        let mut others = Vec::new();
-        let mut readable = Vec::with_capacity(indexes.len());
-        let mut messages = Vec::with_capacity(indexes.len());
-        for index in indexes {
-            match batch.key_value(index as usize) {
-                Some((key, value)) => {
-                    readable.push(index);
-                    messages.push((value, key));
-                }
-                None => others.push((base + index, None)),
-            }
-        }
+        let Readable {
+            indexes: readable,
+            messages,
+            others,
+        } = batch.readable(indexes, base);
+        let mut others: Vec<_> = others.into_iter().map(|position| (position, None)).collect();
         let messages: Vec<(&[u8], &[u8])> = messages.iter().map(|(v, k)| (&**v, *k)).collect();
         let partition = batch.partition();
         // a plain message becomes its record on the reader threads too
