@@ -19,23 +19,27 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from operators.cell_rows import Deletions, RangeDelete, decide_cells
+from formats.cells import CellChange
+from operators.cell_rows import CellDecision, Deletions, RangeDelete, decide_cells
 from operators.events import TableName
 from operators.keys import shard_of, shard_of_position, state_key
 from operators.native_cells import (
     CellBatch,
+    NativeCellDecision,
     Stored,
     cell_changes,
     cell_runs,
     decide_cell_runs,
-    is_cell_run,
 )
+from operators.native_decode import CellRun
 from operators.pg_writer import ShardBatch
 from operators.shard_dlq import dlq_for
 from operators.target_tables import EXPIRES_AT_COLUMN, TableProblem, TargetTable, TargetTables
 
 SWEEP_EVERY_S = 5.0
 Revisit = tuple[TableName, tuple[str, ...], tuple[Any, ...], bytes]
+CellUnit = CellChange | CellRun
+"""A change of a Cassandra-model table, or a native run of them."""
 StateChanges = tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes | None]]]
 """The states a decision stores, and the states they replace (for the undo record)."""
 
@@ -74,13 +78,13 @@ class CellShard:
             self._deletes.add(delete)
         self._deleting.clear()
 
-    def decide(self, units: list[Any], batch: ShardBatch, conn: psycopg.Connection,
+    def decide(self, units: list[CellUnit], batch: ShardBatch, conn: psycopg.Connection,
                tables: TargetTables, stored: Stored,
                ) -> StateChanges:
         """Decide `units` (`CellChange`s and native `CellRun`s, in arrival order) into `batch`;
         returns the states to store and those they replace."""
         target: dict[TableName, TargetTable] = {}
-        kept: list[Any] = []
+        kept: list[CellUnit] = []
         for unit in units:
             try:
                 table = _target(unit, tables)
@@ -92,7 +96,7 @@ class CellShard:
             target[name] = table
             kept.append(unit)
             self._register(unit)
-        revisit = [row for c in kept if not is_cell_run(c) and not c.row_id
+        revisit = [row for c in kept if type(c) is not CellRun and not c.row_id
                    for row in self._covered(conn, target[c.table], RangeDelete.of(c),
                                             c.key_columns)]
         revisit += self._expired(conn, tables, target)
@@ -112,13 +116,10 @@ class CellShard:
             batch.cell_writes.append((table, write))
         batch.range_deletes = decision.deletes
         self._deleting = {d.table for d in decision.deletes}
-        batch.stale += decision.stale
-        batch.applied += decision.applied
-        batch.duplicates += decision.duplicates
-        _add_counts(batch, decision.counts)
+        _add_outcomes(batch, decision)
         return decision.states, decision.replaced
 
-    def decide_ahead(self, units: list[Any], batch: ShardBatch, tables: TargetTables,
+    def decide_ahead(self, units: list[CellUnit], batch: ShardBatch, tables: TargetTables,
                      stored: Stored,
                      ) -> StateChanges | None:
         """`decide` without a connection, natively, or None: when every change is a write or a
@@ -131,7 +132,7 @@ class CellShard:
             target[table_of(unit)] = table
         return self._decide_native(units, target, batch, stored)
 
-    def _decide_native(self, units: list[Any], target: dict[TableName, TargetTable],
+    def _decide_native(self, units: list[CellUnit], target: dict[TableName, TargetTable],
                        batch: ShardBatch, stored: Stored,
                        ) -> StateChanges | None:
         """`units` decided by the native cell step into `batch`, or None (Python decides)."""
@@ -148,13 +149,10 @@ class CellShard:
         for unit in units:
             self._register(unit)
         batch.cell_staged = native.staged
-        batch.stale += native.stale
-        batch.applied += native.applied
-        batch.duplicates += native.duplicates
-        _add_counts(batch, native.counts)
+        _add_outcomes(batch, native)
         return native.states, native.replaced
 
-    def _register(self, unit: Any) -> None:
+    def _register(self, unit: CellUnit) -> None:
         """Keep the table of a change or run among this shard's cell tables (it sweeps them)."""
         name = table_of(unit)
         if name not in self._key_columns:
@@ -203,25 +201,29 @@ class CellShard:
         return found
 
 
-def _target(unit: Any, tables: TargetTables) -> TargetTable:
+def _target(unit: CellUnit, tables: TargetTables) -> TargetTable:
     """The target table of a change or a run (a run's table is resolved once, by its schema)."""
-    if is_cell_run(unit):
+    if type(unit) is CellRun:
         return tables.known(unit.schema) or tables.for_event(unit.changes()[0][1])
     return tables.for_event(unit)
 
 
-def table_of(unit: Any) -> TableName:
+def table_of(unit: CellUnit) -> TableName:
     """The table of a change or a run."""
-    return unit.schema.table if is_cell_run(unit) else unit.table
+    return unit.schema.table if type(unit) is CellRun else unit.table
 
 
-def key_columns_of(unit: Any) -> tuple[str, ...]:
+def key_columns_of(unit: CellUnit) -> tuple[str, ...]:
     """The key columns of a change or a run, in the order of its key's values."""
-    return unit.schema.key if is_cell_run(unit) else unit.key_columns
+    return unit.schema.key if type(unit) is CellRun else unit.key_columns
 
 
-def _add_counts(batch: ShardBatch, counts: dict[tuple[str, str, str], int]) -> None:
-    for key, n in counts.items():
+def _add_outcomes(batch: ShardBatch, decision: CellDecision | NativeCellDecision) -> None:
+    """A decision's stale changes, its applied and duplicate counts and its metrics counts."""
+    batch.stale += decision.stale
+    batch.applied += decision.applied
+    batch.duplicates += decision.duplicates
+    for key, n in decision.counts.items():
         batch.counts[key] = batch.counts.get(key, 0) + n
 
 

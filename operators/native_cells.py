@@ -18,19 +18,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from formats.cells import CellChange
 from operators.cell_rows import STALE_CELLS, Place
 from operators.cell_writer import StagedCells, data_columns
 from operators.lww import StaleEvent
+from operators.native_decode import CellRun
 from operators.pg_writer import json_columns
 from operators.target_tables import TargetTable
 
 try:
-    from cdc_native import CellBatch, CellRun
+    from cdc_native import CellBatch
 except ImportError:  # not built: the Python path decides every change
-    CellBatch = CellRun = None
+    CellBatch = None
 
 Stored = Callable[[list[bytes]], list[bytes | None]]
 
@@ -46,25 +46,21 @@ class NativeCellDecision:
     replaced: list[tuple[bytes, bytes | None]]
 
 
-def is_cell_run(unit: object) -> bool:
-    return CellRun is not None and type(unit) is CellRun
-
-
-def cell_changes(units: Sequence[Any]) -> list[CellChange]:
+def cell_changes(units: Sequence[CellChange | CellRun]) -> list[CellChange]:
     """`units` (changes and runs) as changes, in order."""
     changes: list[CellChange] = []
     for unit in units:
-        if is_cell_run(unit):
+        if type(unit) is CellRun:
             changes += [change for _, change in unit.changes()]
         else:
             changes.append(unit)
     return changes
 
 
-def cell_runs(units: Sequence[Any]) -> list[Any] | None:
+def cell_runs(units: Sequence[CellChange | CellRun]) -> list[CellRun] | None:
     """`units` as runs, in order: consecutive changes of one schema become one run. None when a
     change has no native form (a partition or range deletion, a value without a native form)."""
-    runs: list[Any] = []
+    runs: list[CellRun] = []
     group: list[CellChange] = []
 
     def flush() -> bool:
@@ -77,7 +73,7 @@ def cell_runs(units: Sequence[Any]) -> list[Any] | None:
         return True
 
     for unit in units:
-        if is_cell_run(unit):
+        if type(unit) is CellRun:
             if not flush():
                 return None
             runs.append(unit)
@@ -90,7 +86,7 @@ def cell_runs(units: Sequence[Any]) -> list[Any] | None:
     return runs if flush() else None
 
 
-def decide_cell_runs(runs: list[Any], targets: list[TargetTable], stored: Stored,
+def decide_cell_runs(runs: list[CellRun], targets: list[TargetTable], stored: Stored,
                      now_us: int) -> NativeCellDecision | None:
     """The decision for `runs` (a shard's cell changes of one commit, in arrival order; run i
     goes to `targets[i]`), or None: decide their changes in Python."""
@@ -120,7 +116,7 @@ def decide_cell_runs(runs: list[Any], targets: list[TargetTable], stored: Stored
         counts=_counts(runs, counts), states=states, replaced=replaced)
 
 
-def _counts(runs: list[Any], counts: list[tuple[int, str, str, int]],
+def _counts(runs: list[CellRun], counts: list[tuple[int, str, str, int]],
             ) -> dict[tuple[str, str, str], int]:
     out: dict[tuple[str, str, str], int] = {}
     for i, op, outcome, n in counts:

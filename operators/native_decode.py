@@ -277,6 +277,11 @@ def _fetched(messages: list[RawMessage]) -> Fetched:
     return Fetched(first.topic, first.partition, [(m.offset, m.key, m.value) for m in messages])
 
 
+def is_run(unit: object) -> bool:
+    """A run of native records: of row events (`Run`) or of cell changes (`CellRun`)."""
+    return type(unit) is Run or type(unit) is CellRun
+
+
 def run_events(run: Run | CellRun) -> list[tuple[int, ChangeEvent | CellChange]]:
     """`(position in its decode batch, change event)` of each record of `run`; a `CellRun`'s
     events are its `CellChange`s."""

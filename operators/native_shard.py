@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from operators.lww import STALE_DELETED, STALE_OLDER, STALE_TRUNCATED, StaleEvent
 from operators.metrics import NO_OP, NO_TABLE
-from operators.native_decode import CellRun, NativeBatch, Run, run_events
+from operators.native_decode import NativeBatch, Run, is_run, run_events
 from operators.pg_writer import StagedKind, StagedRows, json_columns
 from operators.settings import DeleteMode
 from operators.state_store import ShardStateStore
@@ -40,11 +40,11 @@ class NativeDecision:
 def expand(units: Sequence[object]) -> list:
     """`units` with each run (of row events, or of cell changes) replaced by its events, in
     order."""
-    if not any(type(unit) is Run or type(unit) is CellRun for unit in units):
+    if not any(is_run(unit) for unit in units):
         return list(units)
     expanded: list = []
     for unit in units:
-        if type(unit) is Run or type(unit) is CellRun:
+        if is_run(unit):
             expanded += [event for _, event in run_events(unit)]
         else:
             expanded.append(unit)

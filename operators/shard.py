@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import psycopg
 
@@ -22,8 +21,7 @@ from operators.cell_shard import CellShard
 from operators.events import ChangeEvent, DlqRecord, ProgressMarker, ShardItem, TruncateEvent
 from operators.keys import shard_of_position
 from operators.lww import decide_batch
-from operators.native_cells import is_cell_run
-from operators.native_decode import Run, RunEvents, run_events
+from operators.native_decode import CellRun, Run, RunEvents, is_run, run_events
 from operators.native_shard import decide_runs, expand
 from operators.offsets import shard_commit, shard_offsets
 from operators.pg_writer import ShardBatch
@@ -34,7 +32,7 @@ from operators.target_tables import TableProblem, TargetTable, TargetTables
 
 log = logging.getLogger(__name__)
 Position = tuple[str, int]
-Unit = ChangeEvent | DlqRecord | TruncateEvent | CellChange | Run
+Unit = ChangeEvent | DlqRecord | TruncateEvent | CellChange | Run | CellRun
 
 
 @dataclass(slots=True)
@@ -64,7 +62,7 @@ def offsets_of(units: list[Unit], markers: dict[Position, int]) -> dict[Position
     """The next offset per partition once `units` and `markers` are committed."""
     offsets = dict(markers)
     for unit in units:
-        if type(unit) is Run or is_cell_run(unit):
+        if is_run(unit):
             for pos, offset in unit.next_offsets().items():
                 if offset > offsets.get(pos, -1):
                     offsets[pos] = offset
@@ -79,7 +77,7 @@ def uncommitted(units: list[Unit], committed: dict[Position, int]) -> list[Unit]
     """`units` but what is below the committed offset of its partition."""
     kept: list[Unit] = []
     for unit in units:
-        if type(unit) is Run or is_cell_run(unit):
+        if is_run(unit):
             run = unit.since(committed)
             if run is not None:
                 kept.append(run)
@@ -135,7 +133,7 @@ class Shard:
             pending.units += units
             if pending.since is None:
                 pending.since = time.monotonic()
-        return sum(len(u) if type(u) is Run or is_cell_run(u) else 1 for u in units)
+        return sum(len(u) if is_run(u) else 1 for u in units)
 
     def prepare(self, units: list[Unit], markers: dict[Position, int], conn: psycopg.Connection,
                 tables: TargetTables) -> ShardBatch:
@@ -150,13 +148,13 @@ class Shard:
         batch = ShardBatch(shard=self.number, seq=self._store.seq + 1,
                            offsets=offsets_of(units, markers))
         floors: dict[str, bytes] = {}
-        cell_units: list[Any] = []
+        cell_units: list[CellChange | CellRun] = []
         row_units: list[ChangeEvent | Run] = []
         for unit in units:
             kind = type(unit)
             if kind is ChangeEvent or kind is Run:
                 row_units.append(unit)
-            elif kind is CellChange or is_cell_run(unit):
+            elif kind is CellChange or kind is CellRun:
                 cell_units.append(unit)
             elif kind is DlqRecord:
                 batch.dlq.append(unit)
@@ -208,12 +206,12 @@ class Shard:
         to create or change first) sends the whole commit the Python way, as does an expiry
         sweep that is due (`operators/cell_shard.py`)."""
         runs: list[Run] = []
-        cells: list[Any] = []
+        cells: list[CellChange | CellRun] = []
         for unit in units:
             kind = type(unit)
             if kind is Run:
                 runs.append(unit)
-            elif kind is CellChange or is_cell_run(unit):
+            elif kind is CellChange or kind is CellRun:
                 cells.append(unit)
             elif kind is not DlqRecord:
                 return None
