@@ -67,7 +67,7 @@ class BackgroundProducer:
 
 @dataclass(frozen=True)
 class KillObservation:
-    """What Postgres had committed around one kill, against what Kafka held before it."""
+    """What Postgres had committed around one kill, against what Kafka held when it died."""
 
     committed_before: int  # sum of every shard's next offsets, COMMIT_WINDOW_S before the kill
     committed_at_death: int  # the same, read once the process was dead
@@ -75,7 +75,8 @@ class KillObservation:
 
     @property
     def mid_work(self) -> bool:
-        """Some partition was behind and a commit was made in the last window before the kill."""
+        """The process died with input it had not committed (some partition behind Kafka's end
+        read after its death), having committed in the last window before the kill."""
         return bool(self.behind) and self.committed_at_death > self.committed_before
 
 
@@ -133,10 +134,12 @@ def kill_at_work(run: Replicator, conn: psycopg.Connection, ends: KafkaEnds,
     time.sleep(rng.uniform(0.2, 2.0))
     before = committed(conn, run.flow_id)[0]
     time.sleep(COMMIT_WINDOW_S)
-    kafka = ends.read()
     if run.died():
         raise AssertionError(f"replicator died by itself:\n{run.log_tail()}")
     run.kill9()
+    # Kafka's ends after the kill: a flow that keeps up with its input commits up to the ends it
+    # was shown a moment before, yet dies with what arrived since
+    kafka = ends.read()
     at_death, low = committed(conn, run.flow_id)
     behind = tuple((tp, low.get(tp, 0), end) for tp, end in sorted(kafka.items())
                    if low.get(tp, 0) < end)
